@@ -1,0 +1,39 @@
+# One command each: `make lab` opens the tutorials, `make test` runs every test.
+# Both create .venv on first use, so they work on a fresh clone.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-stamp
+
+.PHONY: lab test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+## Open JupyterLab on the tutorials; the offline mock provider is the default.
+lab: $(STAMP)
+	cd notebooks && PK_NOTEBOOK_PROVIDER=$${PK_NOTEBOOK_PROVIDER:-mock} ../$(BIN)/jupyter lab
+
+## The whole suite: unit, real kernels, real JupyterLab in headless Chromium, Redis, nbval.
+test: $(STAMP)
+	$(BIN)/python -m pytest --nbval -p no:cacheprovider $(PYTEST_ARGS)
+
+## Everything except browser, kernel and notebook tests: quick feedback while coding.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not browser and not kernel" -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pk_notebook tests benchmarks
+	$(BIN)/mypy pk_notebook
+
+## Benchmarks against the peers (raw httpx, httpx-sse, openai SDK); not part of CI.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,0 +1,359 @@
+"""The values that flow through a pipeline.
+
+Providers yield :class:`Delta` events and end with one :class:`Finish`; the
+:class:`~pk_notebook.runtime.stream.Stream` turns them into the :class:`Chunk`
+objects users iterate, and into one :class:`Result` at the end. Keeping the wire
+events (Delta/Finish) apart from what users see (Chunk/Result) lets a provider
+stay ignorant of indexes, timings and sessions.
+
+Everything here is a small slotted dataclass: thousands of them are created per
+second on the hot path.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
+
+
+class StreamStatus(str, enum.Enum):
+    """How a stream ended, or that it has not ended yet.
+
+    A stream that lost its connection or stopped sending without the provider's
+    end marker is ``TRUNCATED``: it is never reported as ``FINISHED``.
+    """
+
+    STREAMING = "streaming"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+    TRUNCATED = "truncated"
+
+    @property
+    def complete(self) -> bool:
+        return self is StreamStatus.FINISHED
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation.
+
+    ``status`` is ``None`` for a complete message. An assistant answer that was
+    stopped, timed out, failed or truncated is stored with that status so that a
+    later reader (the chat widget, ``%stream history``) can show it as
+    interrupted instead of passing it off as a whole answer.
+    """
+
+    role: Role
+    content: str
+    status: str | None = None
+    created_at: float = field(default_factory=time.time, compare=False)
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"unknown role {self.role!r}: use one of {', '.join(sorted(ROLES))}"
+            )
+        if not isinstance(self.content, str):
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"message content must be str, got {type(self.content).__name__}"
+            )
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "role": self.role,
+            "content": self.content,
+            "created_at": self.created_at,
+        }
+        if self.status is not None:
+            data["status"] = self.status
+        if self.meta:
+            data["meta"] = dict(self.meta)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Message:
+        return cls(
+            role=data["role"],
+            content=data["content"],
+            status=data.get("status"),
+            created_at=float(data.get("created_at", 0.0)),
+            meta=dict(data.get("meta") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the provider reported them (or as the mock estimated them)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            self.cached_tokens + other.cached_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A complete tool call, assembled from the provider's fragments."""
+
+    id: str
+    name: str
+    arguments: str  # the JSON text as the model wrote it
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+# --- wire events: what a provider yields --------------------------------------
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of the answer as it arrives from the provider.
+
+    ``text`` is visible answer text, ``reasoning`` is thinking text the provider
+    exposes separately. An event with neither (a role chunk, a tool-call
+    fragment) does not reset the idle timer unless ``activity`` is set.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    activity: bool = False
+
+
+@dataclass(slots=True)
+class Finish:
+    """The provider's end marker: the stream ended the way the provider meant it to."""
+
+    reason: str | None = None
+    usage: Usage | None = None
+    tool_calls: Sequence[ToolCall] = ()
+    model: str | None = None
+    cost: float | None = None
+    raw: Mapping[str, Any] | None = None
+
+
+ProviderEvent = Delta | Finish
+
+
+# --- what users see -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a streamed answer.
+
+    ``content`` is the new text only (the delta); the accumulated text lives on the
+    stream. The last chunk has ``final=True`` and carries the finish reason and
+    usage; its ``content`` is empty.
+    """
+
+    content: str
+    index: int
+    reasoning: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Everything known about one finished (or interrupted) call."""
+
+    text: str
+    status: StreamStatus
+    messages: tuple[Message, ...] = ()
+    usage: Usage | None = None
+    cost: float | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    chunks: int = 0
+    attempts: int = 1
+    time_to_first_chunk: float | None = None
+    duration: float = 0.0
+    session_id: str | None = None
+    warnings: tuple[str, ...] = ()
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.status is StreamStatus.FINISHED
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if self.usage is None or not self.duration:
+            return None
+        return self.usage.output_tokens / self.duration
+
+    def raise_for_status(self) -> Result:
+        """Raise the error that ended the call, if it did not finish; return self if it did."""
+        if self.complete:
+            return self
+        if self.error is not None:
+            raise self.error
+        from .errors import StreamCancelled
+
+        raise StreamCancelled("the stream was stopped before it finished", partial_text=self.text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "status": self.status.value,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage.to_dict() if self.usage else None,
+            "cost": self.cost,
+            "model": self.model,
+            "provider": self.provider,
+            "reasoning": self.reasoning,
+            "tool_calls": [t.to_dict() for t in self.tool_calls],
+            "chunks": self.chunks,
+            "attempts": self.attempts,
+            "time_to_first_chunk": self.time_to_first_chunk,
+            "duration": self.duration,
+            "session_id": self.session_id,
+            "warnings": list(self.warnings),
+            "error": _error_dict(self.error),
+        }
+
+
+def _error_dict(error: BaseException | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    to_dict = getattr(error, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()  # type: ignore[no-any-return]
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+# --- configuration --------------------------------------------------------------
+
+
+class _Unset:
+    """Sentinel type: "not given" is different from ``None`` ("explicitly nothing")."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """Sampling options sent with each request.
+
+    ``None`` means "the provider's default". Values are checked here, once, so a
+    typo fails at construction and not halfway through a notebook.
+    """
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigurationError
+
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise ConfigurationError(
+                f"max_tokens must be a positive integer, got {self.max_tokens!r}"
+            )
+        if self.temperature is not None and not 0.0 <= float(self.temperature) <= 2.0:
+            raise ConfigurationError(
+                f"temperature must be between 0 and 2, got {self.temperature!r}"
+            )
+        if self.top_p is not None and not 0.0 < float(self.top_p) <= 1.0:
+            raise ConfigurationError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.stop is not None and not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+    def merged(self, override: ProviderConfig | None) -> ProviderConfig:
+        """Return this config with every field ``override`` sets taken from it."""
+        if override is None:
+            return self
+        changes = {
+            name: getattr(override, name)
+            for name in self.__dataclass_fields__
+            if getattr(override, name) is not None
+        }
+        return replace(self, **changes) if changes else self
+
+
+@dataclass(slots=True)
+class Request:
+    """What the middleware chain passes down to the provider.
+
+    Middleware changes a request with :meth:`replace`; ``state`` is one dict
+    shared by every copy of the request so per-call facts (attempts, timings)
+    survive replacement without living on a middleware instance.
+    """
+
+    messages: tuple[Message, ...]
+    config: ProviderConfig
+    session_id: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Request:
+        return replace(self, **changes)
+
+    @property
+    def prompt(self) -> str:
+        """The content of the last user message (what scenario matching looks at)."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return ""

@@ -1,0 +1,20 @@
+"""Where session histories live: in memory, in a SQLite file, or in Redis.
+
+All stores implement :class:`~pk_notebook.runtime.store.StateStore` and behave
+the same (one test suite runs against each).
+"""
+
+from ..runtime.store import HistoryLimit, SessionInfo, StateStore
+from .memory import MemoryStore
+from .sqlite import SQLiteStore, default_path
+
+__all__ = ["HistoryLimit", "MemoryStore", "SQLiteStore", "SessionInfo", "StateStore", "default_path"]
+
+
+def __getattr__(name: str) -> object:
+    # RedisStore needs the optional 'redis' package: import it only when asked for.
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module 'pk_notebook.sessions' has no attribute {name!r}")
