@@ -1,0 +1,137 @@
+"""The notebook's current provider, options and session store.
+
+``%stream config`` changes them; ``%%stream`` cells and ``Chat()`` without an
+explicit pipeline use :func:`default_pipeline`, so they share one store and a
+session started in a cell continues in a chat widget and back.
+
+The default provider is the offline mock (``PK_NOTEBOOK_PROVIDER`` overrides it,
+e.g. ``openai:gpt-4o-mini``). The default store is in memory, so re-running a
+notebook gives the same answers; ``%stream config --store sqlite`` (the default
+file, see ``pk_notebook.sessions.sqlite``), ``--store PATH.sqlite3`` or
+``--store redis://...`` keep sessions across kernel restarts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..providers.registry import create_provider, parse_spec
+from ..runtime.errors import ConfigurationError
+from ..runtime.middleware import ProviderMiddleware, UsageMiddleware
+from ..runtime.pipeline import Pipeline
+from ..runtime.store import StateStore
+from ..runtime.types import ProviderConfig
+
+DEFAULT_PROVIDER = "mock"
+
+
+@dataclass
+class NotebookDefaults:
+    """What ``%stream config`` shows and sets."""
+
+    provider: str = field(default_factory=lambda: os.environ.get("PK_NOTEBOOK_PROVIDER") or DEFAULT_PROVIDER)
+    config: ProviderConfig = field(default_factory=ProviderConfig)
+    store: str = "memory"
+    timeout: float | None = None
+    idle_timeout: float | None = 30.0
+    provider_options: dict[str, Any] = field(default_factory=dict)
+    _pipeline: Pipeline | None = field(default=None, repr=False)
+    _store: StateStore | None = field(default=None, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        name, model = parse_spec(self.provider)
+        return {
+            "provider": name,
+            "model": self.config.model or model or "(provider default)",
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+            "system": self.config.system,
+            "store": self.store,
+            "timeout": self.timeout,
+            "idle_timeout": self.idle_timeout,
+        }
+
+    def state_store(self) -> StateStore:
+        if self._store is None:
+            self._store = open_store(self.store)
+        return self._store
+
+    def pipeline(self) -> Pipeline:
+        """The shared pipeline, built on first use and after every change."""
+        if self._pipeline is None or self._pipeline.closed:
+            provider = create_provider(self.provider, **self.provider_options)
+            self._pipeline = Pipeline(
+                UsageMiddleware(_default_prices()),
+                ProviderMiddleware(provider, self.config),
+                state_store=self.state_store(),
+                timeout=self.timeout,
+                idle_timeout=self.idle_timeout,
+            )
+        return self._pipeline
+
+    def update(self, **changes: Any) -> None:
+        """Change settings; the pipeline (and the store, if it changed) is rebuilt lazily.
+
+        The old pipeline is not shut down here: streams still running in other
+        cells keep using it until they end.
+        """
+        if "store" in changes and changes["store"] != self.store:
+            self._store = None
+        config_changes = {k: changes.pop(k) for k in list(changes) if k in ProviderConfig.__dataclass_fields__}
+        if config_changes:
+            self.config = replace(self.config, **config_changes)
+        for key, value in changes.items():
+            if not hasattr(self, key) or key.startswith("_"):
+                raise ConfigurationError(f"unknown setting {key!r}")
+            setattr(self, key, value)
+        self._pipeline = None
+
+
+def open_store(spec: str) -> StateStore:
+    """``"memory"``, ``"sqlite"`` (default file), ``"PATH.sqlite3"`` or ``"redis://..."``."""
+    from ..sessions.memory import MemoryStore
+    from ..sessions.sqlite import SQLiteStore
+
+    if spec == "memory":
+        return MemoryStore()
+    if spec == "sqlite":
+        return SQLiteStore()
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from ..sessions import RedisStore  # type: ignore[attr-defined]
+
+        return RedisStore.from_url(spec)  # type: ignore[no-any-return]
+    if spec.endswith((".sqlite", ".sqlite3", ".db")):
+        return SQLiteStore(spec)
+    raise ConfigurationError(
+        f"unknown store {spec!r}: use memory, sqlite, a path ending in .sqlite3, or redis://host:port/db"
+    )
+
+
+def _default_prices() -> dict[str, Any]:
+    try:
+        from ..providers.pricing import DEFAULT_PRICES
+    except ImportError:
+        return {}
+    return dict(DEFAULT_PRICES)
+
+
+_DEFAULTS: NotebookDefaults | None = None
+
+
+def defaults() -> NotebookDefaults:
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = NotebookDefaults()
+    return _DEFAULTS
+
+
+def default_pipeline() -> Pipeline:
+    return defaults().pipeline()
+
+
+def reset_defaults() -> None:
+    """Forget every setting (used by tests and ``%unload_ext``)."""
+    global _DEFAULTS
+    _DEFAULTS = None
