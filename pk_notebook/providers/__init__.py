@@ -5,17 +5,32 @@
 """
 
 from ..runtime.provider import Provider
+from .anthropic import AnthropicProvider
+from .base import HTTPProvider
+from .gemini import GeminiProvider
 from .mock import Fault, MockCall, MockProvider, Scenario, split_tokens
+from .openai import OpenAIProvider
+from .pricing import DEFAULT_PRICES, PRICES_AS_OF, lookup_price
 from .registry import available_providers, create_provider, parse_spec, register_provider
+from .sse import SSEDecoder, ServerSentEvent
 
 __all__ = [
+    "DEFAULT_PRICES",
+    "PRICES_AS_OF",
+    "AnthropicProvider",
     "Fault",
+    "GeminiProvider",
+    "HTTPProvider",
     "MockCall",
     "MockProvider",
+    "OpenAIProvider",
     "Provider",
+    "SSEDecoder",
     "Scenario",
+    "ServerSentEvent",
     "available_providers",
     "create_provider",
+    "lookup_price",
     "parse_spec",
     "register_provider",
     "split_tokens",

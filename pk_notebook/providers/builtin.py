@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..runtime.errors import ConfigurationError
 from ..runtime.provider import Provider
 from .mock import MockProvider
 from .registry import register_provider
@@ -22,4 +23,117 @@ register_provider(
     _mock,
     description="offline, scripted demo answers (no key, no network)",
     default_model="demo",
+)
+
+
+# --- real APIs over httpx ----------------------------------------------------------------
+# Keys are resolved when the provider is built: a missing key for an official host
+# raises MissingAPIKey (naming the variable) from create_provider(); a local server
+# (Ollama, vLLM, LM Studio) needs none.
+
+
+def _openai(**options: Any) -> Provider:
+    from .openai import OpenAIProvider
+
+    return OpenAIProvider(**options)
+
+
+def _anthropic(**options: Any) -> Provider:
+    from .anthropic import AnthropicProvider
+
+    return AnthropicProvider(**options)
+
+
+def _gemini(**options: Any) -> Provider:
+    from .gemini import GeminiProvider
+
+    return GeminiProvider(**options)
+
+
+def _compatible(
+    name: str,
+    base_url: str | None,
+    key_env: tuple[str, ...] = (),
+    default_model: str | None = None,
+) -> Any:
+    """A factory for an OpenAI-compatible server with its own defaults."""
+
+    def factory(**options: Any) -> Provider:
+        from .openai import OpenAIProvider
+
+        options.setdefault("name", name)
+        options.setdefault("key_env", key_env)
+        if key_env:
+            options.setdefault("require_key", True)
+        if base_url is not None:
+            options.setdefault("base_url", base_url)
+        elif not options.get("base_url"):
+            raise ConfigurationError(
+                f"{name} needs base_url=..., e.g. create_provider('{name}:MODEL', "
+                "base_url='http://localhost:8000/v1')"
+            )
+        if options.get("model") is None:
+            if default_model is None:
+                raise ConfigurationError(
+                    f"{name} needs a model: use '{name}:MODEL' (the name the server serves)"
+                )
+            options["model"] = default_model
+        return OpenAIProvider(**options)
+
+    return factory
+
+
+register_provider(
+    "openai",
+    _openai,
+    description="OpenAI Chat Completions (any OpenAI-compatible server with base_url=...)",
+    key_env=("OPENAI_API_KEY",),
+    default_model="gpt-4o-mini",
+)
+register_provider(
+    "anthropic",
+    _anthropic,
+    description="Anthropic Messages API (Claude)",
+    key_env=("ANTHROPIC_API_KEY",),
+    default_model="claude-sonnet-4-5",
+)
+register_provider(
+    "gemini",
+    _gemini,
+    description="Google Gemini (Generative Language API)",
+    key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    default_model="gemini-2.5-flash",
+)
+register_provider(
+    "openai-compatible",
+    _compatible("openai-compatible", None),
+    description="any OpenAI-compatible server: pass base_url=... (key optional: api_key=...)",
+)
+register_provider(
+    "ollama",
+    _compatible("ollama", "http://localhost:11434/v1", default_model="llama3.2"),
+    description="a local Ollama server's /v1 endpoint (no key)",
+    default_model="llama3.2",
+)
+register_provider(
+    "vllm",
+    _compatible("vllm", "http://localhost:8000/v1"),
+    description="a vLLM server (default http://localhost:8000/v1; name the model)",
+)
+register_provider(
+    "lmstudio",
+    _compatible("lmstudio", "http://localhost:1234/v1"),
+    description="LM Studio's local server (http://localhost:1234/v1; name the model)",
+)
+register_provider(
+    "openrouter",
+    _compatible("openrouter", "https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY",)),
+    description="OpenRouter (OPENROUTER_API_KEY)",
+    key_env=("OPENROUTER_API_KEY",),
+)
+register_provider(
+    "groq",
+    _compatible("groq", "https://api.groq.com/openai/v1", ("GROQ_API_KEY",)),
+    description="Groq (GROQ_API_KEY)",
+    key_env=("GROQ_API_KEY",),
 )

@@ -193,6 +193,12 @@ class Stream:
                     continue
                 if isinstance(event, Finish):
                     self._finish = event
+                    # Let every link run to its natural end, so code a middleware has
+                    # after its loop (logging, accounting) runs instead of GeneratorExit.
+                    try:
+                        await self._anext()
+                    except StopAsyncIteration:
+                        pass
                     self._waiter = None
                     await self._end(StreamStatus.FINISHED, None)
                     return await self._after_end()
@@ -213,6 +219,10 @@ class Stream:
         except asyncio.CancelledError:
             self._waiter = None
             reason = self._take_cancel_reason(task)
+            if reason is not None and self._finish is not None:
+                # The answer was complete; only the drain after it was cut short.
+                await self._end(StreamStatus.FINISHED, None)
+                return await self._after_end()
             if reason is None:
                 # Someone cancelled the consuming task (Interrupt, an outer timeout):
                 # keep the text, end the stream as stopped, let the cancellation go on.

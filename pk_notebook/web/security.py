@@ -275,7 +275,9 @@ def status_for(exc: BaseException) -> int:
         return 429
     if isinstance(exc, StreamTimeout):
         return 504
-    if isinstance(exc, (AuthenticationError, ProviderError, NetworkError, ProtocolError, TruncatedStream)):
+    if isinstance(
+        exc, (AuthenticationError, ProviderError, NetworkError, ProtocolError, TruncatedStream)
+    ):
         return 502
     if isinstance(exc, SessionBusy):
         return 409
@@ -290,9 +292,7 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
     """A JSON-safe description of ``exc``: its ``to_dict()``, never a traceback or key."""
     if isinstance(exc, (WebError, PkNotebookError)):
         data = exc.to_dict()
-        for key in ("message", "partial_text"):
-            if isinstance(data.get(key), str) and key == "message":
-                data[key] = redact(data[key])
+        data["message"] = redact(str(data.get("message", "")))
         return data
     return {"type": "InternalError", "message": "internal server error; see the server log"}
 

@@ -58,8 +58,13 @@ class WebSettings:
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 8:
             raise ConfigurationError("the web token must be at least 8 characters long")
-        for name in ("max_concurrent", "max_websockets", "max_body_bytes", "max_prompt_chars",
-                     "max_messages"):
+        for name in (
+            "max_concurrent",
+            "max_websockets",
+            "max_body_bytes",
+            "max_prompt_chars",
+            "max_messages",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
@@ -69,4 +74,6 @@ class WebSettings:
             raise ConfigurationError("allowed_origins and allowed_hosts are tuples of strings")
         unknown = set(self.client_options) - CLIENT_OPTIONS - {"model"}
         if unknown:
-            raise ConfigurationError(f"client_options may only name ProviderConfig fields: {unknown}")
+            raise ConfigurationError(
+                f"client_options may only name ProviderConfig fields: {unknown}"
+            )

@@ -1,0 +1,402 @@
+"""What the HTTP providers share: keys, the connection pool, and turning HTTP trouble
+into the runtime's typed errors.
+
+Connection pool. httpx's pool looks for a connection by scanning every connection
+for every waiting request (and, for each idle connection, every connection again),
+so one pool holding 1000 connections spends its time scanning (httpcore issue
+1035). :class:`ConnectionPool` therefore keeps a few small httpx clients
+("shards", at most :data:`SHARD_SIZE` connections each) and sends each request to
+the least busy one; a new shard is opened only when all are full, up to
+``max_connections`` in total. A notebook with one stream at a time uses one shard.
+Shards share one SSL context, so opening one costs no certificate loading.
+
+One pool per event loop: an httpx connection belongs to the loop that opened it,
+and the sync facade runs calls on its own background loop, so a provider used from
+a notebook's loop and from the facade keeps one pool for each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import ssl
+import time
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from ..runtime.errors import (
+    AuthenticationError,
+    MissingAPIKey,
+    NetworkError,
+    ProtocolError,
+    ProviderError,
+    RateLimitError,
+    ServerError,
+    redact,
+)
+
+logger = logging.getLogger("pk_notebook")
+
+#: connections per httpx client; small enough that httpx's pool scans stay cheap
+SHARD_SIZE = 64
+#: idle connections kept per shard
+SHARD_KEEPALIVE = 16
+#: total connections a provider may open (per event loop)
+DEFAULT_MAX_CONNECTIONS = 1024
+#: bytes of an error body read to build the message
+ERROR_BODY_LIMIT = 64 * 1024
+#: after the end marker, how long the rest of the body may take to arrive (so the
+#: connection can be reused) before the connection is dropped instead
+DRAIN_SECONDS = 0.05
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=60.0)
+
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _shared_ssl_context() -> ssl.SSLContext:
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = httpx.create_ssl_context()
+    return _ssl_context
+
+
+def resolve_key(
+    provider: str, api_key: str | None, env_vars: tuple[str, ...], *, required: bool
+) -> str | None:
+    """The key given, or the first set environment variable; ``MissingAPIKey`` if required.
+
+    Keys are resolved when the provider is built, so a missing key is reported by
+    ``create_provider(...)`` (where the user chose the provider), not mid-notebook.
+    """
+    if api_key:
+        return api_key
+    for name in env_vars:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    if required:
+        raise MissingAPIKey(provider, env_vars)
+    return None
+
+
+class _Shard:
+    __slots__ = ("active", "client")
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.active = 0
+
+
+class ConnectionPool:
+    """Bounded connections for one provider on one event loop, spread over httpx clients."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        verify: bool | ssl.SSLContext = True,
+        transport_factory: Any = None,
+    ) -> None:
+        self.max_connections = max(1, max_connections)
+        self.timeout = timeout
+        self.verify = verify
+        self._transport_factory = transport_factory
+        self._shards: list[_Shard] = []
+        self._max_shards = max(1, -(-self.max_connections // SHARD_SIZE))
+
+    @property
+    def shards(self) -> int:
+        return len(self._shards)
+
+    def _new_shard(self) -> _Shard:
+        size = min(SHARD_SIZE, self.max_connections)
+        verify: bool | ssl.SSLContext = self.verify
+        if verify is True:
+            verify = _shared_ssl_context()
+        kwargs: dict[str, Any] = {}
+        if self._transport_factory is not None:
+            kwargs["transport"] = self._transport_factory()
+        client = httpx.AsyncClient(
+            timeout=self.timeout,
+            limits=httpx.Limits(
+                max_connections=size,
+                max_keepalive_connections=min(SHARD_KEEPALIVE, size),
+                keepalive_expiry=30.0,
+            ),
+            verify=verify,
+            trust_env=True,
+            **kwargs,
+        )
+        shard = _Shard(client)
+        self._shards.append(shard)
+        return shard
+
+    def _pick(self) -> _Shard:
+        best: _Shard | None = None
+        for shard in self._shards:
+            if best is None or shard.active < best.active:
+                best = shard
+        if best is None or (best.active >= SHARD_SIZE and len(self._shards) < self._max_shards):
+            best = self._new_shard()
+        return best
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
+    ) -> AsyncIterator[httpx.Response]:
+        shard = self._pick()
+        shard.active += 1
+        try:
+            async with shard.client.stream(method, url, headers=headers, content=content) as response:
+                yield response
+        finally:
+            shard.active -= 1
+
+    async def aclose(self) -> None:
+        shards, self._shards = self._shards, []
+        for shard in shards:
+            await shard.client.aclose()
+
+
+class PoolsByLoop:
+    """One :class:`ConnectionPool` per running event loop, created on first use."""
+
+    def __init__(self, **pool_options: Any) -> None:
+        self._options = pool_options
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> ConnectionPool:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = ConnectionPool(**self._options)
+        return pool
+
+    async def aclose(self) -> None:
+        """Close this loop's pool now; pools of other (running) loops are closed there."""
+        current = asyncio.get_running_loop()
+        pools = list(self._pools.items())
+        self._pools = weakref.WeakKeyDictionary()
+        for loop, pool in pools:
+            if loop is current:
+                await pool.aclose()
+            elif loop.is_running() and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(pool.aclose(), loop)
+            # a pool of a stopped loop cannot be closed any more; its sockets go with it
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def error_details(body: str) -> tuple[str | None, str | None]:
+    """``(message, code)`` from an error body in the shapes OpenAI, Anthropic, Gemini use."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, None
+    if isinstance(data, list) and data:  # Gemini sometimes wraps the error in a list
+        data = data[0]
+    if not isinstance(data, dict):
+        return None, None
+    error = data.get("error", data)
+    if isinstance(error, str):
+        return error, None
+    if not isinstance(error, dict):
+        return None, None
+    message = error.get("message") or data.get("message")
+    code = error.get("type") or error.get("code") or error.get("status")
+    return (str(message) if message is not None else None), (str(code) if code is not None else None)
+
+
+_SERVER_CODES = frozenset(
+    {"overloaded_error", "api_error", "server_error", "internal_error", "INTERNAL", "UNAVAILABLE"}
+)
+_RATE_CODES = frozenset({"rate_limit_error", "rate_limit_exceeded", "RESOURCE_EXHAUSTED"})
+_AUTH_CODES = frozenset(
+    {"authentication_error", "permission_error", "invalid_api_key", "UNAUTHENTICATED",
+     "PERMISSION_DENIED"}
+)
+
+
+def error_for_status(
+    provider: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: str,
+    secret: str | None,
+) -> ProviderError:
+    """The typed error for a failed HTTP response (status >= 400)."""
+    body = redact(body, secret)
+    message, code = error_details(body)
+    detail = message or (body.strip()[:300] if body.strip() else httpx.codes.get_reason_phrase(status))
+    text = f"{provider} returned HTTP {status}: {detail}"
+    kwargs: dict[str, Any] = {
+        "status_code": status, "provider": provider, "code": code, "body": body,
+    }
+    if status in (401, 403):
+        return AuthenticationError(
+            text + f". Check the API key for {provider} (and that it may use this model).",
+            **kwargs,
+        )
+    if status == 429:
+        retry_after = parse_retry_after(headers)
+        hint = f" (retry after {retry_after:g} s)" if retry_after is not None else ""
+        return RateLimitError(text + hint, retry_after=retry_after, **kwargs)
+    if status >= 500:
+        return ServerError(text, **kwargs)
+    return ProviderError(text, **kwargs)
+
+
+def error_in_stream(provider: str, payload: Any, secret: str | None) -> ProviderError:
+    """The typed error for an error the server sent inside the stream."""
+    raw = json.dumps(payload) if not isinstance(payload, str) else payload
+    raw = redact(raw, secret)
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    message = code = None
+    status: int | None = None
+    if isinstance(error, dict):
+        message = error.get("message")
+        code = error.get("type") or error.get("code") or error.get("status")
+        status_value = error.get("status_code") or error.get("code")
+        if isinstance(status_value, int):
+            status = status_value
+    elif isinstance(error, str):
+        message = error
+    code_text = str(code) if code is not None else None
+    text = f"{provider} reported an error mid-stream: {message or raw[:300]}"
+    kwargs: dict[str, Any] = {"provider": provider, "code": code_text, "body": raw}
+    if code_text in _RATE_CODES or status == 429:
+        return RateLimitError(text, **kwargs)
+    if code_text in _SERVER_CODES or (status is not None and status >= 500):
+        if code_text == "overloaded_error":
+            status = 529
+        return ServerError(text, status_code=status, **kwargs)
+    if code_text in _AUTH_CODES:
+        return AuthenticationError(text, status_code=status, **kwargs)
+    return ProviderError(text, status_code=status, **kwargs)
+
+
+def network_error(provider: str, exc: BaseException, secret: str | None, *, started: bool) -> NetworkError:
+    where = "in the middle of the stream" if started else "before the answer started"
+    detail = redact(str(exc) or type(exc).__name__, secret)
+    return NetworkError(
+        f"the connection to {provider} failed {where} ({type(exc).__name__}: {detail}). "
+        "Check the network or base_url and retry."
+    )
+
+
+async def read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> str:
+    """Up to ``limit`` bytes of a (non-streaming) body, decoded leniently."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in response.aiter_bytes():
+        parts.append(piece)
+        size += len(piece)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit].decode("utf-8", "replace")
+
+
+async def check_response(
+    provider: str, response: httpx.Response, secret: str | None
+) -> None:
+    """Raise the typed error unless ``response`` is a successful event stream.
+
+    Status first (an error body is JSON, HTML or text, never SSE), then the
+    content type: a 200 with an HTML page (a proxy's login page, a wrong base_url)
+    or a JSON error must not be fed to the SSE parser.
+    """
+    status = response.status_code
+    if status >= 400:
+        body = await read_limited(response)
+        raise error_for_status(provider, status, response.headers, body, secret)
+    content_type = response.headers.get("content-type", "")
+    if status != 200 or (content_type and not content_type.startswith("text/event-stream")):
+        body = await read_limited(response)
+        message, code = error_details(body)
+        if message is not None:
+            raise ProviderError(
+                f"{provider} answered with an error instead of a stream: {message}",
+                status_code=status, provider=provider, code=code, body=redact(body, secret),
+            )
+        raise ProtocolError(
+            f"{provider} answered HTTP {status} with {content_type or 'no content type'} "
+            "instead of an event stream: is base_url right (it should end in /v1 for "
+            "OpenAI-compatible servers)?",
+            raw=redact(body[:500], secret),
+        )
+
+
+def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's bytes as read; decompressed only when the server compressed it."""
+    encoding = response.headers.get("content-encoding")
+    if encoding and encoding.strip().lower() != "identity":
+        return response.aiter_bytes()
+    return response.aiter_raw()
+
+
+async def drain(chunks: AsyncIterator[bytes], seconds: float = DRAIN_SECONDS) -> None:
+    """Read what is left of the body for a moment, so the connection can be reused.
+
+    Called after the end marker with the iterator the body was being read from.
+    A server that never closes (or keeps talking) costs at most ``seconds`` and
+    ``ERROR_BODY_LIMIT`` bytes; the connection is then dropped instead.
+    """
+
+    async def _read_rest() -> None:
+        left = ERROR_BODY_LIMIT
+        async for piece in chunks:
+            left -= len(piece)
+            if left <= 0:
+                return
+
+    try:
+        await asyncio.wait_for(_read_rest(), seconds)
+    except (asyncio.TimeoutError, httpx.HTTPError, RuntimeError):
+        pass
+
+
+def json_bytes(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def is_local(url: str) -> bool:
+    host = httpx.URL(url).host
+    return host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.endswith(".local")

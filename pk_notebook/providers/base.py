@@ -1,0 +1,201 @@
+"""The part every HTTP streaming provider shares: one request, one SSE body, typed errors.
+
+A provider subclass says how to build the request (:meth:`HTTPProvider.build`)
+and supplies a *parser*: an object whose ``feed(bytes)`` returns the wire events
+those bytes completed. Parsing a whole read at once (instead of one event per
+call) keeps the per-chunk cost down, and a parser that meets an error stores it
+in ``.error`` after returning the events before it, so no text that arrived is
+lost. ``.done`` says the end marker arrived; ``end()`` is asked at a clean end of
+the body and returns a :class:`Finish` only if the answer was complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, Protocol
+
+import httpx
+
+from ..runtime.errors import ConfigurationError, ProtocolError, StreamError
+from ..runtime.types import Finish, ProviderConfig, ProviderEvent, Request, Usage
+from . import _http
+from .pricing import Price, lookup_price
+
+
+class Parser(Protocol):
+    started: bool
+    done: bool
+    error: StreamError | None
+
+    def feed(self, chunk: bytes) -> list[ProviderEvent]: ...
+
+    def end(self) -> Finish | None: ...
+
+
+class HTTPProvider:
+    """Base class of the OpenAI-compatible, Anthropic and Gemini providers.
+
+    Options common to all of them:
+        model, temperature, top_p, max_tokens: request defaults (a call's config wins).
+        api_key: the key; if not given, the first set variable of ``key_env``.
+        base_url: the server; the key is required only for the official host.
+        headers: extra headers sent with every request.
+        timeout: an ``httpx.Timeout`` or seconds (connect/read/write/pool).
+        max_connections: bound of this provider's pool (per event loop).
+        prices: a model -> :class:`Price` table (e.g. ``DEFAULT_PRICES``); with it,
+            results carry ``cost``.
+        name, key_env, require_key: for aliases (``"ollama"``, ``"groq"``): the name
+            shown in results, the variables the key is read from, and whether a
+            missing key is an error (default: only for the official host).
+    """
+
+    #: registry name and the name shown in results
+    name: str = "http"
+    default_base_url: ClassVar[str] = ""
+    official_hosts: ClassVar[frozenset[str]] = frozenset()
+    key_env: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[ProviderConfig] = ProviderConfig()
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        system: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | float | None = None,
+        max_connections: int = _http.DEFAULT_MAX_CONNECTIONS,
+        prices: Mapping[str, Price] | None = None,
+        name: str | None = None,
+        key_env: tuple[str, ...] | None = None,
+        require_key: bool | None = None,
+        verify: bool = True,
+    ) -> None:
+        if name is not None:
+            self.name = name
+        base = (base_url or self.default_base_url).rstrip("/")
+        try:
+            url = httpx.URL(base)
+        except httpx.InvalidURL as exc:
+            raise ConfigurationError(f"base_url {base_url!r} is not a URL: {exc}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError(
+                f"base_url {base_url!r} must be an http(s) URL such as http://localhost:11434/v1"
+            )
+        self.base_url = base
+        env = self.key_env if key_env is None else key_env
+        self._key_env = env
+        self._api_key = _http.resolve_key(
+            self.name,
+            api_key,
+            env,
+            required=url.host in self.official_hosts if require_key is None else require_key,
+        )
+        self.config = self.defaults.merged(
+            ProviderConfig(
+                model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                system=system,
+            )
+        )
+        self.model = self.config.model or ""
+        self.extra_headers = dict(headers or {})
+        self.prices = dict(prices) if prices else None
+        if timeout is None:
+            timeout = _http.DEFAULT_TIMEOUT
+        elif not isinstance(timeout, httpx.Timeout):
+            timeout = httpx.Timeout(timeout)
+        self._pools = _http.PoolsByLoop(
+            max_connections=max_connections, timeout=timeout, verify=verify
+        )
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, model={self.model!r}, "
+            f"base_url={self.base_url!r}, api_key={key})"
+        )
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self._api_key)
+
+    # --- what subclasses provide ------------------------------------------------------
+
+    def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
+        """``(url, headers, body)`` of the HTTP request for ``request``."""
+        raise NotImplementedError
+
+    def parser(self, config: ProviderConfig) -> Parser:
+        raise NotImplementedError
+
+    # --- the call -------------------------------------------------------------------
+
+    async def stream(self, request: Request) -> AsyncIterator[ProviderEvent]:
+        config = self.config.merged(request.config)
+        if not config.model:
+            raise ConfigurationError(
+                f"{self.name} needs a model: use '{self.name}:MODEL' or pass model=..."
+            )
+        url, headers, body = self.build(request, config)
+        parser = self.parser(config)
+        secret = self._api_key
+        pool = self._pools.get()
+        try:
+            async with pool.stream("POST", url, headers=headers, content=body) as response:
+                await _http.check_response(self.name, response, secret)
+                chunks = _http.raw_chunks(response)
+                try:
+                    feed = parser.feed
+                    async for raw in chunks:
+                        events = feed(raw)
+                        for event in events:
+                            yield event
+                        if parser.done or parser.error is not None:
+                            break
+                    if parser.error is not None:
+                        raise parser.error
+                    if not parser.done:
+                        final = parser.end()
+                        if final is not None:
+                            yield final
+                finally:
+                    if parser.done and parser.error is None:
+                        # The end marker arrived: read the (usually already buffered)
+                        # rest so the connection goes back to the pool, briefly.
+                        await _http.drain(chunks)
+        except httpx.DecodingError as exc:
+            raise ProtocolError(
+                f"{self.name} sent a body that could not be decoded: {exc}", raw=None
+            ) from exc
+        except httpx.TransportError as exc:
+            raise _http.network_error(self.name, exc, secret, started=parser.started) from exc
+
+    async def aclose(self) -> None:
+        await self._pools.aclose()
+
+    # --- helpers for subclasses -----------------------------------------------------
+
+    def finish(
+        self,
+        reason: str | None,
+        usage: Usage | None,
+        tool_calls: tuple[Any, ...],
+        model: str | None,
+    ) -> Finish:
+        cost = None
+        if self.prices is not None and usage is not None:
+            price = lookup_price(self.prices, model or self.model)
+            if price is not None:
+                cost = price.cost(usage)
+        return Finish(reason=reason, usage=usage, tool_calls=tool_calls, model=model, cost=cost)
+
+
+def protocol_error(provider: str, data: str, exc: Exception) -> ProtocolError:
+    return ProtocolError(
+        f"{provider} sent a chunk that is not valid JSON ({exc}); the stream was abandoned",
+        raw=data,
+    )

@@ -1,0 +1,213 @@
+"""The ASGI application: :func:`create_app` puts a pipeline on the web.
+
+    from pk_notebook.web import create_app
+    app = create_app(pipe)                        # serve with: uvicorn module:app
+    app = create_app(pipe, token="s3cret-token")  # WebSettings fields as keywords
+
+Routes: ``/stream`` (SSE), ``/ws`` (WebSocket), ``/v1/chat/completions`` and
+``/v1/models`` (OpenAI-compatible), ``/healthz``, and the demo page at ``/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from ..runtime.pipeline import Pipeline
+from .openai_compat import ChatCompletionsEndpoint
+from .security import Slots, WebError, check_host, check_origin, check_token
+from .settings import WebSettings
+from .sse import StreamEndpoint
+from .streaming import json_response_messages
+from .ws import WebSocketEndpoint
+
+logger = logging.getLogger("pk_notebook")
+
+_STATIC_TYPES = {
+    "index.html": "text/html; charset=utf-8",
+    "demo.js": "text/javascript; charset=utf-8",
+    "demo.css": "text/css; charset=utf-8",
+}
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+
+
+class HostGuard:
+    """Refuses requests whose ``Host`` the server does not answer to (DNS rebinding)."""
+
+    def __init__(self, app: Any, settings: WebSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            try:
+                check_host(scope, self.settings)
+            except WebError as exc:
+                start, body = json_response_messages(exc.status, {"error": exc.to_dict()})
+                if scope["type"] == "websocket":
+                    if "websocket.http.response" not in scope.get("extensions", {}):
+                        await send({"type": "websocket.close", "code": 1008})
+                        return
+                    start["type"] = "websocket.http.response.start"
+                    body["type"] = "websocket.http.response.body"
+                await send(start)
+                await send(body)
+                return
+        await self.app(scope, receive, send)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("pk_notebook.web").joinpath("static", name).read_bytes()
+
+
+def _origin_regex(patterns: tuple[str, ...]) -> str | None:
+    wild = [p for p in patterns if p.endswith(":*")]
+    if not wild:
+        return None
+    return "|".join(re.escape(p[:-2]) + r"(?::\d+)?" for p in wild)
+
+
+def create_app(
+    pipe: Pipeline,
+    settings: WebSettings | None = None,
+    *,
+    close_pipeline: bool = False,
+    **options: Any,
+) -> Starlette:
+    """An ASGI (Starlette) app serving ``pipe``.
+
+    ``settings`` (or its fields as keyword arguments) sets the access rules and
+    limits; the defaults are the safe ones (see :class:`WebSettings`). With
+    ``close_pipeline=True`` the app shuts the pipeline down when the server stops.
+    """
+    settings = settings or WebSettings()
+    if options:
+        settings = replace(settings, **options)
+    slots = Slots(settings.max_concurrent)
+    pages = {name: _static(name) for name in _STATIC_TYPES}
+
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("name", "index.html")
+        if name not in pages:
+            raise HTTPException(404)
+        return Response(pages[name], media_type=_STATIC_TYPES[name], headers=_PAGE_HEADERS)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "streams": slots.used, "max_concurrent": slots.limit},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def models(request: Request) -> Response:
+        check_origin(request.scope, settings)
+        check_token(request.scope, settings, query_ok=False)
+        model = getattr(pipe.provider, "model", None) or "pk-notebook"
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": model, "object": "model", "created": 0, "owned_by": "pk-notebook"}],
+            }
+        )
+
+    async def web_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, WebError)
+        return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=exc.headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        names = {404: "NotFound", 405: "MethodNotAllowed"}
+        return JSONResponse(
+            {
+                "error": {
+                    "type": names.get(exc.status_code, "HTTPError"),
+                    "message": str(exc.detail),
+                }
+            },
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette logs nothing here once a handler is set: log it ourselves, and
+        # send the client nothing but a generic message.
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {
+                "error": {
+                    "type": "InternalError",
+                    "message": "internal server error; see the server log",
+                }
+            },
+            status_code=500,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if close_pipeline:
+            await pipe.shutdown()
+
+    middleware = [Middleware(HostGuard, settings=settings)]
+    if settings.allowed_origins:
+        exact = [p for p in settings.allowed_origins if not p.endswith(":*")]
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=exact,
+                allow_origin_regex=_origin_regex(settings.allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        debug=False,
+        routes=[
+            Route("/", page, methods=["GET"]),
+            Route("/demo", page, methods=["GET"]),
+            Route("/static/{name}", page, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/stream", StreamEndpoint(pipe, settings, slots), methods=["GET", "POST"]),
+            WebSocketRoute("/ws", WebSocketEndpoint(pipe, settings, slots)),
+            Route(
+                "/v1/chat/completions",
+                ChatCompletionsEndpoint(pipe, settings, slots),
+                methods=["POST"],
+            ),
+            Route("/v1/models", models, methods=["GET"]),
+        ],
+        middleware=middleware,
+        exception_handlers={
+            WebError: web_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.pipeline = pipe
+    app.state.settings = settings
+    app.state.slots = slots
+    return app

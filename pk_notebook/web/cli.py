@@ -1,0 +1,186 @@
+"""``pk-notebook serve``: run a pipeline's web endpoints with uvicorn.
+
+    pk-notebook serve --provider mock --port 8080
+    PK_NOTEBOOK_TOKEN=... pk-notebook serve --provider openai:gpt-4o-mini --host 0.0.0.0 \\
+        --allow-host llm.example.com --allow-origin https://app.example.com
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .settings import LOOPBACK_HOSTS
+
+logger = logging.getLogger("pk_notebook")
+
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pk-notebook",
+        description="Stream LLM answers: serve a pipeline over SSE, WebSocket and an "
+        "OpenAI-compatible API.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the web endpoints (/stream, /ws, /v1/chat/completions, demo page at /)",
+        description="Serve a pipeline with uvicorn. Defaults are safe for a local server: "
+        "loopback only, no cross-site origins, bounded streams and request sizes.",
+    )
+    serve.add_argument(
+        "--provider",
+        default=os.environ.get("PK_NOTEBOOK_PROVIDER", "mock"),
+        help="provider spec, e.g. mock or openai:gpt-4o-mini (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: %(default)s; 0.0.0.0 exposes it to the network)",
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="require 'Authorization: Bearer TOKEN' (prefer the PK_NOTEBOOK_TOKEN "
+        "environment variable: command lines are visible to other users)",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin allowed to use the endpoints, e.g. "
+        "https://app.example.com or http://localhost:* (repeatable; "
+        "default: loopback origins only)",
+    )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a Host name the server answers to (repeatable; default: loopback names and --host)",
+    )
+    serve.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=64,
+        help="streams running at once; more get HTTP 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=32_000,
+        help="longest accepted prompt (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=256 * 1024,
+        help="largest accepted request body (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--heartbeat",
+        type=float,
+        default=15.0,
+        help="seconds between SSE keep-alive comments (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--store",
+        default="memory",
+        help="session store: 'memory' or the path of a SQLite file (default: memory)",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request line (off by default: GET /stream URLs hold prompts)",
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .settings import WebSettings
+
+    token = args.token or os.environ.get("PK_NOTEBOOK_TOKEN") or None
+    hosts = list(args.allow_host)
+    if not hosts:
+        if args.host in _WILDCARD_HOSTS:
+            hosts = ["*"]
+            if token is None:
+                logger.warning(
+                    "serving on all interfaces without a token: anyone who can reach port %d "
+                    "can spend this provider's quota. Set PK_NOTEBOOK_TOKEN.",
+                    args.port,
+                )
+        else:
+            hosts = [*LOOPBACK_HOSTS, args.host]
+    elif token is None and args.host not in LOOPBACK_HOSTS:
+        logger.warning("serving beyond loopback without a token; set PK_NOTEBOOK_TOKEN")
+    return WebSettings(
+        token=token,
+        allowed_origins=tuple(args.allow_origin) or None,
+        allowed_hosts=tuple(hosts),
+        max_concurrent=args.max_concurrent,
+        max_prompt_chars=args.max_prompt_chars,
+        max_body_bytes=args.max_body_bytes,
+        heartbeat=args.heartbeat if args.heartbeat > 0 else None,
+    )
+
+
+async def _serve(args: argparse.Namespace, settings: Any) -> None:
+    import uvicorn
+
+    from ..providers import create_provider
+    from ..runtime.middleware import ProviderMiddleware
+    from ..runtime.pipeline import Pipeline
+    from ..sessions import MemoryStore, SQLiteStore
+    from .app import create_app
+
+    store = MemoryStore() if args.store == "memory" else SQLiteStore(args.store)
+    pipe = Pipeline(ProviderMiddleware(create_provider(args.provider)), state_store=store)
+    try:
+        app = create_app(pipe, settings)
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            ws_max_size=settings.max_body_bytes + 1024,
+            server_header=False,
+            proxy_headers=False,
+        )
+        await uvicorn.Server(config).serve()
+    finally:
+        await pipe.shutdown()
+        await store.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    from ..runtime.errors import ConfigurationError
+
+    try:
+        settings = _settings(args)
+        asyncio.run(_serve(args, settings))
+    except ConfigurationError as exc:
+        parser.exit(2, f"pk-notebook: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""``GET /stream?prompt=...`` and ``POST /stream``: a pipeline answer as Server-Sent Events.
+
+POST takes JSON ``{"prompt": "...", "session": "id", "options": {"max_tokens": 200}}``;
+GET takes ``prompt`` and ``session`` query parameters (for ``EventSource``). With a
+session, the session's history is sent along and the turn is saved (a turn cut
+short by the client is saved marked as interrupted).
+
+The events (see :class:`~pk_notebook.web.streaming.NativeEncoder`)::
+
+    event: chunk    data: {"index": 0, "content": "Hello"}
+    event: error    data: {"error": {"type": "ProviderError", "message": ..., "partial_text": ...}}
+    event: result   data: {"text": ..., "status": "finished", "finish_reason": "stop", "usage": {...}}
+    data: [DONE]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..runtime.errors import ConfigurationError
+from ..runtime.pipeline import Pipeline
+from ..runtime.store import check_session_id
+from ..runtime.stream import Stream
+from ..runtime.types import ProviderConfig
+from .security import (
+    Slots,
+    WebError,
+    check_origin,
+    check_prompt,
+    check_token,
+    parse_json_body,
+    query_params,
+    read_body,
+)
+from .settings import WebSettings
+from .streaming import NativeEncoder, run_sse, send_json
+
+
+def parse_options(options: Any, settings: WebSettings) -> ProviderConfig | None:
+    """Per-request sampling options, limited to ``settings.client_options``."""
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise WebError(422, "InvalidRequest", "'options' must be a JSON object")
+    unknown = sorted(set(options) - settings.client_options)
+    if unknown:
+        raise WebError(
+            422,
+            "InvalidRequest",
+            f"unsupported option(s) {unknown}; allowed: {sorted(settings.client_options)}",
+        )
+    values = {k: v for k, v in options.items() if v is not None}
+    stop = values.get("stop")
+    if isinstance(stop, str):
+        values["stop"] = (stop,)
+    elif stop is not None and not (
+        isinstance(stop, list) and all(isinstance(s, str) for s in stop)
+    ):
+        raise WebError(422, "InvalidRequest", "'stop' must be a string or a list of strings")
+    for name in ("temperature", "top_p"):
+        if name in values and (
+            isinstance(values[name], bool) or not isinstance(values[name], (int, float))
+        ):
+            raise WebError(422, "InvalidRequest", f"'{name}' must be a number")
+    if "system" in values and not isinstance(values["system"], str):
+        raise WebError(422, "InvalidRequest", "'system' must be a string")
+    if "system" in values and len(values["system"]) > settings.max_prompt_chars:
+        raise WebError(422, "PromptTooLong", "the system prompt is longer than the prompt limit")
+    try:
+        return ProviderConfig(**values)
+    except (ConfigurationError, TypeError, ValueError) as exc:
+        raise WebError(422, "InvalidRequest", str(exc)) from None
+
+
+def parse_session(session: Any) -> str | None:
+    if session is None or session == "":
+        return None
+    if not isinstance(session, str):
+        raise WebError(422, "InvalidRequest", "'session' must be a string")
+    try:
+        return check_session_id(session)
+    except ConfigurationError as exc:
+        raise WebError(422, "InvalidRequest", str(exc)) from None
+
+
+async def open_stream(
+    pipe: Pipeline, prompt: str, session: str | None, config: ProviderConfig | None
+) -> Stream:
+    if session is not None:
+        return await pipe.execute_stream_with_context(session, "user", prompt, config=config)
+    return await pipe.execute_stream("user", prompt, config=config)
+
+
+class StreamEndpoint:
+    """The ASGI app behind ``/stream`` (raw ASGI: it needs ``receive`` for disconnects)."""
+
+    def __init__(self, pipe: Pipeline, settings: WebSettings, slots: Slots) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self.slots = slots
+        self.encoder = NativeEncoder()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        settings = self.settings
+        try:
+            check_origin(scope, settings)
+            get = scope["method"] in ("GET", "HEAD")
+            check_token(scope, settings, query_ok=get)
+            if get:
+                query = query_params(scope)
+                data: dict[str, Any] = {
+                    "prompt": (query.get("prompt") or [None])[0],
+                    "session": (query.get("session") or [None])[0],
+                }
+            else:
+                body = await read_body(scope, receive, settings.max_body_bytes)
+                data = parse_json_body(scope, body)
+            prompt = check_prompt(data.get("prompt"), settings)
+            session = parse_session(data.get("session", data.get("session_id")))
+            config = parse_options(data.get("options"), settings)
+            self.slots.acquire()
+        except WebError as exc:
+            if exc.status != 499:
+                await send_json(send, exc.status, {"error": exc.to_dict()}, exc.headers)
+            return
+        try:
+            await run_sse(
+                send,
+                receive,
+                lambda: open_stream(self.pipe, prompt, session, config),
+                self.encoder,
+                heartbeat=settings.heartbeat,
+            )
+        finally:
+            self.slots.release()

@@ -1,0 +1,158 @@
+// The demo page: one prompt streamed over EventSource (GET /stream) or a WebSocket (/ws).
+// Text is always inserted with textContent, never as HTML: answers are untrusted.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  let source = null; // the running EventSource
+  let socket = null; // the WebSocket, reused for several prompts
+  let wsBusy = false;
+
+  function setStatus(which, state, detail) {
+    const el = $(which + "-status");
+    el.dataset.state = state;
+    el.textContent = detail ? state + " · " + detail : state;
+  }
+
+  function describe(result) {
+    const parts = [];
+    if (result.finish_reason) parts.push(result.finish_reason);
+    if (result.usage) parts.push(result.usage.output_tokens + " tokens");
+    if (typeof result.duration === "number") parts.push(result.duration.toFixed(2) + " s");
+    return parts.join(", ");
+  }
+
+  function note(which, text) {
+    const span = document.createElement("span");
+    span.className = "note";
+    span.textContent = "\n[" + text + "]";
+    $(which + "-output").appendChild(span);
+  }
+
+  function updateStop() {
+    $("stop").disabled = !(source || wsBusy);
+  }
+
+  function params() {
+    return {
+      prompt: $("prompt").value,
+      session: $("session").value.trim(),
+      token: $("token").value.trim(),
+    };
+  }
+
+  // --- Server-Sent Events -------------------------------------------------------------
+
+  function stopSSE(reason) {
+    if (!source) return;
+    source.close(); // closing the connection stops the answer on the server
+    source = null;
+    if (reason) setStatus("sse", "stopped", reason);
+    updateStop();
+  }
+
+  function startSSE() {
+    stopSSE();
+    const p = params();
+    const url = new URL("/stream", location.href);
+    url.searchParams.set("prompt", p.prompt);
+    if (p.session) url.searchParams.set("session", p.session);
+    if (p.token) url.searchParams.set("access_token", p.token);
+    const out = $("sse-output");
+    out.textContent = "";
+    setStatus("sse", "connecting");
+    const es = new EventSource(url.toString());
+    source = es;
+    updateStop();
+    es.addEventListener("chunk", (event) => {
+      const chunk = JSON.parse(event.data);
+      if (chunk.index === 0) setStatus("sse", "streaming");
+      out.appendChild(document.createTextNode(chunk.content));
+    });
+    es.addEventListener("result", (event) => {
+      const result = JSON.parse(event.data);
+      setStatus("sse", result.status, describe(result));
+    });
+    es.addEventListener("error", (event) => {
+      if (event.data) {
+        const error = JSON.parse(event.data).error;
+        note("sse", error.type + ": " + error.message);
+        return;
+      }
+      // A connection error: refused before streaming (see the HTTP status), or dropped.
+      // Do not let EventSource reconnect: that would send the prompt again.
+      if (source === es) {
+        const state = $("sse-status").dataset.state;
+        if (state === "connecting" || state === "streaming") {
+          setStatus("sse", "error", "the request failed or the connection dropped");
+        }
+        stopSSE();
+      }
+    });
+    es.onmessage = (event) => {
+      if (event.data === "[DONE]" && source === es) stopSSE();
+    };
+  }
+
+  // --- WebSocket --------------------------------------------------------------------
+
+  function openSocket(token) {
+    return new Promise((resolve, reject) => {
+      if (socket && socket.readyState === WebSocket.OPEN) return resolve(socket);
+      const url = new URL("/ws", location.href);
+      url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+      if (token) url.searchParams.set("access_token", token);
+      const ws = new WebSocket(url.toString());
+      ws.onopen = () => { socket = ws; resolve(ws); };
+      ws.onerror = () => reject(new Error("the WebSocket was refused (origin or token?)"));
+      ws.onclose = () => {
+        if (socket === ws) socket = null;
+        if (wsBusy) { wsBusy = false; setStatus("ws", "error", "connection closed"); updateStop(); }
+      };
+      ws.onmessage = (event) => onSocketMessage(JSON.parse(event.data));
+    });
+  }
+
+  function onSocketMessage(msg) {
+    const out = $("ws-output");
+    if (msg.type === "start") {
+      setStatus("ws", "streaming");
+    } else if (msg.type === "chunk") {
+      out.appendChild(document.createTextNode(msg.content));
+    } else if (msg.type === "error") {
+      note("ws", msg.error.type + ": " + msg.error.message);
+      if (msg.final) { wsBusy = false; setStatus("ws", "error", msg.error.type); updateStop(); }
+    } else if (msg.type === "result") {
+      wsBusy = false;
+      setStatus("ws", msg.result.status, describe(msg.result));
+      if (msg.result.status === "stopped") note("ws", "stopped: the partial answer is kept");
+      updateStop();
+    }
+  }
+
+  async function startWS() {
+    if (wsBusy) return;
+    const p = params();
+    $("ws-output").textContent = "";
+    setStatus("ws", "connecting");
+    try {
+      const ws = await openSocket(p.token);
+      wsBusy = true;
+      updateStop();
+      const message = { prompt: p.prompt };
+      if (p.session) message.session = p.session;
+      ws.send(JSON.stringify(message));
+    } catch (err) {
+      setStatus("ws", "error", err.message);
+    }
+  }
+
+  function stopAll() {
+    if (wsBusy && socket) socket.send(JSON.stringify({ type: "stop" }));
+    stopSSE("by you");
+  }
+
+  $("sse-start").addEventListener("click", startSSE);
+  $("ws-start").addEventListener("click", startWS);
+  $("stop").addEventListener("click", stopAll);
+})();

@@ -1,0 +1,267 @@
+"""Server-Sent Events: safe framing, and one driver that runs a stream over HTTP.
+
+Framing: every payload is JSON, so newlines, ``data:`` inside the text, and any
+Unicode arrive intact (the seed's ``fmt.Fprintf(w, "data: %s", text)`` breaks on
+the first newline). Lines are never split by content.
+
+The driver (:func:`run_sse`) owns the life of one HTTP stream:
+
+* a task watches ``receive()`` for ``http.disconnect`` from the start; when the
+  client goes away the stream is stopped at once (the provider's response is
+  closed and the session keeps the partial answer, marked as interrupted);
+* an error raised before the response has started is answered as JSON with a
+  real HTTP status (:func:`~pk_notebook.web.security.status_for`); once the
+  response has started, errors travel in the stream. The response starts at the
+  first chunk, or after one heartbeat interval without one, so that a slow first
+  token does not leave a proxy waiting for headers;
+* comment lines (``: ping``) are sent whenever nothing else was written for a
+  heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from ..runtime.errors import PkNotebookError
+from ..runtime.stream import Stream
+from ..runtime.types import Chunk, Result
+from .security import error_dict, error_headers, log_unexpected, status_for
+
+logger = logging.getLogger("pk_notebook")
+
+SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+    (b"x-content-type-options", b"nosniff"),
+)
+
+DONE = b"data: [DONE]\n\n"
+PING = b": ping\n\n"
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; non-ASCII kept as UTF-8 unless it cannot be encoded (lone surrogates)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, separators=(",", ":"))
+    return text
+
+
+def sse_event(data: str, event: str | None = None) -> bytes:
+    """One SSE event. ``data`` with line breaks becomes several ``data:`` lines, which
+    the client joins back with ``\\n`` (JSON payloads never contain any)."""
+    if "\n" in data or "\r" in data:
+        lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        body = "".join(f"data: {line}\n" for line in lines)
+    else:
+        body = f"data: {data}\n"
+    if event is not None:
+        body = f"event: {event}\n{body}"
+    return (body + "\n").encode("utf-8")
+
+
+def json_response_messages(
+    status: int, data: Any, headers: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    body = dumps(data).encode("utf-8")
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    return (
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+async def send_json(
+    send: Any, status: int, data: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    start, body = json_response_messages(status, data, headers)
+    await send(start)
+    await send(body)
+
+
+class Encoder(Protocol):
+    """How one endpoint writes a stream: its chunk, end and error events."""
+
+    def chunk(self, chunk: Chunk) -> bytes: ...
+
+    def end(self, result: Result) -> bytes: ...
+
+    def error_body(self, exc: BaseException) -> Any: ...
+
+
+class _Writer:
+    """Serialises writes (chunks and heartbeats come from two tasks)."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()
+        self.started = False
+        self.broken = False
+
+    async def start(self, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.started = True
+        await self._send(
+            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *extra]}
+        )
+        self.last = self._loop.time()
+
+    async def write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        async with self._lock:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        self.last = self._loop.time()
+
+    async def finish(self) -> None:
+        if not self.broken:
+            async with self._lock:
+                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def heartbeat(self, interval: float) -> None:
+        while True:
+            delay = self.last + interval - self._loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            await self.write(PING)
+
+
+async def watch_disconnect(receive: Any) -> None:
+    """Return when the client has gone away (the body has already been read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_sse(
+    send: Any,
+    receive: Any,
+    open_stream: Callable[[], Awaitable[Stream]],
+    encoder: Encoder,
+    *,
+    heartbeat: float | None,
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+    on_stream: Callable[[Stream], None] | None = None,
+) -> None:
+    """Run one stream as an SSE response (see the module docstring)."""
+    writer = _Writer(send)
+    opener: asyncio.Task[Stream] = asyncio.ensure_future(open_stream())
+    gone: asyncio.Task[None] = asyncio.ensure_future(watch_disconnect(receive))
+    beat: asyncio.Task[None] | None = None
+    stream: Stream | None = None
+    try:
+        done, _ = await asyncio.wait(
+            {opener, gone}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+        )
+        if gone in done:
+            return  # the finally clause cancels the opener (which stops its stream)
+        if not done:
+            # No first chunk yet after one interval: commit to streaming and keep
+            # the connection visibly alive while the provider thinks.
+            await writer.start(extra_headers)
+            beat = asyncio.ensure_future(writer.heartbeat(heartbeat))  # type: ignore[arg-type]
+            done, _ = await asyncio.wait({opener, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone in done:
+                return
+        try:
+            stream = opener.result()
+        except Exception as exc:
+            log_unexpected(exc, "opening a stream")
+            if writer.started:
+                await writer.write(encoder_error(encoder, exc))
+                await writer.write(DONE)
+                await writer.finish()
+            else:
+                await send_json(send, status_for(exc), encoder.error_body(exc), error_headers(exc))
+            return
+        if on_stream is not None:
+            on_stream(stream)
+        gone.add_done_callback(lambda _: stream.stop())  # type: ignore[union-attr]
+        if gone.done():
+            stream.stop()
+        if not writer.started:
+            await writer.start(extra_headers)
+        if beat is None and heartbeat is not None:
+            beat = asyncio.ensure_future(writer.heartbeat(heartbeat))
+        failure: BaseException | None = None
+        try:
+            async for chunk in stream:
+                if not chunk.final:
+                    await writer.write(encoder.chunk(chunk))
+        except PkNotebookError:
+            pass  # the stream ended with an error: it is on stream.result
+        except OSError:
+            writer.broken = True  # the client went away while we wrote
+        except Exception as exc:
+            log_unexpected(exc, "streaming")
+            failure = exc
+        if gone.done() or writer.broken:
+            return
+        result = stream.result
+        if failure is not None:
+            await writer.write(encoder_error(encoder, failure))
+        await writer.write(encoder.end(result))
+        await writer.finish()
+    except OSError:
+        writer.broken = True
+    finally:
+        for task in (beat, gone):
+            if task is not None:
+                task.cancel()
+        if not opener.done():
+            opener.cancel()
+        await asyncio.gather(
+            *(t for t in (opener, beat, gone) if t is not None), return_exceptions=True
+        )
+        if stream is None and not opener.cancelled() and opener.exception() is None:
+            stream = opener.result()  # opened just as the client left
+        if stream is not None and not stream.ended:
+            await stream.aclose()
+
+
+def encoder_error(encoder: Encoder, exc: BaseException) -> bytes:
+    return sse_event(dumps(encoder.error_body(exc)), "error")
+
+
+class NativeEncoder:
+    """The ``/stream`` format: ``event: chunk`` per chunk, ``event: error`` if the stream
+    failed, ``event: result`` with the :class:`Result`, then ``data: [DONE]``."""
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        payload: dict[str, Any] = {"index": chunk.index, "content": chunk.content}
+        if chunk.reasoning:
+            payload["reasoning"] = chunk.reasoning
+        return sse_event(dumps(payload), "chunk")
+
+    def end(self, result: Result) -> bytes:
+        data = result_dict(result)
+        out = b""
+        if result.error is not None:
+            out += sse_event(dumps({"error": data["error"]}), "error")
+        return out + sse_event(dumps(data), "result") + DONE
+
+    def error_body(self, exc: BaseException) -> Any:
+        return {"error": error_dict(exc)}
+
+
+def result_dict(result: Result) -> dict[str, Any]:
+    """``Result.to_dict()`` with a client-safe error (no traceback, no key)."""
+    data = result.to_dict()
+    data["error"] = error_dict(result.error) if result.error is not None else None
+    return data

@@ -1,0 +1,239 @@
+"""``/ws``: prompts in, chunks out, and a stop message, over one WebSocket.
+
+Client to server (text frames):
+
+* a prompt: plain text, or ``{"prompt": "...", "session": "id", "options": {...}}``;
+* ``{"type": "stop"}``: stop the running answer (the partial text is kept).
+
+Server to client (JSON), ``id`` numbering the prompts of the connection::
+
+    {"type": "start",  "id": 1}
+    {"type": "chunk",  "id": 1, "index": 0, "content": "Hel"}
+    {"type": "error",  "id": 1, "final": false, "error": {...}}   # the answer failed midway
+    {"type": "result", "id": 1, "result": {"status": "finished", "text": ..., "usage": ...}}
+
+A prompt ends with its ``result``, or with an ``error`` whose ``final`` is true
+when it failed before its first chunk (or was refused). Prompts on a connection
+run one at a time; one sent while another runs is refused (``"type": "Busy"``).
+
+The handshake is checked before it is accepted: the page's ``Origin`` must be
+allowed (cross-site WebSocket hijacking is the classic hole: the seed's
+upgrader accepts every origin) and the token, if any, must match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from ..runtime.errors import PkNotebookError
+from ..runtime.pipeline import Pipeline
+from ..runtime.stream import Stream
+from .security import (
+    Slots,
+    WebError,
+    check_origin,
+    check_prompt,
+    check_token,
+    error_dict,
+    log_unexpected,
+)
+from .settings import WebSettings
+from .sse import open_stream, parse_options, parse_session
+from .streaming import dumps, json_response_messages, result_dict
+
+logger = logging.getLogger("pk_notebook")
+
+
+class _Connection:
+    def __init__(self, endpoint: WebSocketEndpoint, send: Any) -> None:
+        self.endpoint = endpoint
+        self.settings = endpoint.settings
+        self._send = send
+        self.broken = False
+        self.count = 0
+        self.task: asyncio.Task[None] | None = None
+        self.stream: Stream | None = None
+        self.stop_requested = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.broken:
+            return
+        try:
+            await self._send({"type": "websocket.send", "text": dumps(message)})
+        except OSError:
+            self.broken = True  # the client is gone; the receive loop will see it
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self.stream is not None:
+            self.stream.stop()
+
+    async def handle(self, text: str) -> None:
+        settings = self.settings
+        if len(text) > settings.max_body_bytes:
+            await self.refuse(
+                WebError(
+                    413,
+                    "RequestTooLarge",
+                    f"the message is larger than {settings.max_body_bytes} bytes",
+                )
+            )
+            return
+        data: dict[str, Any] | None = None
+        if text.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                data = parsed
+        if data is None:
+            data = {"prompt": text}
+        kind = data.get("type", "prompt")
+        if kind == "stop":
+            self.stop()
+            return
+        if kind != "prompt":
+            await self.refuse(WebError(422, "InvalidRequest", f"unknown message type {kind!r}"))
+            return
+        if self.task is not None and not self.task.done():
+            await self.refuse(
+                WebError(
+                    409,
+                    "Busy",
+                    "an answer is still streaming: wait for its result or "
+                    'send {"type": "stop"} first',
+                ),
+                final=False,
+            )
+            return
+        self.count += 1
+        try:
+            prompt = check_prompt(data.get("prompt"), settings)
+            session = parse_session(data.get("session", data.get("session_id")))
+            config = parse_options(data.get("options"), settings)
+            self.endpoint.slots.acquire()
+        except WebError as exc:
+            await self.refuse(exc, id=self.count)
+            return
+        self.stop_requested = False
+        self.task = asyncio.ensure_future(self.run(self.count, prompt, session, config))
+
+    async def refuse(self, exc: WebError, *, id: int | None = None, final: bool = True) -> None:
+        await self.send({"type": "error", "id": id, "final": final, "error": exc.to_dict()})
+
+    async def run(self, id: int, prompt: str, session: str | None, config: Any) -> None:
+        try:
+            try:
+                stream = await open_stream(self.endpoint.pipe, prompt, session, config)
+            except Exception as exc:
+                log_unexpected(exc, "opening a WebSocket stream")
+                await self.send(
+                    {"type": "error", "id": id, "final": True, "error": error_dict(exc)}
+                )
+                return
+            self.stream = stream
+            if self.stop_requested or self.broken:
+                stream.stop()
+            await self.send({"type": "start", "id": id})
+            try:
+                async for chunk in stream:
+                    if chunk.final:
+                        continue
+                    message: dict[str, Any] = {
+                        "type": "chunk",
+                        "id": id,
+                        "index": chunk.index,
+                        "content": chunk.content,
+                    }
+                    if chunk.reasoning:
+                        message["reasoning"] = chunk.reasoning
+                    await self.send(message)
+                    if self.broken:
+                        stream.stop()
+            except PkNotebookError:
+                pass  # on stream.result
+            except Exception as exc:
+                log_unexpected(exc, "a WebSocket stream")
+            finally:
+                if not stream.ended:
+                    await stream.aclose()
+            data = result_dict(stream.result)
+            if data["error"] is not None:
+                await self.send({"type": "error", "id": id, "final": False, "error": data["error"]})
+            await self.send({"type": "result", "id": id, "result": data})
+        finally:
+            self.stream = None
+            self.endpoint.slots.release()
+
+
+class WebSocketEndpoint:
+    """The ASGI app behind ``/ws``."""
+
+    def __init__(self, pipe: Pipeline, settings: WebSettings, slots: Slots) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self.slots = slots
+        self.connections = 0
+
+    async def deny(self, scope: Any, send: Any, exc: WebError) -> None:
+        if "websocket.http.response" in scope.get("extensions", {}):
+            start, body = json_response_messages(exc.status, {"error": exc.to_dict()}, exc.headers)
+            start["type"] = "websocket.http.response.start"
+            body["type"] = "websocket.http.response.body"
+            await send(start)
+            await send(body)
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.kind})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        try:
+            check_origin(scope, self.settings)
+            check_token(scope, self.settings, query_ok=True)
+            if self.connections >= self.settings.max_websockets:
+                raise WebError(
+                    503,
+                    "ServerBusy",
+                    "too many WebSocket connections; retry later",
+                    headers={"Retry-After": "5"},
+                )
+        except WebError as exc:
+            await self.deny(scope, send, exc)
+            return
+        self.connections += 1
+        connection = _Connection(self, send)
+        try:
+            await send({"type": "websocket.accept"})
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.disconnect":
+                    break
+                if kind != "websocket.receive":
+                    continue
+                text = message.get("text")
+                if text is None:
+                    await connection.refuse(
+                        WebError(
+                            415, "UnsupportedMediaType", "send text frames (plain text or JSON)"
+                        )
+                    )
+                    continue
+                await connection.handle(text)
+        except OSError:
+            pass  # the client went away
+        finally:
+            self.connections -= 1
+            connection.broken = True
+            connection.stop()
+            if connection.task is not None:
+                try:
+                    await connection.task
+                except Exception:
+                    logger.debug("a WebSocket stream task failed", exc_info=True)
