@@ -85,6 +85,9 @@ class Scenario:
     ``turn`` is the 1-based number of the user message in the conversation. With
     both, both must hold; with neither, the scenario matches every prompt.
     ``response`` may use ``{name}`` for the match's named groups and ``{prompt}``.
+    ``recall`` is a regular expression searched in the *earlier* user messages of the
+    conversation (newest first); the scenario matches only if it is found, and its
+    named groups fill the answer too. That is how the demo shows session memory.
     """
 
     response: str
@@ -94,26 +97,34 @@ class Scenario:
     fault: Fault | None = None
     finish_reason: str = "stop"
     reasoning: str = ""
+    recall: str | None = None
 
     def __post_init__(self) -> None:
-        if self.match is not None:
+        for attr in ("match", "recall"):
+            source = getattr(self, attr)
             try:
-                object.__setattr__(self, "_pattern", re.compile(self.match, re.IGNORECASE | re.DOTALL))
+                compiled = re.compile(source, re.IGNORECASE | re.DOTALL) if source else None
             except re.error as exc:
-                raise ConfigurationError(f"scenario {self.name or self.match!r}: bad regex: {exc}") from exc
-        else:
-            object.__setattr__(self, "_pattern", None)
+                raise ConfigurationError(f"scenario {self.name or source!r}: bad regex: {exc}") from exc
+            object.__setattr__(self, f"_{attr}_re", compiled)
 
-    def matches(self, prompt: str, turn: int) -> dict[str, str] | None:
+    def matches(self, prompt: str, turn: int, earlier: Sequence[str] = ()) -> dict[str, str] | None:
         if self.turn is not None and self.turn != turn:
             return None
-        pattern: re.Pattern[str] | None = self._pattern  # type: ignore[attr-defined]
-        if pattern is None:
-            return {}
-        found = pattern.search(prompt)
-        if found is None:
-            return None
-        return {k: v.strip() for k, v in found.groupdict().items() if v is not None}
+        groups: dict[str, str] = {}
+        recall: re.Pattern[str] | None = self._recall_re  # type: ignore[attr-defined]
+        if recall is not None:
+            found = next((m for m in map(recall.search, reversed(earlier)) if m), None)
+            if found is None:
+                return None
+            groups.update(_groups(found))
+        pattern: re.Pattern[str] | None = self._match_re  # type: ignore[attr-defined]
+        if pattern is not None:
+            found = pattern.search(prompt)
+            if found is None:
+                return None
+            groups.update(_groups(found))
+        return groups
 
     def render(self, prompt: str, groups: Mapping[str, str]) -> str:
         values = {"prompt": prompt.strip(), **groups}
@@ -121,7 +132,7 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        known = {"response", "match", "turn", "name", "fault", "finish_reason", "reasoning"}
+        known = {"response", "match", "turn", "name", "fault", "finish_reason", "reasoning", "recall"}
         extra = set(data) - known
         if extra:
             raise ConfigurationError(
@@ -134,6 +145,10 @@ class Scenario:
         if values.get("fault") is not None:
             values["fault"] = Fault.from_dict(values["fault"])
         return cls(**values)
+
+
+def _groups(found: re.Match[str]) -> dict[str, str]:
+    return {k: v.strip() for k, v in found.groupdict().items() if v is not None}
 
 
 class _SafeFormatter:
@@ -245,9 +260,10 @@ class MockProvider:
     def pick(self, request: Request) -> tuple[Scenario | None, str]:
         """The scenario that answers ``request`` and the rendered answer text."""
         prompt = request.prompt
-        turn = sum(1 for m in request.messages if m.role == "user")
+        asked = [m.content for m in request.messages if m.role == "user"]
+        turn = len(asked)
         for scenario in self.scenarios:
-            groups = scenario.matches(prompt, turn)
+            groups = scenario.matches(prompt, turn, asked[:-1])
             if groups is not None:
                 return scenario, scenario.render(prompt, groups)
         excerpt = " ".join(prompt.split())

@@ -91,8 +91,8 @@ class SSEDecoder:
             if end < 0:
                 partial.append(chunk)
                 return []
-            partial.append(chunk[:end + 1])
-            chunk = b"".join(partial)
+            partial.append(chunk)
+            chunk = b"".join(partial)  # once per completed line: linear overall
             partial.clear()
         lines = chunk.split(b"\n")
         tail = lines.pop()

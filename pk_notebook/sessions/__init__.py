@@ -8,7 +8,16 @@ from ..runtime.store import HistoryLimit, SessionInfo, StateStore
 from .memory import MemoryStore
 from .sqlite import SQLiteStore, default_path
 
-__all__ = ["HistoryLimit", "MemoryStore", "SQLiteStore", "SessionInfo", "StateStore", "default_path"]
+# RedisStore is left out on purpose: `from pk_notebook.sessions import *` must work
+# without the optional 'redis' package.
+__all__ = [
+    "HistoryLimit",
+    "MemoryStore",
+    "SQLiteStore",
+    "SessionInfo",
+    "StateStore",
+    "default_path",
+]
 
 
 def __getattr__(name: str) -> object:

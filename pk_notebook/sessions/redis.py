@@ -137,7 +137,7 @@ end
 local n = #ARGV - 5
 local i = 6
 while i <= #ARGV do
-  local j = math.min(i + %(slice)d - 1, #ARGV)
+  local j = math.min(i + __SLICE__ - 1, #ARGV)
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, j))
   i = j + 1
 end
@@ -151,8 +151,7 @@ end
 touch(KEYS[3], ARGV[1], ARGV[2])
 return n
 """
-    % {"slice": _LUA_SLICE}
-)
+).replace("__SLICE__", str(_LUA_SLICE))
 
 # KEYS: meta, msgs, index   ARGV: session_id
 _DELETE = """
@@ -376,7 +375,7 @@ class RedisStore(StateStore):
                     await asyncio.wait_for(asyncio.wrap_future(future), timeout=10)
                 else:
                     logger.debug("RedisStore: the loop of a client is not running; not closing it")
-            except Exception as exc:  # noqa: BLE001 - closing must not fail a shutdown
+            except Exception as exc:  # closing must not fail a shutdown
                 logger.debug("RedisStore: closing a client failed: %s", exc)
 
     async def ping(self) -> None:
@@ -388,7 +387,13 @@ class RedisStore(StateStore):
 
     # --- errors ---------------------------------------------------------------------
 
-    def _fail(self, exc: BaseException, doing: str, session_id: str | None = None) -> NoReturn:
+    def _fail(
+        self,
+        exc: BaseException,
+        doing: str,
+        session_id: str | None = None,
+        key: str | None = None,
+    ) -> NoReturn:
         detail = redact(str(exc), self._password)
         if isinstance(exc, ResponseError):
             if detail.startswith("PKNB_BADTYPE "):
@@ -411,10 +416,11 @@ class RedisStore(StateStore):
                     "or give RedisStore another prefix."
                 ) from None
             if "WRONGTYPE" in detail:
+                where = f"the key {key!r}" if key else f"a key under the prefix {self.prefix!r}"
                 raise StoreUnavailable(
-                    f"Redis at {self.display_url}: cannot {doing}: a key under the prefix "
-                    f"{self.prefix!r} holds another type of data ({detail}). Something else "
-                    "writes there: delete it or give RedisStore another prefix."
+                    f"Redis at {self.display_url}: cannot {doing}: {where} holds another "
+                    f"type of data ({detail}). Something else writes there: delete it or "
+                    "give RedisStore another prefix."
                 ) from None
         if isinstance(exc, (RedisError, OSError)):
             raise StoreUnavailable(
@@ -484,8 +490,11 @@ class RedisStore(StateStore):
             conn = self._conn()
             client = conn.client
             ids = [sid.decode() for sid in await client.zrevrange(index, 0, -1)]
-            if not ids:
-                return []
+        except RedisError as exc:
+            self._fail(exc, "list the sessions", key=index)
+        if not ids:
+            return []
+        try:
             pipe = client.pipeline(transaction=False)
             for sid in ids:
                 pipe.hmget(self._meta(sid), ["created_at", "updated_at"])
@@ -572,7 +581,9 @@ class _RedisLock:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     raise SessionBusy(self.session_id, self.timeout or 0.0)
-                pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+                pause = (
+                    delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+                )
                 await asyncio.sleep(pause)
                 delay = min(delay * 1.5, _POLL_MAX)
         except asyncio.CancelledError:

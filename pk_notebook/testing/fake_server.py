@@ -69,7 +69,9 @@ class RecordedRequest:
     dialect: str | None
     started_at: float = field(default_factory=time.monotonic)
     events_sent: int = 0
+    #: the server sent the whole response
     completed: bool = False
+    #: the client closed the connection before the response was complete
     disconnected: bool = False
     disconnected_at: float | None = None
     ended_at: float | None = None
@@ -108,7 +110,7 @@ class RecordedRequest:
             "started_at": self.started_at, "ended_at": self.ended_at,
         }
 
-    def _end(self, *, disconnected: bool) -> None:
+    def _end(self, *, disconnected: bool, completed: bool = True) -> None:
         if self._ended.is_set():
             return
         now = time.monotonic()
@@ -116,7 +118,7 @@ class RecordedRequest:
             self.disconnected = True
             self.disconnected_at = now
         else:
-            self.completed = True
+            self.completed = completed
         self.ended_at = now
         self._ended.set()
 
@@ -322,13 +324,13 @@ class _Connection(asyncio.Protocol):
         else:
             opening, pieces, closing = script.render(dialect, model)
             sent = await self._events(opening, script.pace, record, first=True)
-            fault_at = script.after if fault is not None else -1
+            fault_at = script.after if fault not in (None, "no_close") else -1
             for index, piece in enumerate(pieces):
                 if index == fault_at:
                     return await self._fault(script, dialect, record)
                 await self._events((piece,), script.pace, record, first=not sent)
                 sent = True
-            if fault_at >= len(pieces) and fault not in ("no_close",):
+            if fault_at >= len(pieces):
                 return await self._fault(script, dialect, record)
             await self._events(closing, script.pace, record, first=False)
             if fault == "no_close":
@@ -360,6 +362,7 @@ class _Connection(asyncio.Protocol):
         fault = script.fault
         if fault == "drop":
             assert self.transport is not None
+            record._end(disconnected=False, completed=False)  # the server hung up, not the client
             self.transport.close()  # mid-body: the chunked body never ends
             raise _ClientGone
         if fault == "eof":

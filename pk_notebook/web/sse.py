@@ -9,7 +9,7 @@ The events (see :class:`~pk_notebook.web.streaming.NativeEncoder`)::
 
     event: chunk    data: {"index": 0, "content": "Hello"}
     event: error    data: {"error": {"type": "ProviderError", "message": ..., "partial_text": ...}}
-    event: result   data: {"text": ..., "status": "finished", "finish_reason": "stop", "usage": {...}}
+    event: result   data: {"text": ..., "status": "finished", "finish_reason": "stop", ...}
     data: [DONE]
 """
 

@@ -127,3 +127,14 @@ def test_the_registry_builds_the_mock_by_name() -> None:
     assert isinstance(provider, MockProvider) and provider.model == "tiny"
     with pytest.raises(ConfigurationError, match="unknown provider 'nope'"):
         create_provider("nope:x")
+
+
+async def test_recall_scenarios_answer_from_earlier_turns_only() -> None:
+    pipe = pipe_for(MockProvider.demo(chunk_delay=0, first_chunk_delay=0))
+    unknown = await pipe.execute_with_context("s", "user", "What is my name?")
+    assert unknown.text.startswith("I don't know yet")
+    await pipe.execute_with_context("s", "user", "Hello, my name is Grace")
+    known = await pipe.execute_with_context("s", "user", "What is my name?")
+    assert known.text.startswith("Your name is Grace")
+    # Without the session's history, the same question has nothing to recall.
+    assert (await pipe.execute("user", "What is my name?")).text.startswith("I don't know yet")

@@ -24,7 +24,9 @@ def redis_binary() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_server(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(
+    redis_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
     """One redis-server for the whole run (no persistence); tests keep apart by key prefix."""
     server = RedisServer(redis_binary, tmp_path_factory.mktemp("redis"))
     server.start()

@@ -36,7 +36,7 @@ def assert_turns_paired(messages: list[Message]) -> list[str]:
     """Every user message is followed by its own answer; returns the prompts in order."""
     assert len(messages) % 2 == 0, [m.content for m in messages]
     prompts = []
-    for question, answer in zip(messages[::2], messages[1::2]):
+    for question, answer in zip(messages[::2], messages[1::2], strict=True):
         assert question.role == "user", question
         assert answer.role == "assistant", answer
         assert answer.content.startswith(f"A: {question.content} "), (question, answer)
@@ -79,7 +79,11 @@ async def test_append_of_many_messages_is_atomic(make_store: StoreFactory) -> No
         stores = [stores[0], stores[0]]
 
     async def add(i: int) -> None:
-        batch = [Message("user", f"q{i}"), Message("assistant", f"A: q{i} "), Message("user", f"z{i}")]
+        batch = [
+            Message("user", f"q{i}"),
+            Message("assistant", f"A: q{i} "),
+            Message("user", f"z{i}"),
+        ]
         await stores[i % 2].append("atomic", batch)
 
     await asyncio.gather(*(add(i) for i in range(40)))
@@ -181,7 +185,9 @@ async def test_export_import_round_trip(make_store: StoreFactory) -> None:
 async def test_history_limit_trims_what_the_provider_sees(make_store: StoreFactory) -> None:
     store = make_store()
     provider = echo_provider()
-    pipe = Pipeline(ProviderMiddleware(provider), state_store=store, history=HistoryLimit(max_messages=3))
+    pipe = Pipeline(
+        ProviderMiddleware(provider), state_store=store, history=HistoryLimit(max_messages=3)
+    )
     async with pipe:
         for i in range(4):
             await pipe.execute_with_context("lim", "user", f"t{i}")
@@ -214,7 +220,9 @@ async def test_interrupted_turns_are_stored_with_their_status(make_store: StoreF
     store = make_store()
     provider = MockProvider(
         [
-            Scenario("this answer fails after a few words", match="^fail", fault=Fault("error", after=3)),
+            Scenario(
+                "this answer fails after a few words", match="^fail", fault=Fault("error", after=3)
+            ),
             Scenario("a long answer " * 50, match="^stop"),
         ],
         chunk_delay=0.001,
@@ -243,7 +251,9 @@ async def test_interrupted_turns_are_stored_with_their_status(make_store: StoreF
     assert history[1].content == "this answer fails"
     assert history[3].content == stream.text and stream.text
 
-    async with Pipeline(ProviderMiddleware(provider), state_store=store, interrupted="drop") as pipe:
+    async with Pipeline(
+        ProviderMiddleware(provider), state_store=store, interrupted="drop"
+    ) as pipe:
         dropped = await pipe.execute_stream_with_context("s", "user", "fail again")
         with pytest.raises(ProviderError):
             async for _ in dropped:
@@ -285,7 +295,9 @@ def test_ttl_is_validated(make_store: StoreFactory) -> None:
 async def test_lock_excludes_and_times_out_with_session_busy(make_store: StoreFactory) -> None:
     store = make_store()
     other = make_store()
-    contenders = [store] if other is store or type(store).__name__ == "MemoryStore" else [store, other]
+    contenders = (
+        [store] if other is store or type(store).__name__ == "MemoryStore" else [store, other]
+    )
     async with store.lock("L", timeout=1):
         for contender in contenders:
             with pytest.raises(SessionBusy) as caught:
