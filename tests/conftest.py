@@ -29,7 +29,9 @@ def require_binary(name: str, hint: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep SQLite sessions and provider defaults out of the user's real home."""
     monkeypatch.setenv("PK_NOTEBOOK_HOME", str(tmp_path_factory.mktemp("pk_home")))
     for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):

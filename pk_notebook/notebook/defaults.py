@@ -31,7 +31,9 @@ DEFAULT_PROVIDER = "mock"
 class NotebookDefaults:
     """What ``%stream config`` shows and sets."""
 
-    provider: str = field(default_factory=lambda: os.environ.get("PK_NOTEBOOK_PROVIDER") or DEFAULT_PROVIDER)
+    provider: str = field(
+        default_factory=lambda: os.environ.get("PK_NOTEBOOK_PROVIDER") or DEFAULT_PROVIDER
+    )
     config: ProviderConfig = field(default_factory=ProviderConfig)
     store: str = "memory"
     timeout: float | None = None
@@ -79,7 +81,9 @@ class NotebookDefaults:
         """
         if "store" in changes and changes["store"] != self.store:
             self._store = None
-        config_changes = {k: changes.pop(k) for k in list(changes) if k in ProviderConfig.__dataclass_fields__}
+        config_changes = {
+            k: changes.pop(k) for k in list(changes) if k in ProviderConfig.__dataclass_fields__
+        }
         if config_changes:
             self.config = replace(self.config, **config_changes)
         for key, value in changes.items():

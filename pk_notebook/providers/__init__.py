@@ -12,7 +12,7 @@ from .mock import Fault, MockCall, MockProvider, Scenario, split_tokens
 from .openai import OpenAIProvider
 from .pricing import DEFAULT_PRICES, PRICES_AS_OF, lookup_price
 from .registry import available_providers, create_provider, parse_spec, register_provider
-from .sse import SSEDecoder, ServerSentEvent
+from .sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
     "DEFAULT_PRICES",

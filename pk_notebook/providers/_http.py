@@ -156,7 +156,9 @@ class ConnectionPool:
         shard = self._pick()
         shard.active += 1
         try:
-            async with shard.client.stream(method, url, headers=headers, content=content) as response:
+            async with shard.client.stream(
+                method, url, headers=headers, content=content
+            ) as response:
                 yield response
         finally:
             shard.active -= 1
@@ -242,7 +244,9 @@ def error_details(body: str) -> tuple[str | None, str | None]:
         return None, None
     message = error.get("message") or data.get("message")
     code = error.get("type") or error.get("code") or error.get("status")
-    return (str(message) if message is not None else None), (str(code) if code is not None else None)
+    return (str(message) if message is not None else None), (
+        str(code) if code is not None else None
+    )
 
 
 _SERVER_CODES = frozenset(
@@ -250,8 +254,13 @@ _SERVER_CODES = frozenset(
 )
 _RATE_CODES = frozenset({"rate_limit_error", "rate_limit_exceeded", "RESOURCE_EXHAUSTED"})
 _AUTH_CODES = frozenset(
-    {"authentication_error", "permission_error", "invalid_api_key", "UNAUTHENTICATED",
-     "PERMISSION_DENIED"}
+    {
+        "authentication_error",
+        "permission_error",
+        "invalid_api_key",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+    }
 )
 
 
@@ -265,10 +274,15 @@ def error_for_status(
     """The typed error for a failed HTTP response (status >= 400)."""
     body = redact(body, secret)
     message, code = error_details(body)
-    detail = message or (body.strip()[:300] if body.strip() else httpx.codes.get_reason_phrase(status))
+    detail = message or (
+        body.strip()[:300] if body.strip() else httpx.codes.get_reason_phrase(status)
+    )
     text = f"{provider} returned HTTP {status}: {detail}"
     kwargs: dict[str, Any] = {
-        "status_code": status, "provider": provider, "code": code, "body": body,
+        "status_code": status,
+        "provider": provider,
+        "code": code,
+        "body": body,
     }
     if status in (401, 403):
         return AuthenticationError(
@@ -313,7 +327,9 @@ def error_in_stream(provider: str, payload: Any, secret: str | None) -> Provider
     return ProviderError(text, status_code=status, **kwargs)
 
 
-def network_error(provider: str, exc: BaseException, secret: str | None, *, started: bool) -> NetworkError:
+def network_error(
+    provider: str, exc: BaseException, secret: str | None, *, started: bool
+) -> NetworkError:
     where = "in the middle of the stream" if started else "before the answer started"
     detail = redact(str(exc) or type(exc).__name__, secret)
     return NetworkError(
@@ -334,9 +350,7 @@ async def read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) 
     return b"".join(parts)[:limit].decode("utf-8", "replace")
 
 
-async def check_response(
-    provider: str, response: httpx.Response, secret: str | None
-) -> None:
+async def check_response(provider: str, response: httpx.Response, secret: str | None) -> None:
     """Raise the typed error unless ``response`` is a successful event stream.
 
     Status first (an error body is JSON, HTML or text, never SSE), then the
@@ -354,7 +368,10 @@ async def check_response(
         if message is not None:
             raise ProviderError(
                 f"{provider} answered with an error instead of a stream: {message}",
-                status_code=status, provider=provider, code=code, body=redact(body, secret),
+                status_code=status,
+                provider=provider,
+                code=code,
+                body=redact(body, secret),
             )
         raise ProtocolError(
             f"{provider} answered HTTP {status} with {content_type or 'no content type'} "

@@ -33,9 +33,7 @@ class AnthropicProvider(HTTPProvider):
     default_base_url = ANTHROPIC_BASE_URL
     official_hosts: ClassVar[frozenset[str]] = frozenset({"api.anthropic.com"})
     key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
-    defaults: ClassVar[ProviderConfig] = ProviderConfig(
-        model="claude-sonnet-4-5", max_tokens=4096
-    )
+    defaults: ClassVar[ProviderConfig] = ProviderConfig(model="claude-sonnet-4-5", max_tokens=4096)
 
     def __init__(self, model: str | None = None, **options: Any) -> None:
         super().__init__(model, **options)
@@ -81,8 +79,15 @@ class AnthropicProvider(HTTPProvider):
 
 class AnthropicParser:
     __slots__ = (
-        "_blocks", "_decoder", "_provider", "done", "error", "model", "started",
-        "stop_reason", "usage",
+        "_blocks",
+        "_decoder",
+        "_provider",
+        "done",
+        "error",
+        "model",
+        "started",
+        "stop_reason",
+        "usage",
     )
 
     def __init__(self, provider: HTTPProvider) -> None:
@@ -137,7 +142,10 @@ class AnthropicParser:
                 block = obj.get("content_block") or {}
                 if block.get("type") == "tool_use":
                     self._blocks[obj.get("index", len(self._blocks))] = [
-                        block.get("id", ""), block.get("name", ""), [], block.get("input"),
+                        block.get("id", ""),
+                        block.get("name", ""),
+                        [],
+                        block.get("input"),
                     ]
             elif kind == "message_delta":
                 reason = (obj.get("delta") or {}).get("stop_reason")

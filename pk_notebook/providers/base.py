@@ -97,7 +97,10 @@ class HTTPProvider:
         )
         self.config = self.defaults.merged(
             ProviderConfig(
-                model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                model=model,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
                 system=system,
             )
         )

@@ -36,7 +36,9 @@ class GeminiProvider(HTTPProvider):
     def __init__(self, model: str | None = None, **options: Any) -> None:
         super().__init__(model, **options)
         base = self.base_url
-        self._models_url = base + ("/models/" if base.endswith(("/v1", "/v1beta")) else "/v1beta/models/")
+        self._models_url = base + (
+            "/models/" if base.endswith(("/v1", "/v1beta")) else "/v1beta/models/"
+        )
 
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
         system = [config.system] if config.system else []
@@ -63,7 +65,7 @@ class GeminiProvider(HTTPProvider):
             payload["generationConfig"] = generation
         model = str(config.model)
         if model.startswith("models/"):
-            model = model[len("models/"):]
+            model = model[len("models/") :]
         url = f"{self._models_url}{quote(model, safe='.-_')}:streamGenerateContent?alt=sse"
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if self._api_key:
@@ -77,8 +79,15 @@ class GeminiProvider(HTTPProvider):
 
 class GeminiParser:
     __slots__ = (
-        "_decoder", "_provider", "_tools", "done", "error", "finish_reason", "model",
-        "started", "usage",
+        "_decoder",
+        "_provider",
+        "_tools",
+        "done",
+        "error",
+        "finish_reason",
+        "model",
+        "started",
+        "usage",
     )
 
     def __init__(self, provider: HTTPProvider) -> None:

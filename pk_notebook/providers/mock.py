@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,9 @@ class Scenario:
             try:
                 compiled = re.compile(source, re.IGNORECASE | re.DOTALL) if source else None
             except re.error as exc:
-                raise ConfigurationError(f"scenario {self.name or source!r}: bad regex: {exc}") from exc
+                raise ConfigurationError(
+                    f"scenario {self.name or source!r}: bad regex: {exc}"
+                ) from exc
             object.__setattr__(self, f"_{attr}_re", compiled)
 
     def matches(self, prompt: str, turn: int, earlier: Sequence[str] = ()) -> dict[str, str] | None:
@@ -132,7 +134,16 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        known = {"response", "match", "turn", "name", "fault", "finish_reason", "reasoning", "recall"}
+        known = {
+            "response",
+            "match",
+            "turn",
+            "name",
+            "fault",
+            "finish_reason",
+            "reasoning",
+            "recall",
+        }
         extra = set(data) - known
         if extra:
             raise ConfigurationError(
@@ -269,7 +280,9 @@ class MockProvider:
         excerpt = " ".join(prompt.split())
         if len(excerpt) > 160:
             excerpt = excerpt[:157] + "..."
-        return None, _SafeFormatter().format(self.default, excerpt=excerpt or "(empty)", prompt=prompt)
+        return None, _SafeFormatter().format(
+            self.default, excerpt=excerpt or "(empty)", prompt=prompt
+        )
 
     async def stream(self, request: Request) -> AsyncIterator[ProviderEvent]:
         scenario, text = self.pick(request)
@@ -314,7 +327,11 @@ class MockProvider:
                     await asyncio.sleep(self.chunk_delay)
                 call.chunks_sent += 1
                 yield Delta(piece)
-            if fault is not None and fault.after >= len(pieces) and fault.kind not in ("rate_limit", "server_error"):
+            if (
+                fault is not None
+                and fault.after >= len(pieces)
+                and fault.kind not in ("rate_limit", "server_error")
+            ):
                 await self._fail(fault, call)
                 if fault.kind == "truncate":
                     return
@@ -324,7 +341,9 @@ class MockProvider:
                 usage=Usage(
                     input_tokens=sum(estimate_tokens(m.content) for m in request.messages),
                     output_tokens=len(pieces),
-                    reasoning_tokens=len(split_tokens(scenario.reasoning)) if scenario and scenario.reasoning else 0,
+                    reasoning_tokens=len(split_tokens(scenario.reasoning))
+                    if scenario and scenario.reasoning
+                    else 0,
                 ),
                 model=request.config.model or self.model,
             )
@@ -343,7 +362,9 @@ class MockProvider:
             )
         if fault.kind == "disconnect":
             call.outcome = "error"
-            raise NetworkError(fault.message or "mock: the connection dropped mid-stream (rehearsal)")
+            raise NetworkError(
+                fault.message or "mock: the connection dropped mid-stream (rehearsal)"
+            )
         if fault.kind == "truncate":
             call.outcome = "truncated"
             return

@@ -103,8 +103,15 @@ class OpenAIParser:
     """Turns a Chat Completions event stream into Delta/Finish, one read at a time."""
 
     __slots__ = (
-        "_decoder", "_provider", "_tools", "done", "error", "finish_reason", "model",
-        "started", "usage",
+        "_decoder",
+        "_provider",
+        "_tools",
+        "done",
+        "error",
+        "finish_reason",
+        "model",
+        "started",
+        "usage",
     )
 
     def __init__(self, provider: HTTPProvider, config: ProviderConfig) -> None:

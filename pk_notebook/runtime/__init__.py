@@ -4,8 +4,26 @@ It imports only the standard library (and nothing from ``notebook`` or ``web``),
 so scripts, servers and kernels all share it.
 """
 
-from .errors import *  # noqa: F403 - the error tree is part of the runtime's surface
-from .errors import __all__ as _errors_all
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    MissingAPIKey,
+    NetworkError,
+    PkNotebookError,
+    ProtocolError,
+    ProviderError,
+    RateLimitError,
+    ServerError,
+    SessionBusy,
+    SessionError,
+    StoreUnavailable,
+    StreamCancelled,
+    StreamError,
+    StreamTimeout,
+    TruncatedStream,
+    UsageError,
+    redact,
+)
 from .middleware import (
     LoggingMiddleware,
     Middleware,
@@ -14,12 +32,30 @@ from .middleware import (
     RetryPolicy,
     UsageMiddleware,
 )
-from .pipeline import Pipeline
-from .provider import Provider
-from .store import HistoryLimit, SessionInfo, StateStore
-from .stream import Stream
-from .sync import SyncPipeline, SyncStream, run_sync
-from .text import Throttle, coalesce, iter_lines
+from .pipeline import (
+    Pipeline,
+)
+from .provider import (
+    Provider,
+)
+from .store import (
+    HistoryLimit,
+    SessionInfo,
+    StateStore,
+)
+from .stream import (
+    Stream,
+)
+from .sync import (
+    SyncPipeline,
+    SyncStream,
+    run_sync,
+)
+from .text import (
+    Throttle,
+    coalesce,
+    iter_lines,
+)
 from .types import (
     Chunk,
     Delta,
@@ -33,36 +69,51 @@ from .types import (
     Usage,
 )
 
-__all__ = sorted(
-    [
-        *_errors_all,
-        "Chunk",
-        "Delta",
-        "Finish",
-        "HistoryLimit",
-        "LoggingMiddleware",
-        "Message",
-        "Middleware",
-        "Pipeline",
-        "Price",
-        "Provider",
-        "ProviderConfig",
-        "ProviderMiddleware",
-        "Request",
-        "Result",
-        "RetryPolicy",
-        "SessionInfo",
-        "StateStore",
-        "Stream",
-        "StreamStatus",
-        "SyncPipeline",
-        "SyncStream",
-        "Throttle",
-        "ToolCall",
-        "Usage",
-        "UsageMiddleware",
-        "coalesce",
-        "iter_lines",
-        "run_sync",
-    ]
-)
+__all__ = [
+    "AuthenticationError",
+    "Chunk",
+    "ConfigurationError",
+    "Delta",
+    "Finish",
+    "HistoryLimit",
+    "LoggingMiddleware",
+    "Message",
+    "Middleware",
+    "MissingAPIKey",
+    "NetworkError",
+    "Pipeline",
+    "PkNotebookError",
+    "Price",
+    "ProtocolError",
+    "Provider",
+    "ProviderConfig",
+    "ProviderError",
+    "ProviderMiddleware",
+    "RateLimitError",
+    "Request",
+    "Result",
+    "RetryPolicy",
+    "ServerError",
+    "SessionBusy",
+    "SessionError",
+    "SessionInfo",
+    "StateStore",
+    "StoreUnavailable",
+    "Stream",
+    "StreamCancelled",
+    "StreamError",
+    "StreamStatus",
+    "StreamTimeout",
+    "SyncPipeline",
+    "SyncStream",
+    "Throttle",
+    "ToolCall",
+    "TruncatedStream",
+    "Usage",
+    "UsageError",
+    "UsageMiddleware",
+    "coalesce",
+    "iter_lines",
+    "redact",
+    "run_sync",
+]

@@ -98,7 +98,9 @@ class ProviderMiddleware:
     def __repr__(self) -> str:
         return f"ProviderMiddleware({self.provider!r}, config={self.config!r})"
 
-    def __call__(self, request: Request, call_next: CallNext | None = None) -> AsyncIterator[ProviderEvent]:
+    def __call__(
+        self, request: Request, call_next: CallNext | None = None
+    ) -> AsyncIterator[ProviderEvent]:
         return self._run(request)
 
     async def _run(self, request: Request) -> AsyncIterator[ProviderEvent]:

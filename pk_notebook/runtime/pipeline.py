@@ -99,7 +99,9 @@ class Pipeline:
         self._sync: SyncPipeline | None = None
 
     def __repr__(self) -> str:
-        links = ", ".join(type(m).__name__ if not hasattr(m, "__name__") else m.__name__ for m in self.middleware)  # type: ignore[attr-defined]
+        links = ", ".join(
+            type(m).__name__ if not hasattr(m, "__name__") else m.__name__ for m in self.middleware
+        )  # type: ignore[attr-defined]
         return f"<Pipeline [{links}] store={type(self.state_store).__name__}>"
 
     @property
@@ -158,7 +160,9 @@ class Pipeline:
         except BaseException as exc:
             await lock.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        return await self._open((*past, new), session_id, config, timeout, idle_timeout, (new, lock))
+        return await self._open(
+            (*past, new), session_id, config, timeout, idle_timeout, (new, lock)
+        )
 
     async def execute(self, role: str, content: str, **options: Any) -> Result:
         """Run a call to the end and return its result; raise its error if it did not finish."""
@@ -299,7 +303,7 @@ class Pipeline:
             return None
         try:
             await self.state_store.append(session_id, [user_message, answer])
-        except Exception as exc:  # noqa: BLE001 - the answer was shown; report, do not lose it
+        except Exception as exc:
             logger.warning("the turn of session %r was not saved: %s", session_id, exc)
             return [f"the turn was not saved to the session store: {exc}"]
         return None
@@ -309,4 +313,6 @@ def _check_seconds(name: str, value: Any) -> None:
     if value is None or value is UNSET:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds or None, got {value!r}"
+        )

@@ -106,7 +106,9 @@ class StateStore(abc.ABC):
         """Forget a session; True if it existed."""
 
     @abc.abstractmethod
-    def lock(self, session_id: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+    def lock(
+        self, session_id: str, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[None]:
         """Exclusive access to one session; raises SessionBusy after ``timeout`` seconds."""
 
     async def aclose(self) -> None:

@@ -416,14 +416,14 @@ class Stream:
             except RuntimeError:
                 # "already running": a generator that is mid-step in another task.
                 logger.debug("could not close %r: it is running", gen)
-            except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+            except Exception:
                 logger.debug("error while closing %r", gen, exc_info=True)
         result = self._build_result(status, error, duration)
         warnings: list[str] = []
         if self._on_end is not None:
             try:
                 warnings = list(await self._on_end(self, result) or ())
-            except Exception as exc:  # noqa: BLE001 - saving must not lose the answer
+            except Exception as exc:
                 logger.warning("could not finish the stream's turn: %s", exc)
                 warnings = [f"the turn was not saved: {exc}"]
         if warnings:
@@ -433,7 +433,7 @@ class Stream:
         for callback in self._callbacks:
             try:
                 callback(result)
-            except Exception:  # noqa: BLE001 - a callback must not break the stream
+            except Exception:
                 logger.exception("a stream done-callback failed")
         self._callbacks.clear()
 

@@ -58,7 +58,7 @@ class _Portal:
             future.cancel()
             try:
                 future.result(timeout=5)
-            except (concurrent.futures.CancelledError, Exception):  # noqa: BLE001
+            except (concurrent.futures.CancelledError, Exception):
                 pass
             raise
 
@@ -150,7 +150,9 @@ class SyncPipeline:
     def execute(self, role: str, content: str, **options: Any) -> Result:
         return run_sync(self.pipeline.execute(role, content, **options))
 
-    def execute_with_context(self, session_id: str, role: str, content: str, **options: Any) -> Result:
+    def execute_with_context(
+        self, session_id: str, role: str, content: str, **options: Any
+    ) -> Result:
         return run_sync(self.pipeline.execute_with_context(session_id, role, content, **options))
 
     def execute_stream(self, role: str, content: str, **options: Any) -> SyncStream:
@@ -160,7 +162,9 @@ class SyncPipeline:
         self, session_id: str, role: str, content: str, **options: Any
     ) -> SyncStream:
         return SyncStream(
-            run_sync(self.pipeline.execute_stream_with_context(session_id, role, content, **options))
+            run_sync(
+                self.pipeline.execute_stream_with_context(session_id, role, content, **options)
+            )
         )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -32,7 +32,9 @@ async def iter_lines(chunks: AsyncIterable[Chunk | str]) -> AsyncIterator[str]:
         yield buffer
 
 
-async def coalesce(chunks: AsyncIterable[Chunk | str], interval: float = 0.05) -> AsyncIterator[str]:
+async def coalesce(
+    chunks: AsyncIterable[Chunk | str], interval: float = 0.05
+) -> AsyncIterator[str]:
     """Yield the text that arrived since the last yield, at most once per ``interval``.
 
     The source is read by a background task while the consumer is busy, so a slow
@@ -52,7 +54,7 @@ async def coalesce(chunks: AsyncIterable[Chunk | str], interval: float = 0.05) -
                 if text:
                     pending.append(text)
                     arrived.set()
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+        except BaseException as exc:
             failure = exc
         finally:
             done = True

@@ -87,5 +87,7 @@ class MemoryStore(StateStore):
         with self._guard:
             return self._sessions.pop(session_id, None) is not None
 
-    def lock(self, session_id: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+    def lock(
+        self, session_id: str, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[None]:
         return self._locks.hold(session_id, timeout)

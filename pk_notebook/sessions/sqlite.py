@@ -69,7 +69,11 @@ class SQLiteStore(StateStore):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, ttl: float | str | None = None, lease: float = 30.0
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        ttl: float | str | None = None,
+        lease: float = 30.0,
     ) -> None:
         self.path = Path(path) if path is not None else default_path()
         self.ttl = parse_ttl(ttl)
@@ -155,7 +159,14 @@ class SQLiteStore(StateStore):
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
         check_session_id(session_id)
         rows = [
-            (session_id, m.role, m.content, m.status, json.dumps(dict(m.meta)) if m.meta else None, m.created_at)
+            (
+                session_id,
+                m.role,
+                m.content,
+                m.status,
+                json.dumps(dict(m.meta)) if m.meta else None,
+                m.created_at,
+            )
             for m in messages
         ]
 
@@ -197,7 +208,9 @@ class SQLiteStore(StateStore):
 
         return await self._run(remove)
 
-    def lock(self, session_id: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+    def lock(
+        self, session_id: str, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[None]:
         return self._hold(session_id, timeout)
 
     @asynccontextmanager
@@ -239,7 +252,9 @@ class SQLiteStore(StateStore):
             renew.cancel()
 
             def release(conn: sqlite3.Connection) -> None:
-                conn.execute("DELETE FROM locks WHERE session_id=? AND owner=?", (session_id, owner))
+                conn.execute(
+                    "DELETE FROM locks WHERE session_id=? AND owner=?", (session_id, owner)
+                )
 
             await self._run(release)
 
@@ -257,4 +272,3 @@ class SQLiteStore(StateStore):
                 await self._run(extend)
             except StoreUnavailable:
                 return
-

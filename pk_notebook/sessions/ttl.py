@@ -1,4 +1,4 @@
-"""Durations written the way people write them: ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``."""
+"""Durations as people write them: ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``."""
 
 from __future__ import annotations
 

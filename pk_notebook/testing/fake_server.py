@@ -103,11 +103,18 @@ class RecordedRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": self.method, "path": self.path, "query": self.query,
-            "headers": self.headers, "json": self.json, "dialect": self.dialect,
-            "events_sent": self.events_sent, "completed": self.completed,
-            "disconnected": self.disconnected, "disconnected_at": self.disconnected_at,
-            "started_at": self.started_at, "ended_at": self.ended_at,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": self.headers,
+            "json": self.json,
+            "dialect": self.dialect,
+            "events_sent": self.events_sent,
+            "completed": self.completed,
+            "disconnected": self.disconnected,
+            "disconnected_at": self.disconnected_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
         }
 
     def _end(self, *, disconnected: bool, completed: bool = True) -> None:
@@ -127,7 +134,9 @@ def _redact_headers(headers: dict[str, str]) -> dict[str, str]:
     out = {}
     for name, value in headers.items():
         if name in _SECRET_HEADERS:
-            scheme = value.split(" ", 1)[0] + " " if name == "authorization" and " " in value else ""
+            scheme = (
+                value.split(" ", 1)[0] + " " if name == "authorization" and " " in value else ""
+            )
             value = scheme + "[REDACTED]"
         out[name] = value
     return out
@@ -245,8 +254,13 @@ class _Connection(asyncio.Protocol):
         if self.gone.is_set():
             raise _ClientGone
 
-    def _head(self, status: int, content_type: str, extra: dict[str, str], length: int | None) -> bytes:
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"content-type: {content_type}"]
+    def _head(
+        self, status: int, content_type: str, extra: dict[str, str], length: int | None
+    ) -> bytes:
+        lines = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+            f"content-type: {content_type}",
+        ]
         if length is None:
             lines.append("transfer-encoding: chunked")
         else:
@@ -267,7 +281,7 @@ class _Connection(asyncio.Protocol):
                     return
         except _ClientGone:
             return
-        except Exception:  # noqa: BLE001 - a test server must not die silently
+        except Exception:
             import logging
 
             logging.getLogger("pk_notebook.testing").exception("fake server failed a request")
@@ -275,7 +289,9 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None and not self.gone.is_set():
                 self.transport.close()
 
-    async def _respond(self, method: str, target: str, headers: dict[str, str], body: bytes) -> bool:
+    async def _respond(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> bool:
         parts = urlsplit(target)
         path = unquote(parts.path)
         if path.startswith("/_fake/"):
@@ -286,7 +302,9 @@ class _Connection(asyncio.Protocol):
         self.current = record
         try:
             if dialect is None:
-                await self._simple(404, "application/json", b'{"error":{"message":"no such route"}}')
+                await self._simple(
+                    404, "application/json", b'{"error":{"message":"no such route"}}'
+                )
                 return True
             script = self.server._next_script()
             model = _requested_model(dialect, path, record.json)
@@ -297,10 +315,14 @@ class _Connection(asyncio.Protocol):
         finally:
             self.current = None
 
-    async def _simple(self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+    async def _simple(
+        self, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None
+    ) -> None:
         await self._write(self._head(status, content_type, extra or {}, len(body)) + body)
 
-    async def _play(self, script: Script, dialect: str, model: str, record: RecordedRequest) -> bool:
+    async def _play(
+        self, script: Script, dialect: str, model: str, record: RecordedRequest
+    ) -> bool:
         """Send the response; True if the connection may serve another request."""
         extra = dict(script.headers)
         fault = script.fault
@@ -309,10 +331,14 @@ class _Connection(asyncio.Protocol):
         if fault == "rate_limit":
             if script.retry_after is not None:
                 extra.setdefault("retry-after", script.retry_after)
-            await self._simple(script.status or 429, "application/json", script.error_body(dialect), extra)
+            await self._simple(
+                script.status or 429, "application/json", script.error_body(dialect), extra
+            )
             return True
         if fault == "json_error":
-            await self._simple(script.status or 500, "application/json", script.error_body(dialect), extra)
+            await self._simple(
+                script.status or 500, "application/json", script.error_body(dialect), extra
+            )
             return True
         if fault == "html":
             page = b"<!doctype html><html><body><h1>Sign in</h1></body></html>"
@@ -350,7 +376,9 @@ class _Connection(asyncio.Protocol):
                 await self._chunk(event + b"\n\n")
                 record.events_sent += 1
 
-    async def _events(self, events: Any, pace: float, record: RecordedRequest, *, first: bool) -> bool:
+    async def _events(
+        self, events: Any, pace: float, record: RecordedRequest, *, first: bool
+    ) -> bool:
         for index, event in enumerate(events):
             if pace and not (first and index == 0):
                 await self._sleep(pace)
@@ -428,16 +456,28 @@ def _requested_model(dialect: str, path: str, body: Any) -> str:
     return "fake-model"
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            408: "Request Timeout", 409: "Conflict", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-            529: "Overloaded"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    529: "Overloaded",
+}
 
 
 class FakeProviderServer:
     """The fake server. Use as a context manager, or :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, default: Script | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, default: Script | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.default: Script = default or Script()

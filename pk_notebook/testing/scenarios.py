@@ -28,8 +28,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 FAULTS = (
-    "drop", "eof", "malformed", "stream_error", "json_error", "html", "stall",
-    "keepalive_stall", "no_close", "rate_limit",
+    "drop",
+    "eof",
+    "malformed",
+    "stream_error",
+    "json_error",
+    "html",
+    "stall",
+    "keepalive_stall",
+    "no_close",
+    "rate_limit",
 )
 DIALECTS = ("openai", "anthropic", "gemini")
 
@@ -77,7 +85,9 @@ class Script:
         return cls(text=[piece] * chunks, **options)
 
     @classmethod
-    def recorded(cls, body: bytes, content_type: str = "text/event-stream", **options: Any) -> Script:
+    def recorded(
+        cls, body: bytes, content_type: str = "text/event-stream", **options: Any
+    ) -> Script:
         return cls(body=body, content_type=content_type, **options)
 
     @classmethod
@@ -120,15 +130,30 @@ class Script:
 
     def error_event(self, dialect: str) -> bytes:
         if dialect == "anthropic":
-            payload = {"type": "error", "error": {
-                "type": self.error_type or "overloaded_error", "message": self.error_message}}
+            payload = {
+                "type": "error",
+                "error": {
+                    "type": self.error_type or "overloaded_error",
+                    "message": self.error_message,
+                },
+            }
             return b"event: error\ndata: " + _dumps(payload) + b"\n\n"
         if dialect == "gemini":
-            payload = {"error": {"code": 500, "message": self.error_message,
-                                 "status": self.error_type or "INTERNAL"}}
+            payload = {
+                "error": {
+                    "code": 500,
+                    "message": self.error_message,
+                    "status": self.error_type or "INTERNAL",
+                }
+            }
             return b"data: " + _dumps(payload) + b"\r\n\r\n"
-        payload = {"error": {"message": self.error_message,
-                             "type": self.error_type or "server_error", "code": None}}
+        payload = {
+            "error": {
+                "message": self.error_message,
+                "type": self.error_type or "server_error",
+                "code": None,
+            }
+        }
         return b"data: " + _dumps(payload) + b"\n\n"
 
     def error_body(self, dialect: str) -> bytes:
@@ -138,7 +163,9 @@ class Script:
             return _dumps({"type": "error", "error": {"type": kind, "message": self.error_message}})
         if dialect == "gemini":
             kind = self.error_type or ("RESOURCE_EXHAUSTED" if status == 429 else "INTERNAL")
-            return _dumps({"error": {"code": status, "message": self.error_message, "status": kind}})
+            return _dumps(
+                {"error": {"code": status, "message": self.error_message, "status": kind}}
+            )
         kind = self.error_type or ("rate_limit_exceeded" if status == 429 else "server_error")
         return _dumps({"error": {"message": self.error_message, "type": kind, "code": None}})
 
@@ -163,23 +190,57 @@ def _openai(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[
         return b"data: " + text.encode("utf-8") + b"\n\n"
 
     opening = [chunk('{"role":"assistant","content":""}')]
-    opening += [chunk('{"reasoning_content":%s}' % json.dumps(r)) for r in _pieces(script.reasoning)]
-    body = [chunk('{"content":%s}' % json.dumps(p, ensure_ascii=False)) for p in script.pieces]
+    opening += [
+        chunk('{"reasoning_content":' + json.dumps(r) + "}") for r in _pieces(script.reasoning)
+    ]
+    body = [chunk('{"content":' + json.dumps(p, ensure_ascii=False) + "}") for p in script.pieces]
     closing = []
     for index, (call_id, name, arguments) in enumerate(script.tool_calls):
-        closing.append(chunk(json.dumps({"tool_calls": [{"index": index, "id": call_id,
-            "type": "function", "function": {"name": name, "arguments": ""}}]})))
+        closing.append(
+            chunk(
+                json.dumps(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": call_id,
+                                "type": "function",
+                                "function": {"name": name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+        )
         half = len(arguments) // 2
         for part in (arguments[:half], arguments[half:]):
-            closing.append(chunk(json.dumps({"tool_calls": [{"index": index,
-                "function": {"arguments": part}}]})))
+            closing.append(
+                chunk(
+                    json.dumps({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+                )
+            )
     closing.append(chunk("{}", script.finish_reason or _DEFAULT_FINISH["openai"]))
     if script.usage is not None:
         out = script.output_tokens()
-        usage = {"prompt_tokens": script.usage[0], "completion_tokens": out,
-                 "total_tokens": script.usage[0] + out}
-        closing.append(b"data: " + _dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-            "created": 1700000000, "model": model, "choices": [], "usage": usage}) + b"\n\n")
+        usage = {
+            "prompt_tokens": script.usage[0],
+            "completion_tokens": out,
+            "total_tokens": script.usage[0] + out,
+        }
+        closing.append(
+            b"data: "
+            + _dumps(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 1700000000,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+            + b"\n\n"
+        )
     closing.append(b"data: [DONE]\n\n")
     return opening, body, closing
 
@@ -189,37 +250,105 @@ def _anthropic(script: Script, model: str) -> tuple[list[bytes], list[bytes], li
         return f"event: {name}\ndata: ".encode() + _dumps(payload) + b"\n\n"
 
     usage_in = script.usage[0] if script.usage else 0
-    opening = [event("message_start", {"type": "message_start", "message": {
-        "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
-        "stop_reason": None, "usage": {"input_tokens": usage_in, "output_tokens": 1}}})]
+    opening = [
+        event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": usage_in, "output_tokens": 1},
+                },
+            },
+        )
+    ]
     index = 0
     reasoning = _pieces(script.reasoning)
     if reasoning:
-        opening.append(event("content_block_start", {"type": "content_block_start",
-            "index": 0, "content_block": {"type": "thinking", "thinking": ""}}))
-        opening += [event("content_block_delta", {"type": "content_block_delta", "index": 0,
-            "delta": {"type": "thinking_delta", "thinking": r}}) for r in reasoning]
+        opening.append(
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "thinking", "thinking": ""},
+                },
+            )
+        )
+        opening += [
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": r},
+                },
+            )
+            for r in reasoning
+        ]
         opening.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
         index = 1
-    opening.append(event("content_block_start", {"type": "content_block_start", "index": index,
-        "content_block": {"type": "text", "text": ""}}))
+    opening.append(
+        event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+    )
     prefix = (
-        'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
-        '"delta":{"type":"text_delta","text":' % index
+        'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+        + str(index)
+        + ',"delta":{"type":"text_delta","text":'
     ).encode()
-    body = [prefix + json.dumps(p, ensure_ascii=False).encode("utf-8") + b"}}\n\n"
-            for p in script.pieces]
+    body = [
+        prefix + json.dumps(p, ensure_ascii=False).encode("utf-8") + b"}}\n\n"
+        for p in script.pieces
+    ]
     closing = [event("content_block_stop", {"type": "content_block_stop", "index": index})]
     for call_id, name, arguments in script.tool_calls:
         index += 1
-        closing.append(event("content_block_start", {"type": "content_block_start", "index": index,
-            "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}}}))
-        closing.append(event("content_block_delta", {"type": "content_block_delta", "index": index,
-            "delta": {"type": "input_json_delta", "partial_json": arguments}}))
+        closing.append(
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}},
+                },
+            )
+        )
+        closing.append(
+            event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": arguments},
+                },
+            )
+        )
         closing.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
-    closing.append(event("message_delta", {"type": "message_delta", "delta": {
-        "stop_reason": script.finish_reason or _DEFAULT_FINISH["anthropic"],
-        "stop_sequence": None}, "usage": {"output_tokens": script.output_tokens()}}))
+    closing.append(
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": script.finish_reason or _DEFAULT_FINISH["anthropic"],
+                    "stop_sequence": None,
+                },
+                "usage": {"output_tokens": script.output_tokens()},
+            },
+        )
+    )
     closing.append(event("message_stop", {"type": "message_stop"}))
     return opening, body, closing
 
@@ -232,14 +361,22 @@ def _gemini(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[
         payload: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
         if usage and script.usage is not None:
             out = script.output_tokens()
-            payload["usageMetadata"] = {"promptTokenCount": script.usage[0],
-                "candidatesTokenCount": out, "totalTokenCount": script.usage[0] + out}
+            payload["usageMetadata"] = {
+                "promptTokenCount": script.usage[0],
+                "candidatesTokenCount": out,
+                "totalTokenCount": script.usage[0] + out,
+            }
         return b"data: " + _dumps(payload) + b"\r\n\r\n"
 
     opening = [event([{"text": r, "thought": True}]) for r in _pieces(script.reasoning)]
     body = [event([{"text": p}]) for p in script.pieces]
-    calls = [{"functionCall": {"name": name, "args": json.loads(arguments or "{}")}}
-             for _, name, arguments in script.tool_calls]
-    closing = [event(calls or [{"text": ""}],
-                     script.finish_reason or _DEFAULT_FINISH["gemini"], usage=True)]
+    calls = [
+        {"functionCall": {"name": name, "args": json.loads(arguments or "{}")}}
+        for _, name, arguments in script.tool_calls
+    ]
+    closing = [
+        event(
+            calls or [{"text": ""}], script.finish_reason or _DEFAULT_FINISH["gemini"], usage=True
+        )
+    ]
     return opening, body, closing

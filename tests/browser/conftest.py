@@ -23,7 +23,9 @@ def jupyterlab(lab_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     require_binary(CHROMIUM, "apt-get install chromium")
     home = tmp_path_factory.mktemp("lab_home")
     pk_home = tmp_path_factory.mktemp("lab_pk_home")
-    lab = JupyterLab(lab_root, home, env={"PK_NOTEBOOK_HOME": str(pk_home), "PK_NOTEBOOK_PROVIDER": "mock"})
+    lab = JupyterLab(
+        lab_root, home, env={"PK_NOTEBOOK_HOME": str(pk_home), "PK_NOTEBOOK_PROVIDER": "mock"}
+    )
     lab.start()
     yield lab
     lab.stop()

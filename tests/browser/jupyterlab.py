@@ -59,7 +59,10 @@ class JupyterLab:
         self.log_path = home / "jupyterlab.log"
 
     def start(self, timeout: float = 90.0) -> JupyterLab:
-        dirs = {name: self.home / name for name in ("config", "data", "runtime", "settings", "workspaces")}
+        dirs = {
+            name: self.home / name
+            for name in ("config", "data", "runtime", "settings", "workspaces")
+        }
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         # Quiet the "news" and update pop-ups that would cover the notebook.
@@ -95,7 +98,12 @@ class JupyterLab:
         ]
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                cwd=self.root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -147,7 +155,13 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
     """Write a notebook whose code cells are ``cells`` (no outputs)."""
     nb = {
         "cells": [
-            {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": src}
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "metadata": {},
+                "outputs": [],
+                "source": src,
+            }
             for src in cells
         ],
         "metadata": {
@@ -176,7 +190,8 @@ class LabPage:
         # Wait until the kernel is ready (idle indicator in the toolbar/status bar).
         page.wait_for_function(
             """() => {
-                const el = document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator');
+                const el = document.querySelector(
+                    '.jp-NotebookPanel .jp-Notebook-ExecutionIndicator');
                 const status = document.querySelector('#jp-main-statusbar');
                 const text = status ? status.textContent : '';
                 return (el && el.getAttribute('data-status') === 'idle') || /Idle/.test(text);
@@ -210,7 +225,11 @@ class LabPage:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = prompt.inner_text().strip()
-            if text.startswith("[") and text not in ("[*]:", "[ ]:", "[*]", "[ ]") and any(c.isdigit() for c in text):
+            if (
+                text.startswith("[")
+                and text not in ("[*]:", "[ ]:", "[*]", "[ ]")
+                and any(c.isdigit() for c in text)
+            ):
                 return
             time.sleep(0.1)
         raise TimeoutError(f"cell {index} did not finish within {timeout:g} s")
@@ -237,8 +256,12 @@ def chromium(tmp: Path) -> Iterator[Any]:
             executable_path=CHROMIUM,
             headless=True,
             args=[*CHROMIUM_ARGS, f"--disk-cache-dir={env_home / 'cache'}"],
-            env={**os.environ, "HOME": str(env_home), "XDG_CONFIG_HOME": str(env_home / "config"),
-                 "XDG_CACHE_HOME": str(env_home / "cache")},
+            env={
+                **os.environ,
+                "HOME": str(env_home),
+                "XDG_CONFIG_HOME": str(env_home / "config"),
+                "XDG_CACHE_HOME": str(env_home / "cache"),
+            },
         )
         try:
             yield browser

@@ -33,7 +33,9 @@ def expected_usage(provider: str, wire: dict[str, Any] | None) -> Usage | None:
         return Usage(
             input_tokens=wire["prompt_tokens"],
             output_tokens=wire["completion_tokens"],
-            reasoning_tokens=(wire.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
+            reasoning_tokens=(wire.get("completion_tokens_details") or {}).get(
+                "reasoning_tokens", 0
+            ),
             cached_tokens=(wire.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
         )
     if provider == "anthropic-messages":
@@ -56,7 +58,9 @@ def expected_tools(provider: str, tools: list[dict[str, Any]] | None) -> list[tu
     if not tools:
         return []
     if provider.startswith("openai"):
-        return [(t["id"], t["function"]["name"], json.loads(t["function"]["arguments"])) for t in tools]
+        return [
+            (t["id"], t["function"]["name"], json.loads(t["function"]["arguments"])) for t in tools
+        ]
     if provider == "anthropic-messages":
         return [(t["id"], t["name"], t["input"]) for t in tools]
     return [(None, t["name"], t["args"]) for t in tools]
@@ -76,8 +80,9 @@ async def test_recorded_stream(server: FakeProviderServer, name: str, pace: floa
     server.enqueue(Script.recorded(body, pace=pace))
     provider_cls = PROVIDERS[meta["provider"]]
     pipe = Pipeline(
-        ProviderMiddleware(provider_cls("recorded", base_url=server.base_url),
-                           retry=RetryPolicy(max_attempts=1)),
+        ProviderMiddleware(
+            provider_cls("recorded", base_url=server.base_url), retry=RetryPolicy(max_attempts=1)
+        ),
         idle_timeout=10,
     )
     try:

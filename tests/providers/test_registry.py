@@ -30,8 +30,12 @@ SECRET = "sk-test-0123456789abcdefghij"
 @pytest.mark.parametrize(
     ("spec", "cls", "env", "model"),
     [
-        pytest.param("openai:gpt-4o-mini", OpenAIProvider, "OPENAI_API_KEY", "gpt-4o-mini", id="openai"),
-        pytest.param("anthropic", AnthropicProvider, "ANTHROPIC_API_KEY", "claude-sonnet-4-5", id="anthropic"),
+        pytest.param(
+            "openai:gpt-4o-mini", OpenAIProvider, "OPENAI_API_KEY", "gpt-4o-mini", id="openai"
+        ),
+        pytest.param(
+            "anthropic", AnthropicProvider, "ANTHROPIC_API_KEY", "claude-sonnet-4-5", id="anthropic"
+        ),
         pytest.param("gemini", GeminiProvider, "GEMINI_API_KEY", "gemini-2.5-flash", id="gemini"),
     ],
 )
@@ -78,7 +82,9 @@ def test_defaults_and_call_config_merge() -> None:
     assert AnthropicProvider(base_url="http://localhost:1").config.max_tokens == 4096
 
 
-async def test_key_is_sent_but_never_shown(fake_server: FakeProviderServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_key_is_sent_but_never_shown(
+    fake_server: FakeProviderServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     fake_server.enqueue(Script(fault="json_error", status=401, error_message=f"bad key {SECRET}"))
     provider = OpenAIProvider("m", base_url=fake_server.base_url, api_key=SECRET)
@@ -88,8 +94,14 @@ async def test_key_is_sent_but_never_shown(fake_server: FakeProviderServer, capl
     await pipe.shutdown()
     assert type(caught.value).__name__ == "AuthenticationError"
     assert fake_server.requests[-1].headers["authorization"] == "Bearer [REDACTED]"
-    shown = [str(caught.value), repr(caught.value), str(caught.value.to_dict()), repr(provider),
-             caught.value.body or "", caplog.text]
+    shown = [
+        str(caught.value),
+        repr(caught.value),
+        str(caught.value.to_dict()),
+        repr(provider),
+        caught.value.body or "",
+        caplog.text,
+    ]
     assert all(SECRET not in text for text in shown)
 
 
@@ -99,8 +111,13 @@ def test_price_lookup() -> None:
     assert lookup_price(DEFAULT_PRICES, "my-local-model") is None
 
 
-@pytest.mark.parametrize("where", [pytest.param("provider", id="provider-prices"),
-                                   pytest.param("middleware", id="usage-middleware")])
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param("provider", id="provider-prices"),
+        pytest.param("middleware", id="usage-middleware"),
+    ],
+)
 async def test_results_carry_cost(fake_server: FakeProviderServer, where: str) -> None:
     fake_server.default = Script("a b c", usage=(1_000_000, 2_000_000))
     options = {"prices": DEFAULT_PRICES} if where == "provider" else {}

@@ -49,11 +49,23 @@ async def _cancel(stream: Any) -> None:
         await task
 
 
-@pytest.mark.parametrize("how", [pytest.param(_break, id="break"), pytest.param(_aclose, id="aclose"),
-                                 pytest.param(_stop, id="stop"), pytest.param(_cancel, id="cancel")])
-@pytest.mark.parametrize("cls", [pytest.param(OpenAIProvider, id="openai"),
-                                 pytest.param(AnthropicProvider, id="anthropic"),
-                                 pytest.param(GeminiProvider, id="gemini")])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(_break, id="break"),
+        pytest.param(_aclose, id="aclose"),
+        pytest.param(_stop, id="stop"),
+        pytest.param(_cancel, id="cancel"),
+    ],
+)
+@pytest.mark.parametrize(
+    "cls",
+    [
+        pytest.param(OpenAIProvider, id="openai"),
+        pytest.param(AnthropicProvider, id="anthropic"),
+        pytest.param(GeminiProvider, id="gemini"),
+    ],
+)
 async def test_release_within_100ms(fake_server: FakeProviderServer, cls: type, how: Any) -> None:
     fake_server.default = SLOW
     pipe = Pipeline(ProviderMiddleware(cls("m", base_url=fake_server.base_url)))
@@ -68,7 +80,9 @@ async def test_release_within_100ms(fake_server: FakeProviderServer, cls: type, 
     await pipe.shutdown()
 
 
-async def test_provider_used_without_a_pipeline_closes_on_aclose(fake_server: FakeProviderServer) -> None:
+async def test_provider_used_without_a_pipeline_closes_on_aclose(
+    fake_server: FakeProviderServer,
+) -> None:
     from pk_notebook import ProviderConfig, Request
     from pk_notebook.runtime.types import Message
 
@@ -94,11 +108,11 @@ async def test_1000_concurrent_paced_streams(fake_server: FakeProviderServer) ->
     results = await asyncio.wait_for(
         asyncio.gather(*(pipe.execute("user", f"q{i}") for i in range(1000))), 60
     )
-    pool = provider._pools.get()
+    shards = provider._pools.get().shards
     await pipe.shutdown()
     assert all(r.text == "a b c d e" and r.status is StreamStatus.FINISHED for r in results)
     assert len(fake_server.requests) == 1000
-    assert 1 < pool.shards <= 16  # the bounded pool spread the streams over small httpx pools
+    assert 1 < shards <= 16  # the bounded pool spread the streams over small httpx pools
 
 
 def test_one_provider_from_two_event_loops(fake_server: FakeProviderServer) -> None:
@@ -109,12 +123,13 @@ def test_one_provider_from_two_event_loops(fake_server: FakeProviderServer) -> N
 
     async def call() -> None:
         texts.append((await pipe.execute("user", "hi")).text)
+        await provider.aclose()  # this loop's pool; the loop is about to close
 
     asyncio.run(call())
     thread = threading.Thread(target=lambda: asyncio.run(call()))
     thread.start()
     thread.join(10)
     texts.append(pipe.sync.execute("user", "hi").text)  # the facade's background loop
-    asyncio.run(call())
+    asyncio.run(call())  # also closes the facade loop's pool, over there
     assert texts == ["Hello from the fake provider server."] * 4
-    asyncio.run(provider.aclose())
+    time.sleep(0.1)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pk_notebook.providers.sse import SSEDecoder, ServerSentEvent
+from pk_notebook.providers.sse import ServerSentEvent, SSEDecoder
 
 
 def decode(*reads: bytes) -> list[ServerSentEvent]:
@@ -22,9 +22,12 @@ def split_every(data: bytes, size: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize(
-    "newline", [pytest.param(b"\n", id="lf"), pytest.param(b"\r", id="cr"), pytest.param(b"\r\n", id="crlf")]
+    "newline",
+    [pytest.param(b"\n", id="lf"), pytest.param(b"\r", id="cr"), pytest.param(b"\r\n", id="crlf")],
 )
-@pytest.mark.parametrize("size", [pytest.param(1, id="byte-by-byte"), pytest.param(4096, id="one-read")])
+@pytest.mark.parametrize(
+    "size", [pytest.param(1, id="byte-by-byte"), pytest.param(4096, id="one-read")]
+)
 def test_line_endings(newline: bytes, size: int) -> None:
     body = newline.join([b"event: a", b"data: one", b"data: two", b"", b"data: three", b"", b""])
     events = decode(*split_every(body, size))
@@ -43,7 +46,9 @@ def test_comments_produce_nothing() -> None:
 
 def test_fields_id_retry_and_unknown() -> None:
     decoder = SSEDecoder()
-    events = decoder.feed(b"id: 7\nretry: 1500\nfoo: bar\ndata\n\nid: a\x00b\nretry: x1\ndata:z\n\n")
+    events = decoder.feed(
+        b"id: 7\nretry: 1500\nfoo: bar\ndata\n\nid: a\x00b\nretry: x1\ndata:z\n\n"
+    )
     assert [(e.data, e.id, e.retry) for e in events] == [("", "7", 1500), ("z", "7", 1500)]
     assert decoder.last_event_id == "7"
 

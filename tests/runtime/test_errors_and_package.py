@@ -54,7 +54,9 @@ def test_redact_removes_keys_from_text_that_came_from_outside(text: str) -> None
 
 
 def test_provider_errors_redact_their_message_and_body() -> None:
-    error = ProviderError("bad key sk-abcdefghijklmnopqrstu", body='{"key": "sk-abcdefghijklmnopqrstu"}')
+    error = ProviderError(
+        "bad key sk-abcdefghijklmnopqrstu", body='{"key": "sk-abcdefghijklmnopqrstu"}'
+    )
     assert "sk-abcdefghij" not in str(error) and "sk-abcdefghij" not in (error.body or "")
 
 
@@ -89,7 +91,9 @@ def test_dependencies_point_one_way() -> None:
     import re
 
     root = pathlib.Path(pk_notebook.__file__).parent
-    pattern = re.compile(r"^\s*(from|import)\s+(\.\.?(notebook|web)\b|pk_notebook\.(notebook|web)\b)", re.M)
+    pattern = re.compile(
+        r"^\s*(from|import)\s+(\.\.?(notebook|web)\b|pk_notebook\.(notebook|web)\b)", re.M
+    )
     offenders = [
         str(path.relative_to(root))
         for folder in ("runtime", "providers", "sessions")

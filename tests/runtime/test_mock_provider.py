@@ -18,7 +18,13 @@ def pipe_for(provider: MockProvider, **options: object) -> Pipeline:
 
 @pytest.mark.parametrize(
     "text",
-    ["Hello, world!", "  leading and trailing  ", "naïve café — 😄 emoji", "a\nb\n\n```py\nx = {1: 2}\n```", ""],
+    [
+        "Hello, world!",
+        "  leading and trailing  ",
+        "naïve café — 😄 emoji",
+        "a\nb\n\n```py\nx = {1: 2}\n```",
+        "",
+    ],
 )
 def test_token_pieces_join_back_to_the_exact_text(text: str) -> None:
     pieces = split_tokens(text)
@@ -71,7 +77,9 @@ def test_scenarios_load_from_yaml_and_json(tmp_path: Path) -> None:
         pytest.param("- match: hi\n", "no 'response'", id="no-response"),
         pytest.param("- response: x\n  colour: red\n", "unknown keys", id="unknown-key"),
         pytest.param("- response: x\n  match: '('\n", "bad regex", id="bad-regex"),
-        pytest.param("- response: x\n  fault: {kind: explode}\n", "unknown fault kind", id="bad-fault"),
+        pytest.param(
+            "- response: x\n  fault: {kind: explode}\n", "unknown fault kind", id="bad-fault"
+        ),
         pytest.param("a: [", "not valid YAML", id="bad-yaml"),
     ],
 )
@@ -97,7 +105,10 @@ async def test_the_demo_streams_at_a_readable_pace_by_default() -> None:
     assert provider.chunk_delay > 0 and provider.first_chunk_delay > 0
     t0 = time.monotonic()
     result = await pipe_for(provider).execute("user", "Write a haiku about tea")
-    assert time.monotonic() - t0 >= provider.first_chunk_delay + provider.chunk_delay * (result.chunks - 1) * 0.9
+    assert (
+        time.monotonic() - t0
+        >= provider.first_chunk_delay + provider.chunk_delay * (result.chunks - 1) * 0.9
+    )
 
 
 async def test_usage_is_estimated_from_the_conversation_and_the_pieces() -> None:

@@ -52,7 +52,10 @@ async def test_middleware_sees_and_changes_the_request_and_the_chunks() -> None:
 
     async def redact_names(request: Request, call_next):  # type: ignore[no-untyped-def]
         seen_prompts.append(request.prompt)
-        messages = (*request.messages[:-1], Message("user", request.prompt.replace("Ada", "[name]")))
+        messages = (
+            *request.messages[:-1],
+            Message("user", request.prompt.replace("Ada", "[name]")),
+        )
         async for event in call_next(request.replace(messages=messages)):
             yield event
 
@@ -89,8 +92,12 @@ async def test_an_unpriced_model_has_no_cost_rather_than_zero() -> None:
     assert usage.totals.unpriced_calls == 1
 
 
-async def test_logging_middleware_logs_outcomes_but_never_the_prompt(caplog: pytest.LogCaptureFixture) -> None:
-    pipe = Pipeline(LoggingMiddleware(), ProviderMiddleware(MockProvider([Scenario("secret answer")])))
+async def test_logging_middleware_logs_outcomes_but_never_the_prompt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipe = Pipeline(
+        LoggingMiddleware(), ProviderMiddleware(MockProvider([Scenario("secret answer")]))
+    )
     with caplog.at_level(logging.INFO, logger="pk_notebook.calls"):
         await pipe.execute("user", "my private question")
     text = caplog.text
@@ -100,7 +107,9 @@ async def test_logging_middleware_logs_outcomes_but_never_the_prompt(caplog: pyt
 
 async def test_config_given_per_call_overrides_the_middleware_defaults() -> None:
     provider = MockProvider([Scenario("one two three four five")])
-    pipe = Pipeline(ProviderMiddleware(provider, ProviderConfig(model="base", max_tokens=100, temperature=0.2)))
+    pipe = Pipeline(
+        ProviderMiddleware(provider, ProviderConfig(model="base", max_tokens=100, temperature=0.2))
+    )
     result = await pipe.execute("user", "x", config=ProviderConfig(max_tokens=2))
     sent = provider.calls[0].request.config
     assert (sent.model, sent.max_tokens, sent.temperature) == ("base", 2, 0.2)
@@ -130,8 +139,12 @@ def test_a_pipeline_without_a_provider_link_explains_itself() -> None:
 
 
 async def test_retry_before_the_first_chunk_recovers_and_counts_attempts() -> None:
-    provider = MockProvider([Scenario("ok now", fault=Fault("rate_limit", times=2, retry_after=0.01))])
-    pipe = Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01)))
+    provider = MockProvider(
+        [Scenario("ok now", fault=Fault("rate_limit", times=2, retry_after=0.01))]
+    )
+    pipe = Pipeline(
+        ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01))
+    )
     result = await pipe.execute("user", "x")
     assert result.text == "ok now"
     assert result.attempts == 3
@@ -140,7 +153,9 @@ async def test_retry_before_the_first_chunk_recovers_and_counts_attempts() -> No
 
 async def test_retries_give_up_with_the_typed_error() -> None:
     provider = MockProvider([Scenario("never", fault=Fault("server_error", times=5))])
-    pipe = Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)))
+    pipe = Pipeline(
+        ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01))
+    )
     with pytest.raises(ServerError):
         await pipe.execute("user", "x")
     assert len(provider.calls) == 2
@@ -157,7 +172,9 @@ async def test_a_retry_after_beyond_the_cap_is_not_waited_for() -> None:
 
 async def test_no_retry_after_the_first_chunk() -> None:
     provider = MockProvider([Scenario("one two three", fault=Fault("disconnect", after=1))])
-    pipe = Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=5, initial_backoff=0)))
+    pipe = Pipeline(
+        ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=5, initial_backoff=0))
+    )
     from pk_notebook import NetworkError
 
     with pytest.raises(NetworkError) as info:

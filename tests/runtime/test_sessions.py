@@ -57,10 +57,12 @@ async def test_concurrent_turns_on_one_session_never_interleave(store) -> None: 
     provider = MockProvider([Scenario("answer to {prompt}")], chunk_delay=0.001)
     pipe = Pipeline(ProviderMiddleware(provider), state_store=store)
     prompts = [f"q{i}" for i in range(12)]
-    results = await asyncio.gather(*(pipe.execute_with_context("shared", "user", p) for p in prompts))
+    results = await asyncio.gather(
+        *(pipe.execute_with_context("shared", "user", p) for p in prompts)
+    )
     history = await store.load("shared")
     assert len(history) == 2 * len(prompts)
-    for question, answer in zip(history[::2], history[1::2]):
+    for question, answer in zip(history[::2], history[1::2], strict=True):
         assert question.role == "user" and answer.role == "assistant"
         assert answer.content == f"answer to {question.content}"
     assert sorted(m.content for m in history[::2]) == sorted(prompts)
@@ -85,7 +87,9 @@ async def test_a_stopped_turn_is_stored_marked_as_interrupted(store) -> None:  #
 
 async def test_a_failed_turn_keeps_its_partial_answer_marked_failed(store) -> None:  # type: ignore[no-untyped-def]
     provider = MockProvider([Scenario("one two three", fault=Fault("error", after=2))])
-    pipe = Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=1)), state_store=store)
+    pipe = Pipeline(
+        ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=1)), state_store=store
+    )
     from pk_notebook import ProviderError
 
     with pytest.raises(ProviderError):
@@ -102,13 +106,15 @@ async def test_drop_policy_stores_nothing_for_an_interrupted_turn(store) -> None
     await stream.next()
     await stream.aclose()
     history = await store.load("s")
-    assert [m.content for m in history][0] == "first"
+    assert history[0].content == "first"
     assert len(history) == 2
 
 
 async def test_a_turn_that_fails_before_any_text_leaves_history_unchanged(store) -> None:  # type: ignore[no-untyped-def]
     provider = MockProvider([Scenario("x", fault=Fault("server_error", times=9))])
-    pipe = Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=1)), state_store=store)
+    pipe = Pipeline(
+        ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=1)), state_store=store
+    )
     from pk_notebook import ServerError
 
     with pytest.raises(ServerError):
@@ -120,7 +126,9 @@ async def test_a_turn_that_fails_before_any_text_leaves_history_unchanged(store)
     assert (await pipe.execute_with_context("s", "user", "again")).text == "fine"
 
 
-async def test_a_cancelled_consumer_still_saves_the_partial_turn_and_releases_the_lock(store) -> None:  # type: ignore[no-untyped-def]
+async def test_a_cancelled_consumer_still_saves_the_partial_turn_and_releases_the_lock(
+    store,
+) -> None:  # type: ignore[no-untyped-def]
     provider = MockProvider([Scenario(LONG)], chunk_delay=0.01)
     pipe = Pipeline(ProviderMiddleware(provider), state_store=store, lock_timeout=2)
     task = asyncio.ensure_future(pipe.execute_with_context("s", "user", "go"))
@@ -145,7 +153,9 @@ async def test_a_turn_waiting_too_long_for_the_session_gets_session_busy(store) 
 
 async def test_history_limit_trims_what_is_sent_but_not_what_is_stored(store) -> None:  # type: ignore[no-untyped-def]
     provider = MockProvider([Scenario("ok")])
-    pipe = Pipeline(ProviderMiddleware(provider), state_store=store, history=HistoryLimit(max_messages=3))
+    pipe = Pipeline(
+        ProviderMiddleware(provider), state_store=store, history=HistoryLimit(max_messages=3)
+    )
     for i in range(4):
         await pipe.execute_with_context("s", "user", f"q{i}")
     sent = provider.calls[-1].request.messages
@@ -155,7 +165,11 @@ async def test_history_limit_trims_what_is_sent_but_not_what_is_stored(store) ->
 
 
 def test_history_limit_by_tokens_keeps_the_newest_messages() -> None:
-    messages = [Message("user", "x" * 400), Message("assistant", "y" * 400), Message("user", "short")]
+    messages = [
+        Message("user", "x" * 400),
+        Message("assistant", "y" * 400),
+        Message("user", "short"),
+    ]
     assert [m.content for m in HistoryLimit(max_tokens=150).apply(messages)] == ["short"]
     assert len(HistoryLimit(max_tokens=1000).apply(messages)) == 3
 
@@ -179,19 +193,23 @@ async def test_sessions_can_be_listed_read_forked_exported_and_cleared(store) ->
     assert await store.load("a") == []
     assert await store.delete("a") is False
     await store.import_session(exported, session_id="copy")
-    assert [m.content for m in await store.load("copy")] == [m["content"] for m in exported["messages"]]
+    assert [m.content for m in await store.load("copy")] == [
+        m["content"] for m in exported["messages"]
+    ]
 
 
 async def test_sqlite_sessions_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "sessions.sqlite3"
     first = SQLiteStore(path)
-    pipe = Pipeline(ProviderMiddleware(MockProvider.demo(chunk_delay=0, first_chunk_delay=0)), state_store=first)
+    pipe = Pipeline(
+        ProviderMiddleware(MockProvider.demo(chunk_delay=0, first_chunk_delay=0)), state_store=first
+    )
     await pipe.execute_with_context("trip", "user", "My name is Ada")
     await first.aclose()
     # A new kernel: a new store object on the same file.
     second = SQLiteStore(path)
     history = await second.load("trip")
-    assert [m.content for m in history][0] == "My name is Ada"
+    assert history[0].content == "My name is Ada"
     assert history[1].meta == {"finish_reason": "stop"}
     await second.aclose()
 

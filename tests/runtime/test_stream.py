@@ -257,7 +257,9 @@ async def test_keep_alives_do_not_count_as_content_for_the_idle_timeout() -> Non
 
 async def test_activity_deltas_reset_the_idle_clock() -> None:
     # Reasoning-only or tool-call fragments are the model working: not idle.
-    events: list[object] = [Delta("a")] + [0.05, Delta(activity=True)] * 10 + [Delta("b"), Finish("stop")]
+    events: list[object] = (
+        [Delta("a")] + [0.05, Delta(activity=True)] * 10 + [Delta("b"), Finish("stop")]
+    )
     pipe = Pipeline(ProviderMiddleware(ScriptedProvider(events)), idle_timeout=0.2)  # type: ignore[arg-type]
     result = await pipe.execute("user", "x")
     assert result.text == "ab"

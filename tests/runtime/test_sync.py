@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,9 @@ from pk_notebook.providers import MockProvider, Scenario
 
 
 def make_pipe() -> Pipeline:
-    return Pipeline(ProviderMiddleware(MockProvider([Scenario("one two three")], chunk_delay=0.001)))
+    return Pipeline(
+        ProviderMiddleware(MockProvider([Scenario("one two three")], chunk_delay=0.001))
+    )
 
 
 def test_sync_execute_and_stream_from_plain_code() -> None:
@@ -80,5 +81,3 @@ def test_ctrl_c_during_a_sync_call_stops_the_stream() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "interrupted closed"
-
-

@@ -124,7 +124,7 @@ def scenario_provider(text: str = TRICKY, **options: Any) -> MockProvider:
 
 def slow_provider(**options: Any) -> MockProvider:
     options.setdefault("chunk_delay", 0.02)
-    return MockProvider([Scenario(LONG_ANSWER)], **options)
+    return MockProvider([Scenario("a short answer", match="^short"), Scenario(LONG_ANSWER)], **options)
 
 
 async def direct_text(provider: MockProvider, prompt: str) -> str:

@@ -229,8 +229,8 @@ async def test_concurrency_limit_answers_503_and_frees_slots(serve: Any) -> None
         for s in streams:
             await s.__aexit__(None, None, None)
         assert wait_for(lambda: live.app.state.slots.used == 0)
-        again = await client.get("/stream", params={"prompt": "x"}, timeout=30)
-        assert again.status_code == 200
+        async with client.stream("GET", "/stream", params={"prompt": "x"}) as again:
+            assert again.status_code == 200
 
 
 async def test_bearer_token(serve: Any) -> None:
