@@ -51,7 +51,10 @@ def available_providers() -> list[ProviderSpec]:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Split a spec: ``"openai:gpt-4o-mini"`` -> ``("openai", "gpt-4o-mini")``, ``"mock"`` -> ``("mock", None)``."""
+    """Split a spec into name and model.
+
+    ``"openai:gpt-4o-mini"`` -> ``("openai", "gpt-4o-mini")``; ``"mock"`` -> ``("mock", None)``.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigurationError("a provider spec is a string like 'mock' or 'openai:gpt-4o-mini'")
     name, _, model = spec.strip().partition(":")
