@@ -101,7 +101,7 @@ class Pipeline:
     def __repr__(self) -> str:
         links = ", ".join(
             type(m).__name__ if not hasattr(m, "__name__") else m.__name__ for m in self.middleware
-        )  # type: ignore[attr-defined]
+        )
         return f"<Pipeline [{links}] store={type(self.state_store).__name__}>"
 
     @property

@@ -99,7 +99,7 @@ class SyncStream:
         chunk = run_sync(_next_or_end(self._stream))
         if chunk is _END:
             raise StopIteration
-        return chunk  # type: ignore[no-any-return]
+        return chunk
 
     def close(self) -> None:
         run_sync(self._stream.aclose())

@@ -261,7 +261,7 @@ def _error_dict(error: BaseException | None) -> dict[str, Any] | None:
         return None
     to_dict = getattr(error, "to_dict", None)
     if callable(to_dict):
-        return to_dict()  # type: ignore[no-any-return]
+        return to_dict()
     return {"type": type(error).__name__, "message": str(error)}
 
 

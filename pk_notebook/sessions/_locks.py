@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from ..runtime.errors import SessionBusy
@@ -56,7 +56,9 @@ class SessionLocks:
             self._put(session_id)
 
 
-async def acquire_polling(try_acquire, session_id: str, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
+async def acquire_polling(
+    try_acquire: Callable[..., bool], session_id: str, timeout: float | None
+) -> None:
     """Call ``try_acquire(blocking=False)`` until it succeeds or ``timeout`` passes."""
     if try_acquire(blocking=False):
         return

@@ -1,0 +1,108 @@
+"""Markdown to safe, theme-aware HTML for widgets that show model answers.
+
+Why on the Python side: an ``ipywidgets.HTML`` value is set with ``innerHTML``
+and is not sanitized by the front end, and a model's answer is untrusted text.
+markdown-it-py with ``html=False`` escapes every raw tag, its link validator
+drops ``javascript:`` and ``data:`` URLs, and the result is the same string in
+tests and in the browser. Code blocks are highlighted with Pygments into short
+CSS classes (prefix ``pk-hl-``) that :func:`highlight_css` maps onto
+JupyterLab's ``--jp-mirror-editor-*`` variables, so code follows the light and
+dark themes without a stylesheet per theme.
+
+Streaming re-renders the whole answer on every (throttled) refresh, so the cost
+per refresh matters: code blocks that did not change since the last refresh
+come from a small cache, and an unclosed fence (a code block still arriving)
+renders as a code block up to the end, as it will once closed.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["escape_text", "highlight_css", "render_markdown"]
+
+_CLASS_PREFIX = "pk-hl-"
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Any:
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "highlight": _highlight})
+    md.enable(["table", "strikethrough"])
+    default_link_open = md.renderer.rules.get("link_open")
+
+    def link_open(tokens: Any, idx: int, options: Any, env: Any) -> str:
+        # A link followed inside JupyterLab would replace the whole application.
+        tokens[idx].attrSet("target", "_blank")
+        tokens[idx].attrSet("rel", "noopener noreferrer")
+        if default_link_open is not None:
+            return str(default_link_open(tokens, idx, options, env))
+        return str(md.renderer.renderToken(tokens, idx, options, env))
+
+    md.add_render_rule("link_open", link_open)
+    return md
+
+
+def render_markdown(text: str) -> str:
+    """Markdown (CommonMark plus tables and strikethrough) to HTML with raw HTML escaped."""
+    if not text:
+        return ""
+    return str(_parser().render(text))
+
+
+def escape_text(text: str) -> str:
+    """Plain text (a user's message) as HTML; newlines are kept by ``white-space: pre-wrap``."""
+    return html.escape(text, quote=False)
+
+
+@lru_cache(maxsize=256)
+def _highlight(code: str, lang: str, attrs: str) -> str:
+    """Pygments spans for a fenced block; markdown-it escapes the code itself when we return ''."""
+    if not lang:
+        return ""
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import get_lexer_by_name
+        from pygments.util import ClassNotFound
+    except ImportError:  # pragma: no cover - IPython depends on pygments
+        return ""
+    try:
+        lexer = get_lexer_by_name(lang.split()[0], stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return ""
+    formatter = HtmlFormatter(nowrap=True, classprefix=_CLASS_PREFIX)
+    return str(highlight(code, lexer, formatter))
+
+
+# Pygments short token classes -> JupyterLab editor colours (both themes define them).
+_TOKEN_COLOURS = {
+    "keyword": ("k", "kc", "kd", "kn", "kp", "kr", "ow"),
+    "builtin": ("nb", "bp", "kt"),
+    "def": ("nf", "fm", "nc", "nn"),
+    "string": ("s", "s1", "s2", "sa", "sb", "sc", "sd", "se", "sh", "si", "sx", "ss", "dl"),
+    "string-2": ("sr",),
+    "number": ("m", "mb", "mf", "mh", "mi", "mo", "il"),
+    "comment": ("c", "c1", "cm", "ch", "cs", "cp", "cpf"),
+    "operator": ("o",),
+    "punctuation": ("p",),
+    "property": ("na", "py"),
+    "tag": ("nt",),
+    "meta": ("nd", "ni"),
+    "variable-2": ("nv", "vc", "vg", "vi", "vm"),
+    "error": ("err",),
+    "atom": ("no",),
+}
+
+
+def highlight_css(scope: str) -> str:
+    """CSS colouring the highlighted code inside ``scope`` (a selector) with theme variables."""
+    rules = []
+    for name, classes in _TOKEN_COLOURS.items():
+        selectors = ", ".join(f"{scope} .{_CLASS_PREFIX}{c}" for c in classes)
+        rules.append(f"{selectors} {{ color: var(--jp-mirror-editor-{name}-color); }}")
+    rules.append(f"{scope} .{_CLASS_PREFIX}cs, {scope} .{_CLASS_PREFIX}c1 {{ font-style: italic; }}")
+    return "\n".join(rules)
