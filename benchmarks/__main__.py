@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
+from pathlib import Path
 
-SUITES = ["benchmarks.providers"]
+# every module of this package with a main(): providers, sessions, web, ...
+SUITES = sorted(
+    f"benchmarks.{info.name}"
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)])
+    if not info.name.startswith("_")
+)
 
 
 def main() -> int:
@@ -16,7 +23,11 @@ def main() -> int:
         except ImportError as exc:  # a suite whose optional dependencies are missing
             print(f"skipping {name}: {exc}", file=sys.stderr)
             continue
-        status |= int(module.main() or 0)
+        run = getattr(module, "main", None)
+        if run is None:
+            continue
+        print(f"== {name}", flush=True)
+        status |= int(run() or 0)
     return status
 
 

@@ -89,7 +89,7 @@ async def _run(
     return turns / elapsed, statistics.median(durations) * 1000
 
 
-async def main(argv: list[str] | None = None) -> int:
+async def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.sessions", description=__doc__.split("\n")[0]
     )
@@ -148,5 +148,10 @@ async def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Entry point, also for ``python -m benchmarks`` (which calls ``main()`` of each suite)."""
+    return asyncio.run(_main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

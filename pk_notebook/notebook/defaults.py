@@ -41,6 +41,7 @@ class NotebookDefaults:
     provider_options: dict[str, Any] = field(default_factory=dict)
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _store: StateStore | None = field(default=None, repr=False)
+    _others: dict[str, Pipeline] = field(default_factory=dict, repr=False)
 
     def describe(self) -> dict[str, Any]:
         name, model = parse_spec(self.provider)
@@ -63,15 +64,34 @@ class NotebookDefaults:
     def pipeline(self) -> Pipeline:
         """The shared pipeline, built on first use and after every change."""
         if self._pipeline is None or self._pipeline.closed:
-            provider = create_provider(self.provider, **self.provider_options)
-            self._pipeline = Pipeline(
-                UsageMiddleware(_default_prices()),
-                ProviderMiddleware(provider, self.config),
-                state_store=self.state_store(),
-                timeout=self.timeout,
-                idle_timeout=self.idle_timeout,
-            )
+            self._pipeline = self._build(self.provider, self.config, self.provider_options)
         return self._pipeline
+
+    def pipeline_for(self, provider: str | None = None) -> Pipeline:
+        """The shared pipeline, or one for another provider spec (``%%stream -p ...``).
+
+        The other pipeline shares the store, timeouts and sampling settings, but not
+        the configured model or ``provider_options`` (they belong to the default
+        provider). It is cached per spec until the next :meth:`update`, so a cell
+        re-run does not open a new HTTP client each time.
+        """
+        if provider is None or provider == self.provider:
+            return self.pipeline()
+        pipe = self._others.get(provider)
+        if pipe is None or pipe.closed:
+            pipe = self._build(provider, replace(self.config, model=None), {})
+            self._others[provider] = pipe
+        return pipe
+
+    def _build(self, spec: str, config: ProviderConfig, options: dict[str, Any]) -> Pipeline:
+        provider = create_provider(spec, **options)
+        return Pipeline(
+            UsageMiddleware(_default_prices()),
+            ProviderMiddleware(provider, config),
+            state_store=self.state_store(),
+            timeout=self.timeout,
+            idle_timeout=self.idle_timeout,
+        )
 
     def update(self, **changes: Any) -> None:
         """Change settings; the pipeline (and the store, if it changed) is rebuilt lazily.
@@ -91,6 +111,7 @@ class NotebookDefaults:
                 raise ConfigurationError(f"unknown setting {key!r}")
             setattr(self, key, value)
         self._pipeline = None
+        self._others = {}
 
 
 def open_store(spec: str) -> StateStore:

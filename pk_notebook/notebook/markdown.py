@@ -32,15 +32,12 @@ def _parser() -> Any:
 
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "highlight": _highlight})
     md.enable(["table", "strikethrough"])
-    default_link_open = md.renderer.rules.get("link_open")
 
-    def link_open(tokens: Any, idx: int, options: Any, env: Any) -> str:
+    def link_open(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
         # A link followed inside JupyterLab would replace the whole application.
         tokens[idx].attrSet("target", "_blank")
         tokens[idx].attrSet("rel", "noopener noreferrer")
-        if default_link_open is not None:
-            return str(default_link_open(tokens, idx, options, env))
-        return str(md.renderer.renderToken(tokens, idx, options, env))
+        return str(renderer.renderToken(tokens, idx, options, env))
 
     md.add_render_rule("link_open", link_open)
     return md
@@ -104,5 +101,6 @@ def highlight_css(scope: str) -> str:
     for name, classes in _TOKEN_COLOURS.items():
         selectors = ", ".join(f"{scope} .{_CLASS_PREFIX}{c}" for c in classes)
         rules.append(f"{selectors} {{ color: var(--jp-mirror-editor-{name}-color); }}")
-    rules.append(f"{scope} .{_CLASS_PREFIX}cs, {scope} .{_CLASS_PREFIX}c1 {{ font-style: italic; }}")
+    italic = ", ".join(f"{scope} .{_CLASS_PREFIX}{c}" for c in ("c", "c1", "cm", "cs"))
+    rules.append(f"{italic} {{ font-style: italic; }}")
     return "\n".join(rules)

@@ -382,10 +382,19 @@ async def check_response(provider: str, response: httpx.Response, secret: str | 
 
 
 def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body's bytes as read; decompressed only when the server compressed it."""
+    """The body's bytes as read; decompressed only when the server compressed it.
+
+    An uncompressed body is read from ``response.stream`` itself rather than
+    through ``aiter_raw()``: one generator layer (and a re-chunker) less per
+    event, which is measurable at tens of thousands of events per second.
+    Transport errors are mapped to httpx's exceptions by the stream either way.
+    """
     encoding = response.headers.get("content-encoding")
     if encoding and encoding.strip().lower() != "identity":
         return response.aiter_bytes()
+    stream = response.stream
+    if isinstance(stream, httpx.AsyncByteStream):
+        return stream.__aiter__()
     return response.aiter_raw()
 
 

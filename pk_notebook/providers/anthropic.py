@@ -10,13 +10,12 @@ block (text, thinking, tool_use), ``message_delta`` (stop reason, output usage),
 from __future__ import annotations
 
 import json
-from json import loads
 from typing import Any, ClassVar
 
 from ..runtime.errors import StreamError
 from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
 from . import _http
-from .base import HTTPProvider, protocol_error
+from .base import HTTPProvider, parse_json, protocol_error
 from .sse import SSEDecoder
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -103,13 +102,12 @@ class AnthropicParser:
 
     def feed(self, chunk: bytes) -> list[ProviderEvent]:
         out: list[ProviderEvent] = []
-        for event in self._decoder.feed(chunk):
-            kind = event.event
+        for data, name in self._decoder.feed_raw(chunk):
+            kind = name.decode("utf-8", "replace") if name else "message"
             if kind == "ping":
                 continue
-            data = event.data
             try:
-                obj = loads(data)
+                obj = parse_json(data)
             except ValueError as exc:
                 self.error = protocol_error(self._provider.name, data, exc)
                 break

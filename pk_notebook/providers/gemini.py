@@ -11,14 +11,13 @@ never in the URL, so it cannot leak through a logged URL.
 from __future__ import annotations
 
 import json
-from json import loads
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ..runtime.errors import ProviderError, StreamError
 from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
 from . import _http
-from .base import HTTPProvider, protocol_error
+from .base import HTTPProvider, parse_json, protocol_error
 from .sse import SSEDecoder
 
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -103,17 +102,16 @@ class GeminiParser:
 
     def feed(self, chunk: bytes) -> list[ProviderEvent]:
         out: list[ProviderEvent] = []
-        for event in self._decoder.feed(chunk):
-            data = event.data
+        for data, name in self._decoder.feed_raw(chunk):
             try:
-                obj = loads(data)
+                obj = parse_json(data)
             except ValueError as exc:
                 self.error = protocol_error(self._provider.name, data, exc)
                 break
             if type(obj) is not dict:
                 self.error = protocol_error(self._provider.name, data, TypeError("not an object"))
                 break
-            if "error" in obj or event.event == "error":
+            if "error" in obj or name == b"error":
                 self.error = _http.error_in_stream(
                     self._provider.name, obj, self._provider._api_key
                 )

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from ..runtime.errors import StreamError
 from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
 from . import _http
-from .base import HTTPProvider, protocol_error
+from .base import HTTPProvider, protocol_error, scan_json
 from .sse import SSEDecoder
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -127,21 +127,26 @@ class OpenAIParser:
 
     def feed(self, chunk: bytes) -> list[ProviderEvent]:
         out: list[ProviderEvent] = []
-        for event in self._decoder.feed(chunk):
-            data = event.data
-            if data == "[DONE]":
+        for data, name in self._decoder.feed_raw(chunk):
+            if data == b"[DONE]":
                 out.append(self._finish())
                 self.done = True
                 break
+            text = data.decode("utf-8", "replace")
             try:
-                obj = loads(data)
+                try:
+                    obj, end = scan_json(text, 0)
+                except StopIteration:  # leading whitespace, or not JSON at all
+                    obj, end = loads(text), len(text)
+                if end != len(text) and text[end:].strip():
+                    raise ValueError(f"extra data after the JSON value (at {end})")
             except ValueError as exc:
-                self.error = protocol_error(self._provider.name, data, exc)
+                self.error = protocol_error(self._provider.name, text, exc)
                 break
             if type(obj) is not dict:
                 self.error = protocol_error(self._provider.name, data, TypeError("not an object"))
                 break
-            if event.event == "error" or "error" in obj:
+            if name == b"error" or "error" in obj:
                 self.error = _http.error_in_stream(
                     self._provider.name, obj, self._provider._api_key
                 )
@@ -153,19 +158,21 @@ class OpenAIParser:
                 delta = choice.get("delta")
                 if delta:
                     content = delta.get("content")
-                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                    if content or reasoning:
-                        out.append(Delta(content or "", reasoning or ""))
-                    tool_calls = delta.get("tool_calls")
-                    if tool_calls:
-                        self._tool_fragments(tool_calls)
-                        out.append(Delta(activity=True))
+                    if content and len(delta) == 1:
+                        out.append(Delta(content))  # the common chunk: just text
+                    else:
+                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                        if content or reasoning:
+                            out.append(Delta(content or "", reasoning or ""))
+                        tool_calls = delta.get("tool_calls")
+                        if tool_calls:
+                            self._tool_fragments(tool_calls)
+                            out.append(Delta(activity=True))
                 reason = choice.get("finish_reason")
                 if reason:
                     self.finish_reason = reason
-            usage = obj.get("usage")
-            if usage:
-                self.usage = usage
+            if obj.get("usage"):
+                self.usage = obj["usage"]
             if self.model is None and obj.get("model"):
                 self.model = obj["model"]
         return out

@@ -16,17 +16,19 @@ reads intact and U+2028 inside data (it is neither CR nor LF). A line that
 arrives in many reads is kept as a list of pieces and joined once, so an 8 MiB
 event in 1460-byte reads costs linear time.
 
-Measured on the 2-core reference machine, a burst of 100k OpenAI-style chunks
-over loopback, CPU per chunk (``python -m benchmarks.providers``; see
-``benchmarks/RESULTS-providers.md`` for the current figures)::
+Measured with ``python -m benchmarks.providers`` (2 shared cores, Python 3.11,
+httpx 0.28.1; the fake server in another process sends each event as its own
+HTTP chunk, as real servers do), CPU per chunk of a 100k-chunk burst::
 
-    httpx aiter_bytes, no parsing                     ~6.6 us
-    httpx-sse (aiter_lines) + json.loads              ~13.5 us
-    this decoder + json.loads                         ~8.5 us
-    OpenAIProvider through the whole Pipeline/Stream  ~11.5 us
+    httpx aiter_raw, no parsing                        9.4 us
+    httpx-sse (aiter_lines) + json.loads              15.0 us   <- the bar
+    OpenAIProvider through the whole Pipeline/Stream  14.3 us   (0.95x the bar)
+    openai SDK AsyncStream                            94.8 us
 
-so the decoder leaves room for the pipeline under the httpx-sse + json bar,
-which httpx-sse itself (at the bar by definition) would not.
+httpx-sse alone already costs the whole bar, leaving nothing for the provider
+and the pipeline; with this decoder (one split per read, a fast path for the
+usual one-``data:``-line read, JSON scanned straight from it) the whole pipeline
+stays under it. Figures: ``benchmarks/RESULTS-providers.md``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,32 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Decode one read; return the events it completed (often none, often several)."""
+        return [
+            ServerSentEvent(
+                data.decode("utf-8", "replace"),
+                name.decode("utf-8", "replace") if name else "message",
+                self.last_event_id,
+                self.retry,
+            )
+            for data, name in self.feed_raw(chunk)
+        ]
+
+    def feed_raw(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
+        """Like :meth:`feed`, but ``(data, event name or None)`` as undecoded bytes.
+
+        The providers' hot path: ``json.loads`` takes bytes, so the data is never
+        decoded twice, and the common read, exactly one ``data: ...`` line and
+        its blank line, is recognised without splitting anything.
+        """
+        if (
+            chunk[:6] == b"data: "
+            and chunk[-2:] == b"\n\n"
+            and chunk.find(b"\n") == len(chunk) - 2
+            and self._started
+            and not (self._partial or self._data or self._skip_lf or self._event)
+            and b"\r" not in chunk
+        ):
+            return [(chunk[6:-2], None)]
         if not self._started:
             if self._partial:
                 chunk = b"".join(self._partial) + chunk
@@ -98,7 +126,7 @@ class SSEDecoder:
         tail = lines.pop()
         if tail:
             partial.append(tail)
-        events: list[ServerSentEvent] = []
+        events: list[tuple[bytes, bytes | None]] = []
         data = self._data
         for line in lines:
             if not line:
@@ -113,28 +141,20 @@ class SSEDecoder:
             self._field(line)
         return events
 
-    def flush(self) -> list[ServerSentEvent]:
+    def flush(self) -> list[tuple[bytes, bytes | None]]:
         """At the end of the stream: an unterminated event is *not* dispatched (per spec)."""
         self._partial.clear()
         self._data.clear()
         self._event = None
         return []
 
-    def _dispatch(self) -> ServerSentEvent:
+    def _dispatch(self) -> tuple[bytes, bytes | None]:
         data = self._data
-        if len(data) == 1:
-            raw = data[0]
-        else:
-            raw = b"\n".join(data)
+        raw = data[0] if len(data) == 1 else b"\n".join(data)
         data.clear()
         name = self._event
         self._event = None
-        return ServerSentEvent(
-            raw.decode("utf-8", "replace"),
-            name.decode("utf-8", "replace") if name else "message",
-            self.last_event_id,
-            self.retry,
-        )
+        return raw, name
 
     def _field(self, line: bytes) -> None:
         if line[:1] == b":":

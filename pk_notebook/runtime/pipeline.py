@@ -259,9 +259,20 @@ class Pipeline:
                 return None
             user_message, lock = turn
             try:
-                return await self._save_turn(session_id, user_message, result)  # type: ignore[arg-type]
+                warnings = await self._save_turn(session_id, user_message, result)  # type: ignore[arg-type]
             finally:
-                await lock.__aexit__(None, None, None)
+                # A release that fails (the store went away) must neither hide the
+                # save's own outcome nor raise over the answer the user has seen.
+                try:
+                    await lock.__aexit__(None, None, None)
+                except Exception as exc:  # noqa: BLE001
+                    logger.warning("could not release session %r: %s", session_id, exc)
+                    release_warning = f"the session lock was not released cleanly: {exc}"
+                else:
+                    release_warning = None
+            if release_warning:
+                warnings = [*(warnings or []), release_warning]
+            return warnings
 
         stream = Stream(
             events,

@@ -405,9 +405,10 @@ class RedisStore(StateStore):
             if detail.startswith("PKNB_LOCKLOST "):
                 raise SessionError(
                     f"the turn on session {session_id!r} was not saved: its lock "
-                    f"({detail[len('PKNB_LOCKLOST ') :]}) expired and another turn took it, "
-                    f"so saving would interleave the two. The process stalled longer than "
-                    f"lease={self.lease:g} s; raise lease if that is expected."
+                    f"({detail[len('PKNB_LOCKLOST ') :]}) expired or was lost while the turn "
+                    "ran, and saving without it could interleave with another turn. Either "
+                    f"the process stalled longer than lease={self.lease:g} s (raise lease), "
+                    "or Redis lost its data (a restart without persistence)."
                 ) from None
             if detail.startswith("PKNB_FOREIGNLOCK "):
                 raise StoreUnavailable(
@@ -611,7 +612,7 @@ class _RedisLock:
         try:
             conn = self.store._conn()
             await asyncio.wait_for(conn.release(keys=[self.key], args=[self.token]), timeout=10)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # releasing must never hide the turn's outcome
             logger.warning(
                 "could not release the lock of session %r at %s (%s); it expires by "
                 "itself within %g s",
@@ -626,7 +627,7 @@ class _RedisLock:
             await asyncio.sleep(self.store.lease / 3)
             try:
                 kept = await self.store._conn().renew(keys=[self.key], args=[self.token, lease_ms])
-            except RedisError as exc:
+            except Exception as exc:
                 # Keep trying: Redis may come back before the lease runs out.
                 logger.warning(
                     "could not renew the lock of session %r: %s",

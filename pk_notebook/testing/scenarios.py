@@ -93,19 +93,19 @@ class Script:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Script:
         """From JSON (the control endpoint): the same field names; ``body`` as text."""
+        values = dict(data)
+        if "repeat" in values:  # a burst: {"repeat": 100000, "piece": "tok "}
+            values["text"] = [values.pop("piece", "tok ")] * int(values.pop("repeat"))
         known = {f.name for f in fields(cls) if not f.name.startswith("_")}
-        unknown = set(data) - known
+        unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown Script fields: {', '.join(sorted(unknown))}")
-        values = dict(data)
         if isinstance(values.get("body"), str):
             values["body"] = values["body"].encode("utf-8")
-        if "usage" in values and values["usage"] is not None:
+        if values.get("usage") is not None:
             values["usage"] = tuple(values["usage"])
         if "tool_calls" in values:
             values["tool_calls"] = [tuple(t) for t in values["tool_calls"]]
-        if "repeat" in values:
-            values["text"] = [values.pop("piece", "tok ")] * int(values.pop("repeat"))
         return cls(**values)
 
     # --- rendering ----------------------------------------------------------------------

@@ -80,7 +80,7 @@ class HostGuard:
 
 
 def _static(name: str) -> bytes:
-    return resources.files("pk_notebook.web").joinpath("static", name).read_bytes()
+    return resources.files("pk_notebook.web").joinpath("static").joinpath(name).read_bytes()
 
 
 def _origin_regex(patterns: tuple[str, ...]) -> str | None:
@@ -101,7 +101,8 @@ def create_app(
 
     ``settings`` (or its fields as keyword arguments) sets the access rules and
     limits; the defaults are the safe ones (see :class:`WebSettings`). With
-    ``close_pipeline=True`` the app shuts the pipeline down when the server stops.
+    ``close_pipeline=True`` the app shuts the pipeline down (letting running streams
+    finish for its ``shutdown_grace``) and closes its session store when the server stops.
     """
     settings = settings or WebSettings()
     if options:
@@ -169,6 +170,7 @@ def create_app(
         yield
         if close_pipeline:
             await pipe.shutdown()
+            await pipe.state_store.aclose()
 
     middleware = [Middleware(HostGuard, settings=settings)]
     if settings.allowed_origins:

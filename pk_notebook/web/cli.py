@@ -149,7 +149,9 @@ async def _serve(args: argparse.Namespace, settings: Any) -> None:
     store = MemoryStore() if args.store == "memory" else SQLiteStore(args.store)
     pipe = Pipeline(ProviderMiddleware(create_provider(args.provider)), state_store=store)
     try:
-        app = create_app(pipe, settings)
+        # The lifespan closes the pipeline and the store while the loop still runs:
+        # uvicorn re-raises SIGINT/SIGTERM after serving, which may end the process.
+        app = create_app(pipe, settings, close_pipeline=True)
         config = uvicorn.Config(
             app,
             host=args.host,
@@ -178,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         parser.exit(2, f"pk-notebook: error: {exc}\n")
     except KeyboardInterrupt:
-        return 130
+        return 130  # Ctrl-C, after a graceful shutdown
     return 0
 
 

@@ -146,7 +146,7 @@ def parse_chat_request(
         text = _text_of(item.get("content"), f"messages[{i}]")
         if len(text) > settings.max_prompt_chars:
             check_prompt(text, settings, f"messages[{i}].content")
-        history.append(Message(role, text))
+        history.append(Message(role, text))  # type: ignore[arg-type]
     last = history.pop()
     if last.role != "user":
         raise WebError(422, "InvalidRequest", "the last message must be the user's")

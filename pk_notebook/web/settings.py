@@ -14,9 +14,11 @@ from ..runtime.errors import ConfigurationError
 #: the host names a loopback server answers to (DNS-rebinding protection)
 LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1", "[::1]")
 
-#: sampling options a client may set per request (not ``model``: the server decides
-#: which model, and so what it costs)
-CLIENT_OPTIONS: frozenset[str] = frozenset({"max_tokens", "temperature", "top_p", "stop", "system"})
+#: sampling options a client may set per request by default. Not ``model`` (the
+#: server decides which model runs, and so what it costs) and not ``system`` (it
+#: would replace the operator's system prompt); both can be allowed explicitly.
+CLIENT_OPTIONS: frozenset[str] = frozenset({"max_tokens", "temperature", "top_p", "stop"})
+_ALLOWABLE_OPTIONS = CLIENT_OPTIONS | {"model", "system"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class WebSettings:
     heartbeat:
         seconds between SSE comment lines sent while no chunk arrives, so proxies
         do not close an idle-looking stream. ``None`` disables them.
+    client_options:
+        the ``ProviderConfig`` fields a request may set (see ``CLIENT_OPTIONS``).
     """
 
     token: str | None = None
@@ -72,7 +76,7 @@ class WebSettings:
             raise ConfigurationError("heartbeat must be a positive number of seconds or None")
         if isinstance(self.allowed_origins, str) or isinstance(self.allowed_hosts, str):
             raise ConfigurationError("allowed_origins and allowed_hosts are tuples of strings")
-        unknown = set(self.client_options) - CLIENT_OPTIONS - {"model"}
+        unknown = set(self.client_options) - _ALLOWABLE_OPTIONS
         if unknown:
             raise ConfigurationError(
                 f"client_options may only name ProviderConfig fields: {unknown}"

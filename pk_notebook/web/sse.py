@@ -63,6 +63,8 @@ def parse_options(options: Any, settings: WebSettings) -> ProviderConfig | None:
             isinstance(values[name], bool) or not isinstance(values[name], (int, float))
         ):
             raise WebError(422, "InvalidRequest", f"'{name}' must be a number")
+    if "model" in values and not isinstance(values["model"], str):
+        raise WebError(422, "InvalidRequest", "'model' must be a string")
     if "system" in values and not isinstance(values["system"], str):
         raise WebError(422, "InvalidRequest", "'system' must be a string")
     if "system" in values and len(values["system"]) > settings.max_prompt_chars:
@@ -103,15 +105,23 @@ class StreamEndpoint:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.settings
+        if scope["method"] not in ("GET", "POST"):
+            # Starlette adds HEAD to GET routes; a HEAD must not start a paid call.
+            await send_json(
+                send,
+                405,
+                {"error": {"type": "MethodNotAllowed", "message": "use GET or POST"}},
+                {"Allow": "GET, POST"},
+            )
+            return
         try:
             check_origin(scope, settings)
-            get = scope["method"] in ("GET", "HEAD")
+            get = scope["method"] == "GET"
             check_token(scope, settings, query_ok=get)
             if get:
                 query = query_params(scope)
                 data: dict[str, Any] = {
-                    "prompt": (query.get("prompt") or [None])[0],
-                    "session": (query.get("session") or [None])[0],
+                    name: values[0] for name in ("prompt", "session") if (values := query.get(name))
                 }
             else:
                 body = await read_body(scope, receive, settings.max_body_bytes)

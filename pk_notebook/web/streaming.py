@@ -157,7 +157,6 @@ async def run_sse(
     *,
     heartbeat: float | None,
     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
-    on_stream: Callable[[Stream], None] | None = None,
 ) -> None:
     """Run one stream as an SSE response (see the module docstring)."""
     writer = _Writer(send)
@@ -190,8 +189,6 @@ async def run_sse(
             else:
                 await send_json(send, status_for(exc), encoder.error_body(exc), error_headers(exc))
             return
-        if on_stream is not None:
-            on_stream(stream)
         gone.add_done_callback(lambda _: stream.stop())  # type: ignore[union-attr]
         if gone.done():
             stream.stop()

@@ -234,8 +234,28 @@ class LabPage:
             time.sleep(0.1)
         raise TimeoutError(f"cell {index} did not finish within {timeout:g} s")
 
+    def run_cell_and_wait(self, index: int, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Run cell ``index`` and wait until it has finished.
+
+        JupyterLab silently drops a run requested before the notebook's kernel
+        connection is attached, even when the status bar already says Idle: the
+        prompt then stays ``[ ]``. A run that was accepted shows ``[*]`` or a count
+        at once, so only a prompt still blank after a few seconds is run again.
+        """
+        prompt = self.cell(index).locator(".jp-InputArea-prompt")
+        for _ in range(attempts):
+            self.run_cell(index)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                if prompt.inner_text().strip() not in ("[ ]:", "[ ]", ""):
+                    self.wait_cell_done(index, timeout)
+                    return
+                time.sleep(0.1)
+        raise TimeoutError(f"cell {index} never started (is the kernel attached?)")
+
     def output_text(self, index: int) -> str:
-        return self.cell(index).locator(".jp-OutputArea").inner_text()
+        # .first: a widget Output inside the cell has an OutputArea of its own.
+        return self.cell(index).locator(".jp-OutputArea").first.inner_text()
 
     def screenshot(self, name: str) -> Path:
         self.artifacts.mkdir(parents=True, exist_ok=True)

@@ -269,3 +269,29 @@ async def test_stream_status_and_session_id_are_on_the_result() -> None:
     pipe = Pipeline(ProviderMiddleware(MockProvider([Scenario("ok")])))
     result = await pipe.execute_with_context("sid", "user", "x")
     assert result.session_id == "sid" and result.status is StreamStatus.FINISHED
+
+
+class FlakyReleaseStore(MemoryStore):
+    """A store whose lock release fails, as when its server has just gone away."""
+
+    def lock(self, session_id, timeout=None):  # type: ignore[no-untyped-def]
+        inner = super().lock(session_id, timeout)
+
+        class Broken:
+            async def __aenter__(self) -> None:
+                await inner.__aenter__()
+
+            async def __aexit__(self, *exc: object) -> None:
+                await inner.__aexit__(None, None, None)
+                raise ConnectionError("store went away")
+
+        return Broken()
+
+
+async def test_a_failed_lock_release_is_reported_without_hiding_the_saved_turn() -> None:
+    store = FlakyReleaseStore()
+    pipe = Pipeline(ProviderMiddleware(MockProvider([Scenario("ok")])), state_store=store)
+    result = await pipe.execute_with_context("s", "user", "x")
+    assert result.text == "ok"
+    assert len(await store.load("s")) == 2  # the turn was saved ...
+    assert result.warnings == ("the session lock was not released cleanly: store went away",)

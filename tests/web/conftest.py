@@ -25,7 +25,9 @@ from pk_notebook.web import create_app
 T = TypeVar("T")
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(400))
-TRICKY = "line one\ndata: not a field\r\n\nevent: fake\n: comment\n[DONE]\nünïcödé 🎉 — “quotes” \\ end"
+TRICKY = (
+    "line one\ndata: not a field\r\n\nevent: fake\n: comment\n[DONE]\nünïcödé 🎉 — “quotes” \\ end"
+)
 
 
 class LiveServer:
@@ -124,7 +126,9 @@ def scenario_provider(text: str = TRICKY, **options: Any) -> MockProvider:
 
 def slow_provider(**options: Any) -> MockProvider:
     options.setdefault("chunk_delay", 0.02)
-    return MockProvider([Scenario("a short answer", match="^short"), Scenario(LONG_ANSWER)], **options)
+    return MockProvider(
+        [Scenario("a short answer", match="^short"), Scenario(LONG_ANSWER)], **options
+    )
 
 
 async def direct_text(provider: MockProvider, prompt: str) -> str:

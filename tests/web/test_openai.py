@@ -57,7 +57,9 @@ async def test_streaming_completion_with_usage(serve: Any) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == TRICKY
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finish == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens > 0
@@ -77,7 +79,10 @@ async def test_messages_become_history(serve: Any) -> None:
     assert completion.choices[0].message.content == "second answer"
     sent = live.provider.calls[-1].request.messages
     assert [(m.role, m.content) for m in sent] == [
-        ("system", "be brief"), ("user", "q1"), ("assistant", "first answer"), ("user", "q2")
+        ("system", "be brief"),
+        ("user", "q1"),
+        ("assistant", "first answer"),
+        ("user", "q2"),
     ]
 
 
@@ -118,7 +123,9 @@ async def test_errors_before_streaming_map_to_sdk_errors(serve: Any) -> None:
     )
     async with client_for(live, "the-wrong-token") as client:
         with pytest.raises(openai.AuthenticationError):
-            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x"}]
+            )
     async with client_for(live, "the-right-token") as client:
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(
@@ -170,6 +177,9 @@ async def test_raw_stream_shape(serve: Any) -> None:
     assert events[-1] == "data: [DONE]"
     payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
     assert payloads[-1]["choices"][0] == {
-        "index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "stop",
     }
     assert all("usage" not in p for p in payloads)  # only with stream_options.include_usage

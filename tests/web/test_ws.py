@@ -123,7 +123,8 @@ async def test_error_mid_stream(serve: Any) -> None:
 
 async def test_refusals_are_error_messages(serve: Any) -> None:
     live = serve(
-        MockProvider(fault=Fault(kind="rate_limit", times=9)), max_prompt_chars=10,
+        MockProvider(fault=Fault(kind="rate_limit", times=9)),
+        max_prompt_chars=10,
         max_body_bytes=1000,
     )
     async with connect(live.ws_url) as ws:

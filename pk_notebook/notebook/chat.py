@@ -1,0 +1,688 @@
+"""The chat widget: a conversation in a notebook cell that streams, stops and remembers.
+
+::
+
+    from pk_notebook import Chat
+    chat = Chat(pipe, session_id="support-demo", title="Ask the docs")
+    chat                                   # renders in the cell
+    result = await chat.send("Hello")      # the same turn, from code
+
+Why it is built this way:
+
+- A Send click or an Enter is a widget message, handled while the kernel is
+  idle or awaiting, possibly on a subshell's thread. Handlers therefore only
+  schedule the turn onto the kernel's event loop (captured when the chat is
+  created) with ``call_soon_threadsafe`` and return; the reply streams in a
+  task, so Stop and other cells stay responsive. Stop goes through
+  ``Stream.stop()`` (thread-safe) or, before the stream exists, cancels the
+  turn's task. Nothing here needs nest_asyncio.
+- The transcript is the session in the pipeline's store, which ``%%stream``
+  cells share (``Chat()`` without a pipeline uses the notebook's
+  :func:`~pk_notebook.notebook.defaults.default_pipeline`). Before each turn,
+  after it, and on Refresh the widget reads the store and appends what it has
+  not shown yet; entries that exist only on screen (an error, a turn that was
+  never saved) stay where they are.
+- A streaming reply is re-rendered through :class:`~pk_notebook.runtime.text.Throttle`
+  at most 20 times a second, and the final text is always set whole at the end.
+- Markdown is converted in Python (:mod:`pk_notebook.notebook.markdown`) into an
+  ``HTML`` widget: one message per refresh, no async re-render in the browser,
+  so the reply grows without flicker, and untrusted HTML in answers is escaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import traitlets
+
+from ..runtime.errors import UsageError
+from ..runtime.pipeline import Pipeline
+from ..runtime.store import check_session_id
+from ..runtime.stream import Stream
+from ..runtime.text import Throttle
+from ..runtime.types import Message, ProviderConfig, Result, StreamStatus, Usage
+from . import chat_view as view
+from .chat_input import ChatInput
+from .status import format_status
+
+logger = logging.getLogger("pk_notebook")
+
+ReplyCallback = Callable[[Result], Any]
+
+
+@dataclass
+class _Entry:
+    """One thing in the transcript. ``synced`` entries mirror a message of the store."""
+
+    kind: str  # "user" | "assistant" | "notice"
+    widget: widgets.Widget
+    message: Message | None = None
+    synced: bool = False
+
+
+class Chat(widgets.VBox):
+    """A chat UI on a pipeline's session: transcript, message box, Send/Stop, New chat.
+
+    Parameters:
+        pipeline: the :class:`~pk_notebook.runtime.pipeline.Pipeline` to call; the
+            notebook's default pipeline (shared with ``%%stream``) if not given.
+        session_id: the session to read and continue; a fresh ``chat-xxxxxx`` if not given.
+        title: shown in the header.
+        config: per-call :class:`~pk_notebook.runtime.types.ProviderConfig` overrides.
+        height: the transcript's fixed height (CSS), so nothing jumps while streaming.
+    """
+
+    title = traitlets.Unicode("Chat", help="The heading shown above the transcript.")
+    session_id = traitlets.Unicode(
+        help="The session this chat shows and continues; assign another id to switch sessions."
+    )
+    streaming = traitlets.Bool(
+        False, read_only=True, help="True while a reply is streaming (Stop is enabled)."
+    )
+    update_interval = traitlets.Float(
+        0.05,
+        help="Seconds between two front-end refreshes of a streaming reply (20/s at most).",
+    )
+
+    def __init__(
+        self,
+        pipeline: Pipeline | None = None,
+        *,
+        session_id: str | None = None,
+        title: str = "Chat",
+        config: ProviderConfig | None = None,
+        height: str = "420px",
+        **kwargs: Any,
+    ) -> None:
+        if pipeline is not None and not isinstance(pipeline, Pipeline):
+            raise UsageError(
+                f"Chat needs a Pipeline, got {type(pipeline).__name__}; e.g. "
+                "Chat(Pipeline(ProviderMiddleware(MockProvider.demo())))"
+            )
+        session_id = check_session_id(session_id or f"chat-{secrets.token_hex(3)}")
+        super().__init__(title=title, session_id=session_id, **kwargs)
+        self._pipeline = pipeline
+        self.config = config
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # captured by the first awaited call instead
+
+        self._entries: list[_Entry] = []
+        self._synced: list[Message] = []
+        self._results: list[Result] = []
+        self._reply_callbacks: list[ReplyCallback] = []
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._lock = asyncio.Lock()
+        self._turn_task: asyncio.Task[Any] | None = None
+        self._stream: Stream | None = None
+        self._cancel_sent = False
+        self._last_failed: str | None = None
+        self._last_status = ""
+
+        self._build(height)
+        self.observe(self._on_title, names="title")
+        self.observe(self._on_session, names="session_id")
+        if self._loop is not None:
+            self._spawn(self._locked_sync())
+
+    # --- layout ---------------------------------------------------------------------
+
+    def _build(self, height: str) -> None:
+        w = widgets
+        style = w.HTML(view.stylesheet())
+        style.add_class("pk-chat-style")
+        self._heading = w.HTML(view.header_html(self.title, self.session_id))
+        self._heading.add_class("pk-chat-heading")
+        self._refresh_button = self._tool("Refresh", "Show messages added to the session elsewhere")
+        self._new_button = self._tool("New chat", "Start a new session; the old one stays stored")
+        self._refresh_button.on_click(lambda _b: self._schedule(self._locked_sync))
+        self._new_button.on_click(lambda _b: self._schedule(self.new_chat))
+        header = w.HBox([self._heading, self._refresh_button, self._new_button])
+        header.add_class("pk-chat-header")
+
+        self._empty = w.HTML(view.empty_html(), layout=w.Layout(margin="auto 0"))
+        self._messages = w.VBox([self._empty], layout=w.Layout(min_height="100%", flex="0 0 auto"))
+        self._messages.add_class("pk-chat-messages")
+        # column-reverse: the scroll position is anchored at the bottom, so the newest
+        # message stays in view as it grows, with no JavaScript.
+        self._transcript = w.Box(
+            [self._messages],
+            layout=w.Layout(
+                height=height, overflow="auto", display="flex", flex_flow="column-reverse"
+            ),
+        )
+        self._transcript.add_class("pk-chat-transcript")
+
+        self.input = ChatInput(layout=w.Layout(flex="1 1 auto", width="auto"))
+        self.input.on_submit(lambda text: self._schedule(lambda: self._turn(text)))
+        self._send_button = w.Button(
+            description="Send", button_style="primary", tooltip="Send the message (Enter)"
+        )
+        self._stop_button = w.Button(
+            description="Stop", disabled=True, tooltip="Stop the reply; the text so far is kept"
+        )
+        for button in (self._send_button, self._stop_button):
+            button.add_class("pk-chat-action")
+        self._stop_button.add_class("pk-chat-stop")
+        self._send_button.on_click(self._on_send_click)
+        self._stop_button.on_click(lambda _b: self.stop())
+        composer = w.HBox([self.input, self._send_button, self._stop_button])
+        composer.add_class("pk-chat-composer")
+
+        self._footer = w.HTML(view.footer_html(self._summary()))
+        self._footer.add_class("pk-chat-footer")
+        self.children = (style, header, self._transcript, composer, self._footer)
+        self.add_class("pk-chat")
+
+    @staticmethod
+    def _tool(label: str, tooltip: str) -> widgets.Button:
+        button = widgets.Button(
+            description=label, tooltip=tooltip, layout=widgets.Layout(width="auto")
+        )
+        button.add_class("pk-chat-tool")
+        return button
+
+    def __repr__(self) -> str:
+        return (
+            f"<Chat {self.title!r} session={self.session_id!r} messages={len(self._synced)} "
+            f"streaming={self.streaming} model={self.model!r}>"
+        )
+
+    # --- what code reads --------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline replies come from: the one given, else the notebook's current default
+        (looked up at each turn, so ``%stream config`` changes apply to the chat too)."""
+        if self._pipeline is not None:
+            return self._pipeline
+        from .defaults import default_pipeline
+
+        return default_pipeline()
+
+    @property
+    def history(self) -> list[Message]:
+        """The session's messages as last read from the store (oldest first)."""
+        return list(self._synced)
+
+    @property
+    def results(self) -> list[Result]:
+        """The results of the replies streamed in this widget, oldest first."""
+        return list(self._results)
+
+    @property
+    def model(self) -> str | None:
+        for result in reversed(self._results):
+            if result.model:
+                return result.model
+        config = self.pipeline.provider_middleware.config.merged(self.config)
+        return config.model or getattr(self.pipeline.provider, "model", None)
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens of the replies streamed in this widget (stored messages carry no counts)."""
+        total = Usage()
+        for result in self._results:
+            if result.usage is not None:
+                total = total + result.usage
+        return total
+
+    @property
+    def cost(self) -> float | None:
+        """US dollars of the replies streamed here; None when no reply had a known price."""
+        costs = [r.cost for r in self._results if r.cost is not None]
+        return sum(costs) if costs else None
+
+    # --- actions ----------------------------------------------------------------------
+
+    async def send(self, text: str) -> Result:
+        """Send ``text`` as the user, stream the reply into the transcript, return its Result.
+
+        Waits for a reply already streaming in this widget to end first. If the
+        awaiting code is cancelled (Kernel > Interrupt), the reply is stopped too.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise UsageError("send() needs a non-empty message")
+        task = self._own_loop().create_task(self._turn(text))
+        self._keep(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._stop_on_loop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the reply that is streaming (safe from any thread); its text so far is kept."""
+        stream = self._stream
+        if stream is not None:
+            stream.stop()  # thread-safe, closes the provider's response at once
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop_on_loop)
+
+    async def retry(self) -> Result:
+        """Send the last message whose reply failed again."""
+        if self._last_failed is None:
+            raise UsageError("there is no failed reply to retry")
+        return await self.send(self._last_failed)
+
+    async def refresh(self) -> list[Message]:
+        """Read the session from the store and show what is new; returns the history."""
+        self._own_loop()
+        await self._locked_sync()
+        return self.history
+
+    async def new_chat(self, session_id: str | None = None, *, fork: bool = False) -> str:
+        """Continue in a new session: empty, or a copy of this one (``fork=True``).
+
+        The old session stays in the store (``Chat(session_id=old)`` reopens it).
+        Returns the new session id.
+        """
+        self._own_loop()
+        if self.streaming:
+            raise UsageError("a reply is streaming: stop it before starting a new chat")
+        store = self.pipeline.state_store
+        if session_id is None:
+            session_id = await self._fresh_session_id()
+        check_session_id(session_id)
+        if fork:
+            await store.fork(self.session_id, session_id)
+        self.session_id = session_id
+        await self._locked_sync()
+        return session_id
+
+    def on_reply(self, callback: ReplyCallback, remove: bool = False) -> None:
+        """Call ``callback(result)`` after every reply (finished, stopped or failed).
+
+        A coroutine function is run as a task. ``remove=True`` unregisters it.
+        """
+        if remove:
+            self._reply_callbacks.remove(callback)
+        else:
+            self._reply_callbacks.append(callback)
+
+    def export(self, format: str = "json", path: str | Path | None = None) -> str:
+        """The conversation as JSON or Markdown (``format="markdown"``); written to ``path`` too."""
+        if format in ("md", "markdown"):
+            text = self._export_markdown()
+        elif format == "json":
+            usage = self.usage
+            data = {
+                "title": self.title,
+                "session_id": self.session_id,
+                "model": self.model,
+                "exported_at": time.time(),
+                "messages": [m.to_dict() for m in self._synced],
+                "usage": usage.to_dict() if self._results else None,
+                "cost": self.cost,
+            }
+            text = json.dumps(data, indent=2, ensure_ascii=False)
+        else:
+            raise UsageError(f"unknown export format {format!r}: use 'json' or 'markdown'")
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def close(self) -> None:
+        """Stop any reply and release every widget of the chat (their comms)."""
+        self.stop()
+        for task in list(self._tasks):
+            if not task.done() and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(task.cancel)
+        for entry in self._entries:
+            _close_tree(entry.widget)
+        for child in self.children:
+            _close_tree(child)
+        _close_tree(self._empty)
+        super().close()
+
+    # --- handlers (any thread) --------------------------------------------------------
+
+    def _on_send_click(self, _button: Any) -> None:
+        text = self.input.value
+        if not text.strip() or self.streaming:
+            return
+        self.input.value = ""
+        self._schedule(lambda: self._turn(text))
+
+    def _schedule(self, make_coroutine: Callable[[], Any]) -> None:
+        """Start ``make_coroutine()`` as a task on the kernel's loop, from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._add_notice(
+                "This chat has no running event loop: create it in a notebook cell "
+                "(or call 'await chat.send(...)' from async code)."
+            )
+            return
+        loop.call_soon_threadsafe(lambda: self._spawn(make_coroutine()))
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        assert self._loop is not None
+        task = self._loop.create_task(coroutine)
+        self._keep(task)
+        return task
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            logger.error("chat %r: %s", self.session_id, exc, exc_info=exc)
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        running = asyncio.get_running_loop()
+        if self._loop is None or self._loop.is_closed():
+            self._loop = running
+        elif running is not self._loop:
+            raise UsageError(
+                "this Chat belongs to another event loop (the one it was created on); "
+                "await it from that loop, e.g. in a notebook cell"
+            )
+        return running
+
+    def _stop_on_loop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            return
+        task = self._turn_task
+        if task is not None and not task.done():
+            # No stream yet (waiting for the session lock or the first chunk).
+            self._cancel_sent = True
+            task.cancel()
+
+    def _on_title(self, change: dict[str, Any]) -> None:
+        self._heading.value = view.header_html(self.title, self.session_id)
+
+    @traitlets.validate("session_id")
+    def _check_session(self, proposal: dict[str, Any]) -> str:
+        value = check_session_id(proposal["value"])
+        if self.streaming:
+            raise UsageError("a reply is streaming: stop it before switching sessions")
+        return value
+
+    @traitlets.validate("update_interval")
+    def _check_interval(self, proposal: dict[str, Any]) -> float:
+        return max(0.05, float(proposal["value"]))
+
+    def _on_session(self, change: dict[str, Any]) -> None:
+        # Another session: forget what was shown, then read it from the store.
+        self._heading.value = view.header_html(self.title, self.session_id)
+        for entry in self._entries:
+            _close_tree(entry.widget)
+        self._entries.clear()
+        self._synced = []
+        self._results = []
+        self._last_failed = None
+        self._last_status = ""
+        self._show_entries()
+        self._update_footer()
+        if self._loop is not None and not self._loop.is_closed():
+            self._schedule(self._locked_sync)
+
+    # --- one turn ---------------------------------------------------------------------
+
+    async def _turn(self, text: str) -> Result:
+        async with self._lock:
+            try:
+                await self._sync()  # messages %%stream cells added since: before this turn
+            except Exception as exc:
+                logger.warning("chat %r: could not read the session: %s", self.session_id, exc)
+            self._turn_task = asyncio.current_task()
+            self._cancel_sent = False
+            self._set_streaming(True)
+            user_entry = self._add_entry("user", Message("user", text))
+            reply = widgets.HTML(view.assistant_html("", streaming=True))
+            reply_entry = self._add_entry("assistant", None, widget=reply)
+            stream: Stream | None = None
+            foreign_cancel: asyncio.CancelledError | None = None
+            try:
+                stream = await self.pipeline.execute_stream_with_context(
+                    self.session_id, "user", text, config=self.config
+                )
+                self._stream = stream
+                await self._pump(stream, reply)
+                result = stream.result
+            except asyncio.CancelledError as exc:
+                if not self._own_cancel():
+                    foreign_cancel = exc
+                result = self._interrupted(stream, StreamStatus.STOPPED, None)
+            except Exception as exc:
+                result = self._interrupted(stream, StreamStatus.FAILED, exc)
+            finally:
+                self._stream = None
+                self._turn_task = None
+                self._set_streaming(False)
+
+            reply.value = view.assistant_html(result.text, status=_status_of(result))
+            reply_entry.message = result.messages[-1] if result.messages else None
+            self._results.append(result)
+            self._last_status = format_status(result)
+            if result.error is not None:
+                self._last_failed = text
+                self._add_notice(_describe(result.error), retry=text)
+            if foreign_cancel is not None:
+                self._update_footer()
+                raise foreign_cancel
+            try:
+                await self._sync(turn=(user_entry, reply_entry))
+            except Exception as exc:
+                logger.warning("chat %r: could not read the session: %s", self.session_id, exc)
+            self._update_footer()
+        self._fire_reply(result)
+        return result
+
+    async def _pump(self, stream: Stream, reply: widgets.HTML) -> None:
+        """Read the stream into ``reply``, re-rendering at most once per interval."""
+
+        def render(text: str) -> None:
+            reply.value = view.assistant_html(text, streaming=True)
+            self._update_footer(format_status(stream))
+
+        throttle = Throttle(render, interval=self.update_interval)
+        try:
+            async for chunk in stream:
+                if chunk.content:
+                    throttle.push(chunk.content)
+        finally:
+            throttle.close()
+
+    def _own_cancel(self) -> bool:
+        """True if the cancellation being handled is our Stop (and nobody else's)."""
+        if not self._cancel_sent:
+            return False
+        self._cancel_sent = False
+        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
+        return uncancel is None or uncancel() == 0
+
+    def _interrupted(
+        self, stream: Stream | None, status: StreamStatus, error: BaseException | None
+    ) -> Result:
+        if stream is not None and stream.ended:
+            return stream.result
+        return Result(
+            text=stream.text if stream is not None else "",
+            status=status,
+            session_id=self.session_id,
+            model=self.model,
+            error=error,
+        )
+
+    def _set_streaming(self, value: bool) -> None:
+        self.set_trait("streaming", value)
+        self._stop_button.disabled = not value
+        self._send_button.disabled = value
+        self._new_button.disabled = value
+        self.input.busy = value
+        if value:
+            self._update_footer("waiting for the first chunk…")
+
+    def _fire_reply(self, result: Result) -> None:
+        for callback in list(self._reply_callbacks):
+            try:
+                outcome = callback(result)
+                if inspect.isawaitable(outcome):
+                    self._keep(asyncio.ensure_future(outcome))
+            except Exception:
+                logger.exception("a chat on_reply callback failed")
+
+    # --- the transcript and the store --------------------------------------------------
+
+    async def _locked_sync(self) -> None:
+        async with self._lock:
+            await self._sync()
+            self._update_footer()
+
+    async def _sync(self, turn: tuple[_Entry, _Entry] | None = None) -> None:
+        """Show the store's messages that are not on screen yet.
+
+        ``turn`` are the entries of the turn that has just ended: if the store now
+        ends with its two messages, they are marked as synced, and whatever other
+        writers (``%%stream`` cells, another chat) added before them is shown
+        before them. If the store is not an extension of what was shown (the
+        session was deleted or rewritten), the transcript is rebuilt from it.
+        """
+        stored = await self.pipeline.state_store.load(self.session_id)
+        known = len(self._synced)
+        pending = {id(e) for e in turn} if turn else set()
+        if stored[:known] != self._synced:
+            kept = [e for e in self._entries if not e.synced and id(e) not in pending]
+            for entry in self._entries:
+                if entry.synced or id(entry) in pending:
+                    _close_tree(entry.widget)
+            self._entries = [self._entry_for(m) for m in stored if _shown(m)]
+            self._entries.extend(kept)
+            self._synced = list(stored)
+            self._show_entries()
+            return
+        new = stored[known:]
+        if turn is not None:
+            user_entry, reply_entry = turn
+            ours = [user_entry.message, reply_entry.message]
+            if len(new) >= 2 and new[-2:] == ours:
+                user_entry.message, reply_entry.message = new[-2], new[-1]
+                user_entry.synced = reply_entry.synced = True
+                new = new[:-2]
+            at = self._entries.index(user_entry)
+        else:
+            at = len(self._entries)
+        self._entries[at:at] = [self._entry_for(m) for m in new if _shown(m)]
+        self._synced = list(stored)
+        self._show_entries()
+
+    def _entry_for(self, message: Message) -> _Entry:
+        if message.role == "user":
+            widget = widgets.HTML(view.user_html(message.content))
+        else:
+            widget = widgets.HTML(view.assistant_html(message.content, status=message.status))
+        return _Entry(message.role, widget, message, synced=True)
+
+    def _add_entry(
+        self, kind: str, message: Message | None, *, widget: widgets.Widget | None = None
+    ) -> _Entry:
+        if widget is None:
+            assert message is not None
+            widget = widgets.HTML(view.user_html(message.content))
+        entry = _Entry(kind, widget, message)
+        self._entries.append(entry)
+        self._show_entries()
+        return entry
+
+    def _add_notice(self, text: str, *, retry: str | None = None) -> None:
+        label = widgets.HTML(view.notice_html(text))
+        items: list[widgets.Widget] = [label]
+        if retry is not None:
+            button = widgets.Button(description="Retry", tooltip="Send this message again")
+            button.add_class("pk-chat-tool")
+
+            def again(_b: Any, message: str = retry) -> None:
+                if not self.streaming:
+                    _b.disabled = True
+                    self._schedule(lambda: self._turn(message))
+
+            button.on_click(again)
+            items.append(button)
+        box = widgets.HBox(items)
+        box.add_class("pk-chat-notice")
+        self._entries.append(_Entry("notice", box))
+        self._show_entries()
+
+    def _show_entries(self) -> None:
+        children = tuple(e.widget for e in self._entries)
+        self._messages.children = children or (self._empty,)
+
+    # --- footer and export --------------------------------------------------------------
+
+    def _summary(self) -> str:
+        parts = [self.model or "model unknown", f"{len(self._synced)} messages"]
+        usage = self.usage
+        if self._results:
+            parts.append(f"{usage.total_tokens:,} tokens")
+            cost = self.cost
+            parts.append(f"${cost:.4f}" if cost is not None else "cost unknown")
+        return " · ".join(parts)
+
+    def _update_footer(self, status: str | None = None) -> None:
+        self._footer.value = view.footer_html(
+            self._summary(), self._last_status if status is None else status
+        )
+
+    async def _fresh_session_id(self) -> str:
+        base = re.sub(r"-\d+$", "", self.session_id) or "chat"
+        store = self.pipeline.state_store
+        for number in range(2, 10_000):
+            candidate = f"{base}-{number}"
+            if candidate != self.session_id and not await store.load(candidate):
+                return candidate
+        return f"{base}-{secrets.token_hex(3)}"
+
+    def _export_markdown(self) -> str:
+        model = self.model or "unknown"
+        lines = [f"# {self.title}", "", f"*Session `{self.session_id}`, model {model}*", ""]
+        for message in self._synced:
+            if message.role == "user":
+                lines += ["### You", "", message.content, ""]
+            elif message.role == "assistant":
+                lines += ["### Assistant", "", message.content, ""]
+                if message.status is not None:
+                    lines += [f"*({view.marker_label(message.status)})*", ""]
+            else:
+                lines += [f"### {message.role.capitalize()}", "", message.content, ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _shown(message: Message) -> bool:
+    return message.role in ("user", "assistant")
+
+
+def _status_of(result: Result) -> str | None:
+    return None if result.status is StreamStatus.FINISHED else result.status.value
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}"
+
+
+def _close_tree(widget: widgets.Widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    try:
+        widget.close()
+    except Exception:
+        logger.debug("could not close %r", widget, exc_info=True)

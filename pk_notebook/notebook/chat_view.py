@@ -1,0 +1,271 @@
+"""How the chat widget looks: its stylesheet and the HTML of each transcript entry.
+
+Kept apart from :mod:`pk_notebook.notebook.chat` (behaviour) so the look can be
+changed without touching streaming code. Every colour and font is a JupyterLab
+CSS variable, so the widget follows the light and dark themes; assistant text
+carries ``jp-RenderedHTMLCommon`` so Markdown looks exactly like a Markdown
+cell. All selectors are scoped under ``.pk-chat``.
+"""
+
+from __future__ import annotations
+
+import html
+
+from ..runtime.types import StreamStatus
+from .markdown import escape_text, highlight_css, render_markdown
+
+SCOPE = ".pk-chat"
+
+_MARKERS = {
+    StreamStatus.STOPPED.value: ("stopped", "Stopped: the reply is incomplete."),
+    StreamStatus.FAILED.value: ("failed", "The reply failed part-way."),
+    StreamStatus.TIMED_OUT.value: ("timed out", "The reply timed out."),
+    StreamStatus.TRUNCATED.value: ("cut off", "The connection ended before the reply did."),
+}
+
+_CSS = """
+.pk-chat {
+  border: 1px solid var(--jp-border-color2);
+  border-radius: 8px;
+  background: var(--jp-layout-color1);
+  color: var(--jp-ui-font-color1);
+  font-family: var(--jp-ui-font-family);
+  overflow: hidden;
+  max-width: 900px;
+}
+.pk-chat.jupyter-widgets, .pk-chat .jupyter-widgets { margin: 0; }
+.pk-chat .jupyter-widget-html-content { line-height: normal; }
+.pk-chat-style { display: none !important; }
+
+/* header */
+.pk-chat-header {
+  align-items: center;
+  padding: 6px 8px 6px 14px;
+  border-bottom: 1px solid var(--jp-border-color2);
+  background: var(--jp-layout-color2);
+  gap: 6px;
+}
+.pk-chat-heading { flex: 1 1 auto; min-width: 0; }
+.pk-chat-title {
+  font-size: var(--jp-ui-font-size2);
+  font-weight: 600;
+  color: var(--jp-ui-font-color0);
+}
+.pk-chat-session {
+  margin-left: 8px;
+  font-size: var(--jp-ui-font-size0);
+  font-family: var(--jp-code-font-family);
+  color: var(--jp-ui-font-color2);
+}
+.pk-chat .pk-chat-tool.jupyter-button {
+  height: 26px;
+  line-height: 26px;
+  padding: 0 10px;
+  font-size: var(--jp-ui-font-size1);
+  border-radius: 4px;
+  background: transparent;
+  color: var(--jp-ui-font-color1);
+}
+.pk-chat .pk-chat-tool.jupyter-button:hover:enabled {
+  background: var(--jp-layout-color3);
+  box-shadow: none;
+}
+
+/* transcript: column-reverse keeps the view pinned to the newest message */
+.pk-chat-transcript {
+  background: var(--jp-layout-color1);
+  scrollbar-gutter: stable;
+}
+.pk-chat-messages { padding: 10px 16px 6px 16px; gap: 2px; }
+.pk-chat-empty {
+  padding: 36px 0;
+  text-align: center;
+  color: var(--jp-ui-font-color3);
+  font-size: var(--jp-ui-font-size1);
+}
+.pk-msg { display: flex; flex-direction: column; margin: 6px 0; }
+.pk-role {
+  font-size: var(--jp-ui-font-size0);
+  font-weight: 600;
+  letter-spacing: 0.02em;
+  text-transform: uppercase;
+  color: var(--jp-ui-font-color2);
+  margin: 0 2px 3px 2px;
+}
+.pk-msg-user { align-items: flex-end; }
+.pk-msg-user .pk-bubble {
+  max-width: 78%;
+  padding: 8px 12px;
+  border-radius: 12px 12px 3px 12px;
+  background: color-mix(in srgb, var(--jp-brand-color1) 15%, var(--jp-layout-color1));
+  border: 1px solid color-mix(in srgb, var(--jp-brand-color1) 28%, var(--jp-layout-color1));
+  color: var(--jp-content-font-color0);
+  font-family: var(--jp-content-font-family);
+  font-size: var(--jp-content-font-size1);
+  line-height: 1.5;
+  white-space: pre-wrap;
+  overflow-wrap: anywhere;
+}
+.pk-msg-assistant { align-items: stretch; }
+.pk-msg-assistant .pk-role { color: var(--jp-brand-color1); }
+.pk-msg-assistant .pk-answer {
+  padding: 2px 4px 2px 12px;
+  border-left: 3px solid color-mix(in srgb, var(--jp-brand-color1) 45%, transparent);
+  min-height: 1.5em;
+}
+.pk-chat .pk-answer.jp-RenderedHTMLCommon { padding-right: 4px; overflow-wrap: anywhere; }
+.pk-chat .pk-answer.jp-RenderedHTMLCommon > :first-child { margin-top: 0; }
+.pk-chat .pk-answer.jp-RenderedHTMLCommon > :last-child { margin-bottom: 0; }
+.pk-chat .pk-answer.jp-RenderedHTMLCommon pre {
+  margin: 0.7em 0;
+  background: var(--jp-cell-editor-background);
+  border: 1px solid var(--jp-border-color2);
+  border-radius: 4px;
+  padding: 8px 10px;
+  overflow-x: auto;
+}
+.pk-chat .pk-answer.jp-RenderedHTMLCommon :not(pre) > code {
+  background: var(--jp-layout-color2);
+  padding: 1px 4px;
+  border-radius: 3px;
+}
+.pk-marker {
+  display: inline-block;
+  margin-top: 6px;
+  padding: 1px 8px;
+  border-radius: 10px;
+  font-size: var(--jp-ui-font-size0);
+  color: var(--jp-warn-color0);
+  background: color-mix(in srgb, var(--jp-warn-color1) 16%, transparent);
+  border: 1px solid color-mix(in srgb, var(--jp-warn-color1) 40%, transparent);
+  align-self: flex-start;
+}
+.pk-typing span {
+  display: inline-block;
+  width: 6px; height: 6px; margin-right: 4px;
+  border-radius: 50%;
+  background: var(--jp-ui-font-color3);
+  animation: pk-chat-blink 1.2s infinite ease-in-out both;
+}
+.pk-typing span:nth-child(2) { animation-delay: 0.2s; }
+.pk-typing span:nth-child(3) { animation-delay: 0.4s; }
+@keyframes pk-chat-blink { 0%, 80%, 100% { opacity: 0.25; } 40% { opacity: 1; } }
+
+/* an error, inline, with its Retry button */
+.pk-chat-notice {
+  align-items: center;
+  gap: 8px;
+  margin: 4px 0 8px 0;
+  padding: 6px 8px 6px 12px;
+  border-left: 3px solid var(--jp-error-color1);
+  border-radius: 0 4px 4px 0;
+  background: var(--jp-rendermime-error-background);
+}
+.pk-chat-notice .pk-notice-text {
+  color: var(--jp-ui-font-color1);
+  font-size: var(--jp-ui-font-size1);
+  white-space: normal;
+}
+.pk-chat-notice .jupyter-widget-html { flex: 1 1 auto; min-width: 0; }
+
+/* composer */
+.pk-chat-composer {
+  align-items: flex-end;
+  gap: 8px;
+  padding: 10px 12px 8px 12px;
+  border-top: 1px solid var(--jp-border-color2);
+}
+.pk-chat .pk-chat-action.jupyter-button {
+  height: 34px;
+  line-height: 34px;
+  min-width: 72px;
+  border-radius: 6px;
+  font-size: var(--jp-ui-font-size1);
+}
+.pk-chat .pk-chat-action.jupyter-button:disabled { opacity: 0.45; }
+.pk-chat .pk-chat-stop.jupyter-button:enabled {
+  color: var(--jp-error-color1);
+  background: var(--jp-layout-color1);
+  box-shadow: inset 0 0 0 1px var(--jp-error-color1);
+}
+
+/* footer */
+.pk-chat-footer {
+  padding: 0 14px 8px 14px;
+  font-size: var(--jp-ui-font-size0);
+  color: var(--jp-ui-font-color2);
+  white-space: nowrap;
+  overflow: hidden;
+  text-overflow: ellipsis;
+}
+.pk-chat-footer .pk-footer-status {
+  float: right;
+  margin-left: 12px;
+  color: var(--jp-ui-font-color3);
+}
+"""
+
+
+_TYPING = (
+    '<span class="pk-typing" aria-label="waiting for the reply">'
+    "<span></span><span></span><span></span></span>"
+)
+
+
+def stylesheet() -> str:
+    """The ``<style>`` element every chat carries (scoped, so several chats share it safely)."""
+    return f"<style>{_CSS}\n{highlight_css(SCOPE + ' .pk-answer')}</style>"
+
+
+def header_html(title: str, session_id: str) -> str:
+    return (
+        f'<span class="pk-chat-title">{html.escape(title)}</span>'
+        f'<span class="pk-chat-session" title="session id">{html.escape(session_id)}</span>'
+    )
+
+
+def empty_html() -> str:
+    return '<div class="pk-chat-empty">No messages yet. Ask something below.</div>'
+
+
+def user_html(text: str) -> str:
+    return (
+        '<div class="pk-msg pk-msg-user"><div class="pk-role">You</div>'
+        f'<div class="pk-bubble">{escape_text(text)}</div></div>'
+    )
+
+
+def assistant_html(text: str, *, status: str | None = None, streaming: bool = False) -> str:
+    """An assistant message: Markdown, a typing indicator before the first words, a marker
+    if it did not finish (``status`` is a stored message status or a ``StreamStatus`` value)."""
+    if text:
+        body = render_markdown(text)
+    elif streaming:
+        body = _TYPING
+    else:
+        body = '<p class="pk-empty-answer"><em>(no text)</em></p>'
+    marker = ""
+    if status in _MARKERS:
+        label, why = _MARKERS[status]
+        marker = (
+            f'<span class="pk-marker pk-marker-{status}" title="{html.escape(why)}">'
+            f"&#9632; {label}</span>"
+        )
+    return (
+        '<div class="pk-msg pk-msg-assistant"><div class="pk-role">Assistant</div>'
+        f'<div class="pk-answer jp-RenderedHTMLCommon">{body}</div>{marker}</div>'
+    )
+
+
+def marker_label(status: str) -> str:
+    """The short word shown for an interrupted message's status (``"stopped"``...)."""
+    return _MARKERS.get(status, (status, ""))[0]
+
+
+def notice_html(message: str) -> str:
+    return f'<div class="pk-notice-text">{html.escape(message)}</div>'
+
+
+def footer_html(summary: str, status: str = "") -> str:
+    right = f'<span class="pk-footer-status">{html.escape(status)}</span>' if status else ""
+    return f"{right}<span>{html.escape(summary)}</span>"

@@ -1,0 +1,488 @@
+"""The live rendering surface: a growing answer, throttled, with Stop and a status line.
+
+:class:`LiveOutput` knows nothing about magics or pipelines: feed it text with
+:meth:`~LiveOutput.push`, give it a ``status`` callable and an ``on_stop``
+callable, and end it with :meth:`~LiveOutput.finish`. The ``%%stream`` magic and
+the chat widget both build on it.
+
+Why it looks the way it does (measured facts, see the design notes):
+
+- Every update re-sends the whole text, and jupyter_server drops iopub messages
+  above 1000/s, so renders go through :class:`~pk_notebook.runtime.text.Throttle`:
+  the first text at once, then at most one render per ``interval`` (20/s), and
+  the whole text at the end. The interval also grows with the text so that no
+  more than ``max_bytes_per_second`` are re-rendered per second: a long answer
+  costs time proportional to its duration, never quadratic in its length.
+- nbval records every ``display_data`` of a cell but ignores ``clear_output``,
+  ``update_display_data`` and widget views. So the live view is a widget whose
+  display carries *only* the widget-view MIME type (nbval skips it), and the end
+  is ``clear_output(wait=True)`` plus one fresh ``display_data`` with the final
+  text: front ends and saved notebooks show one final output, nbval sees exactly
+  that output. In batch runs (no stdin: nbclient, nbval, papermill) nobody
+  watches, so there is no live view at all and the final output is the only one.
+
+Surfaces (``surface=``):
+
+``widget``  ipywidgets in a kernel: Stop button, status line, live Markdown.
+``display`` a kernel without ipywidgets: display updates, Stop = Kernel > Interrupt.
+``text``    no kernel (terminal IPython, scripts): the text is printed as it arrives.
+``none``    batch runs: nothing live, only the final output.
+``auto``    picks one of the above with :func:`detect_surface`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..runtime.text import Throttle
+
+logger = logging.getLogger("pk_notebook")
+
+SURFACES = ("auto", "widget", "display", "text", "none")
+FORMATS = ("markdown", "text", "code")
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+# --- choosing a surface ---------------------------------------------------------------
+
+
+def _kernel(shell: Any) -> Any:
+    kernel = getattr(shell, "kernel", None)
+    return kernel if getattr(kernel, "session", None) is not None else None
+
+
+def is_batch_request(shell: Any) -> bool:
+    """True when the running cell came from a tool that does not read stdin.
+
+    JupyterLab, Notebook 7 and VS Code send ``allow_stdin: true``; nbclient,
+    nbval, papermill and ``jupyter nbconvert --execute`` send ``false``. A run
+    nobody watches gets no live view (and no widget state in the saved file).
+    """
+    kernel = _kernel(shell)
+    if kernel is None:
+        return False
+    try:
+        parent = kernel.get_parent()
+    except Exception:
+        return False
+    content = (parent or {}).get("content") or {}
+    return content.get("allow_stdin") is False
+
+
+def widgets_available() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def detect_surface(shell: Any = None) -> str:
+    """``widget``, ``display``, ``text`` or ``none`` for the current cell of ``shell``."""
+    if shell is None:
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        except ImportError:
+            shell = None
+    if _kernel(shell) is None:
+        return "text"
+    if is_batch_request(shell):
+        return "none"
+    return "widget" if widgets_available() else "display"
+
+
+def cell_key(shell: Any) -> str:
+    """An id of the running cell (its execute request), "" outside a kernel."""
+    kernel = _kernel(shell)
+    if kernel is None:
+        return ""
+    try:
+        return str(((kernel.get_parent() or {}).get("header") or {}).get("msg_id", ""))
+    except Exception:
+        return ""
+
+
+# Live outputs still on screen, per cell, in the order they started. Several
+# streams in one cell (asyncio.gather of two runs) must not clear each other's
+# output: the last one to finish replaces the cell's live views with every
+# final output, in start order.
+_CELLS: dict[str, list[LiveOutput]] = {}
+
+
+# --- the final output -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line under the answer: why it is incomplete, or what to watch out for."""
+
+    icon: str
+    title: str
+    detail: str = ""
+
+    def markdown(self) -> str:
+        detail = f" {escape_markdown(self.detail)}" if self.detail else ""
+        return f"> {self.icon} **{escape_markdown(self.title)}**{detail}"
+
+    def plain(self) -> str:
+        return f"{self.icon} {self.title}" + (f" {self.detail}" if self.detail else "")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
+
+
+def escape_markdown(text: str) -> str:
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
+
+
+def close_open_fence(text: str) -> str:
+    """``text`` with a closing fence added if it stops inside a fenced code block.
+
+    A stopped answer often ends mid-code; without this, the note under it would
+    be rendered as code.
+    """
+    opener: str | None = None
+    for match in _FENCE.finditer(text):
+        fence = match.group(1)
+        if opener is None:
+            opener = fence
+        elif fence[0] == opener[0] and len(fence) >= len(opener):
+            opener = None
+    if opener is None:
+        return text
+    return text + ("" if text.endswith("\n") else "\n") + opener
+
+
+def code_block(text: str, lang: str | None) -> str:
+    """Fence ``text`` as code; an answer that is already one fenced block is kept."""
+    stripped = text.strip()
+    if stripped.startswith(("```", "~~~")):
+        return close_open_fence(stripped)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return (
+        f"{fence}{lang or ''}\n{text}{'' if text.endswith(chr(10)) or not text else chr(10)}{fence}"
+    )
+
+
+def render_bundle(
+    text: str, *, format: str = "markdown", lang: str | None = None, notes: Sequence[Note] = ()
+) -> dict[str, str]:
+    """The MIME bundle for ``text`` (live or final); deterministic for a given input."""
+    plain = text
+    if notes:
+        plain = (text.rstrip("\n") + "\n\n" if text else "") + "\n".join(n.plain() for n in notes)
+    if format == "text":
+        return {"text/plain": plain}
+    body = code_block(text, lang) if format == "code" else close_open_fence(text)
+    if notes:
+        body = (body.rstrip("\n") + "\n\n" if body.strip() else "") + "\n>\n".join(
+            n.markdown() for n in notes
+        )
+    return {"text/markdown": body, "text/plain": plain}
+
+
+# --- the live view --------------------------------------------------------------------
+
+
+class LiveOutput:
+    """A growing answer in the current cell. Use from the event loop's thread.
+
+    Parameters:
+        format: ``markdown``, ``text`` or ``code`` (fenced, with ``lang``).
+        surface: one of :data:`SURFACES`; ``auto`` detects it.
+        on_stop: called (possibly from another thread) when Stop is clicked.
+        status: returns the status line; called at each render and every ``tick`` s.
+        interval: shortest time between two renders (0.05 s = 20 renders/s).
+        max_bytes_per_second: longer texts render less often, so re-rendering
+            costs at most this many bytes per second.
+    """
+
+    def __init__(
+        self,
+        *,
+        format: str = "markdown",
+        lang: str | None = None,
+        surface: str = "auto",
+        on_stop: Callable[[], None] | None = None,
+        status: Callable[[], str] | None = None,
+        interval: float = 0.05,
+        max_bytes_per_second: float = 250_000,
+        tick: float = 0.5,
+        shell: Any = None,
+    ) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+        if surface not in SURFACES:
+            raise ValueError(f"surface must be one of {', '.join(SURFACES)}, not {surface!r}")
+        self.format = format
+        self.lang = lang
+        self.surface = detect_surface(shell) if surface == "auto" else surface
+        self.on_stop = on_stop
+        self.status = status
+        self.interval = interval
+        self.max_bytes_per_second = max_bytes_per_second
+        self.tick = tick
+        self.updates = 0  # renders sent to the front end (for tests and benchmarks)
+        self.stop_clicked = False
+        self.final_handle: Any = None
+        self._loop = asyncio.get_running_loop()
+        self._throttle = Throttle(self._render, interval)
+        self._ticker: asyncio.TimerHandle | None = None
+        self._printed = 0
+        self._shown = False
+        self._finished = False
+        self._root: Any = None
+        self._button: Any = None
+        self._status_widget: Any = None
+        self._body: Any = None
+        self._row: Any = None
+        self._body_handle: Any = None
+        self._status_handle: Any = None
+        self._last_status = ""
+        self._shell = shell
+        self._cell = ""
+        self._final: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<LiveOutput surface={self.surface} format={self.format} updates={self.updates}>"
+
+    @property
+    def text(self) -> str:
+        return self._throttle.text
+
+    @property
+    def widget(self) -> Any:
+        """The root ipywidget (``widget`` surface), to embed the live view elsewhere."""
+        return self._root
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def show(self) -> LiveOutput:
+        """Display the (empty) live view in the current cell."""
+        if self._shown:
+            return self
+        self._shown = True
+        if self.surface != "text":
+            self._cell = cell_key(self._shell)
+            _CELLS.setdefault(self._cell, []).append(self)
+        if self.surface == "widget":
+            try:
+                self._show_widget()
+            except Exception:  # no comm manager after all: fall back to plain displays
+                logger.warning(
+                    "the live widget could not be shown; using display updates", exc_info=True
+                )
+                self.surface = "display"
+        if self.surface == "display":
+            from IPython.display import display
+
+            self._status_handle = display(
+                {"text/plain": self._status_text()}, raw=True, display_id=True
+            )
+            self._body_handle = display({"text/plain": ""}, raw=True, display_id=True)
+        if self.surface in ("widget", "display") and self.status is not None and self.tick:
+            self._ticker = self._loop.call_later(self.tick, self._on_tick)
+        return self
+
+    def push(self, text: str) -> None:
+        """Add ``text`` to the answer; it is rendered now or within ``interval``."""
+        if text and not self._finished:
+            self._throttle.push(text)
+
+    def finish(self, notes: Sequence[Note] = (), *, replace: bool = True) -> dict[str, str]:
+        """End the live view and show the final text (with ``notes``) once.
+
+        ``replace=True`` (the magic): the cell's live outputs are cleared and the
+        final text is displayed as one fresh ``display_data`` that batch tools
+        record. ``replace=False`` (embedding): the widget keeps its place, loses
+        its Stop button, and shows the final text. Returns the final bundle.
+        """
+        text = self._throttle.close()
+        self._finished = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        bundle = render_bundle(text, format=self.format, lang=self.lang, notes=notes)
+        if self.surface == "text":
+            out = text[self._printed :]
+            if text and not text.endswith("\n"):
+                out += "\n"
+            if notes:
+                out += "\n" + "\n".join(n.plain() for n in notes) + "\n"
+            sys.stdout.write(out)
+            sys.stdout.flush()
+            self._printed = len(text)
+            return bundle
+        if not replace and self.surface == "widget" and self._root is not None:
+            self._set_body(bundle)
+            self._root.children = (self._body,)
+            for widget in (self._button, self._status_widget, self._row):
+                widget.close()
+            self._leave_cell()
+            return bundle
+        self._final = bundle
+        group = _CELLS.get(self._cell, [])
+        if any(other is not self and not other._finished for other in group):
+            # Another stream of this cell is still live: show ours in place for now.
+            self._park(bundle)
+            return bundle
+        self._replace_cell_outputs(group or [self])
+        return bundle
+
+    def _park(self, bundle: dict[str, str]) -> None:
+        if self.surface == "widget" and self._root is not None:
+            self._set_body(bundle)
+            self._root.children = (self._body,)
+        elif self._body_handle is not None:
+            self._body_handle.update(bundle, raw=True)
+
+    @staticmethod
+    def _replace_cell_outputs(group: list[LiveOutput]) -> None:
+        from IPython.display import clear_output, display
+
+        if any(live._shown and live.surface in ("widget", "display") for live in group):
+            clear_output(wait=True)
+        for live in list(group):
+            if live._final is not None:
+                live.final_handle = display(live._final, raw=True, display_id=True)
+            live.close()
+
+    def close(self) -> None:
+        """Release the widgets (their comms); the displayed final output stays."""
+        self._leave_cell()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._root is not None:
+            for widget in (self._button, self._status_widget, self._body, self._row, self._root):
+                # Layout and style are widgets too, each with its own comm.
+                for part in (
+                    getattr(widget, "layout", None),
+                    getattr(widget, "style", None),
+                    widget,
+                ):
+                    if part is None:
+                        continue
+                    try:
+                        part.close()
+                    except Exception:
+                        logger.debug("could not close %r", part, exc_info=True)
+            self._root = None
+
+    def _leave_cell(self) -> None:
+        group = _CELLS.get(self._cell)
+        if group is not None and self in group:
+            group.remove(self)
+            if not group:
+                del _CELLS[self._cell]
+
+    def refresh_status(self) -> None:
+        """Re-render the status line now (e.g. when a stream has just started)."""
+        self._show_status(self._status_text())
+
+    # --- rendering --------------------------------------------------------------------
+
+    def _render(self, text: str) -> None:
+        # Long answers render less often: bytes re-sent per second stay bounded.
+        self._throttle.interval = max(self.interval, len(text) / self.max_bytes_per_second)
+        self.updates += 1
+        if self.surface == "text":
+            sys.stdout.write(text[self._printed :])
+            sys.stdout.flush()
+            self._printed = len(text)
+            return
+        if self.surface == "none":
+            return
+        bundle = render_bundle(text, format=self.format, lang=self.lang)
+        if self.surface == "widget":
+            self._set_body(bundle)
+        elif self._body_handle is not None:
+            self._body_handle.update(bundle, raw=True)
+        self._show_status(self._status_text())
+
+    def _on_tick(self) -> None:
+        self._ticker = None
+        if self._finished:
+            return
+        self._show_status(self._status_text())
+        self._ticker = self._loop.call_later(self.tick, self._on_tick)
+
+    def _status_text(self) -> str:
+        if self.status is None:
+            return ""
+        try:
+            return self.status()
+        except Exception:
+            logger.debug("status callable failed", exc_info=True)
+            return ""
+
+    def _show_status(self, line: str) -> None:
+        if line == self._last_status:
+            return
+        self._last_status = line
+        if self._status_widget is not None:
+            self._status_widget.value = _status_html(line)
+        elif self._status_handle is not None:
+            self._status_handle.update({"text/plain": line}, raw=True)
+
+    def _set_body(self, bundle: dict[str, str]) -> None:
+        self._body.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+    def _show_widget(self) -> None:
+        import ipywidgets as w
+        from IPython.display import display
+
+        self._button = w.Button(
+            description="Stop",
+            icon="stop",
+            tooltip="Stop the answer here (the text so far is kept)",
+            layout=w.Layout(width="auto"),
+        )
+        self._button.add_class("pk-stop")
+        self._button.on_click(self._clicked)
+        self._status_widget = w.HTML(_status_html(self._status_text()))
+        self._status_widget.add_class("pk-status")
+        self._body = w.Output()
+        self._body.add_class("pk-body")
+        self._row = w.HBox(
+            [self._button, self._status_widget], layout=w.Layout(align_items="center")
+        )
+        self._root = w.VBox([self._row, self._body])
+        self._root.add_class("pk-live")
+        # Only the widget-view type: nbval skips it, so batch comparisons see the
+        # final output alone (see the module docstring).
+        view = {"version_major": 2, "version_minor": 0, "model_id": self._root.model_id}
+        display({WIDGET_MIME: view}, raw=True)
+
+    def _clicked(self, button: Any) -> None:
+        # May run on a subshell's thread: only flag, relabel, and call on_stop,
+        # which must be thread-safe (Stream.stop() is).
+        if self.stop_clicked:
+            return
+        self.stop_clicked = True
+        button.disabled = True
+        button.description = "Stopping…"
+        if self.on_stop is not None:
+            self.on_stop()
+
+
+def _status_html(line: str) -> str:
+    return (
+        '<span style="color: var(--jp-ui-font-color2, #616161); '
+        'font-size: var(--jp-ui-font-size1, 13px); padding-left: 0.5em">'
+        f"{html.escape(line)}</span>"
+    )

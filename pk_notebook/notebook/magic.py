@@ -1,0 +1,218 @@
+"""``%%stream`` (ask, live) and ``%stream`` (config, sessions, history, reset, providers, last).
+
+In a kernel, a ``%%stream`` cell never reaches :meth:`StreamMagics.stream_cell`:
+the input transformer turns it into a top-level ``await`` first (see
+``transformer.py`` for why). The cell magic remains for ``%%stream --help`` and
+for places where a cell cannot await (terminal IPython, ``ip.run_cell_magic``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.display import display
+
+from ..runtime.errors import ConfigurationError, redact
+from ..runtime.sync import run_sync
+from ..runtime.types import UNSET, Message
+from .defaults import defaults, reset_defaults
+from .live import escape_markdown
+from .options import SUBCOMMANDS, cell_spec, config_spec, parse
+from .runner import last_result, run_cell_sync
+from .status import format_status
+
+LINE_HELP = """Settings and sessions for ``%%stream`` (and ``Chat``).
+
+::
+
+    %stream config                      show the defaults
+    %stream config --provider openai:gpt-4o-mini --temperature 0.3
+    %stream config --store sqlite       keep sessions across restarts (or PATH.sqlite3, redis://...)
+    %stream sessions                    list the sessions in the store
+    %stream history [ID]                show a session (default: the last cell's session)
+    %stream reset [ID]                  forget a session (default: the last cell's session)
+    %stream providers                   the providers you can use
+    %stream last                        status line of the last %%stream cell
+
+``%stream config --help`` lists every setting. To ask a question, use the cell
+magic: ``%%stream`` on the first line, the prompt below (``%%stream --help``).
+"""
+
+
+@magics_class
+class StreamMagics(Magics):
+    """The ``%stream`` / ``%%stream`` magics; registered by ``%load_ext pk_notebook``."""
+
+    # IPython's decorators are typed as taking Never; they work on methods like these.
+    @cell_magic("stream")  # type: ignore[arg-type]
+    def stream_cell(self, line: str, cell: str) -> None:
+        run_cell_sync(self.shell, line, cell)
+
+    @line_magic("stream")  # type: ignore[arg-type]
+    def stream_line(self, line: str) -> None:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"cannot read {line!r}: {exc}") from None
+        if not words or words[0] in ("-h", "--help", "help"):
+            print(LINE_HELP)
+            return
+        command, rest = words[0], line.strip()[len(words[0]) :].strip()
+        if command not in SUBCOMMANDS:
+            raise UsageError(
+                f"unknown %stream command {command!r}: use one of {', '.join(SUBCOMMANDS)}. "
+                "To ask a question, put %%stream on the first line of a cell, the prompt below."
+            )
+        getattr(self, f"_{command}")(rest)
+
+    # --- subcommands ------------------------------------------------------------------
+
+    def _config(self, rest: str) -> None:
+        args = parse(config_spec, rest)
+        if args.reset:
+            reset_defaults()
+        changes: dict[str, Any] = {}
+        if args.provider is not None:
+            changes["provider"] = args.provider
+            if args.model is None:
+                changes["model"] = None  # a new provider starts from its own default model
+        if args.model is not None:
+            changes["model"] = None if args.model.lower() == "none" else args.model
+        if args.temperature is not None:
+            changes["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            changes["max_tokens"] = args.max_tokens
+        if args.system is not None:
+            changes["system"] = args.system or None
+        if args.store is not None:
+            changes["store"] = args.store
+        if args.timeout is not UNSET:
+            changes["timeout"] = args.timeout
+        if args.idle_timeout is not UNSET:
+            changes["idle_timeout"] = args.idle_timeout
+        settings = defaults()
+        if changes:
+            try:
+                if "provider" in changes:
+                    _check_provider(changes["provider"])
+                settings.update(**changes)
+                if "store" in changes:
+                    settings.state_store()  # fail now, not in the next cell
+            except ConfigurationError as exc:
+                raise UsageError(redact(str(exc))) from None
+        described = settings.describe()
+        width = max(len(k) for k in described)
+        lines = [f"{key:<{width}}  {_show(value)}" for key, value in described.items()]
+        print("\n".join(lines))
+
+    def _sessions(self, rest: str) -> None:
+        _no_arguments("sessions", rest)
+        store = defaults().state_store()
+        sessions = run_sync(store.list_sessions())
+        if not sessions:
+            print(
+                f"no sessions in the {defaults().store} store yet (start one with %%stream -s NAME)"
+            )
+            return
+        width = max(len(s.session_id) for s in sessions)
+        rows = [f"{'session':<{width}}  messages  last used"]
+        for info in sessions:
+            when = _dt.datetime.fromtimestamp(info.updated_at).strftime("%Y-%m-%d %H:%M:%S")
+            rows.append(f"{info.session_id:<{width}}  {info.messages:>8}  {when}")
+        print("\n".join(rows))
+
+    def _history(self, rest: str) -> None:
+        session = self._session_arg("history", rest)
+        messages: list[Message] = run_sync(defaults().state_store().load(session))
+        if not messages:
+            print(f"session {session!r} has no messages")
+            return
+        md, plain = [], []
+        for message in messages:
+            flag = f" ({message.status})" if message.status else ""
+            md.append(f"**{message.role}**{escape_markdown(flag)}\n\n{message.content}")
+            plain.append(f"[{message.role}{flag}]\n{message.content}")
+        display(
+            {"text/markdown": "\n\n---\n\n".join(md), "text/plain": "\n\n".join(plain)}, raw=True
+        )
+
+    def _reset(self, rest: str) -> None:
+        session = self._session_arg("reset", rest)
+        existed = run_sync(defaults().state_store().delete(session))
+        print(f"session {session!r} {'forgotten' if existed else 'did not exist'}")
+
+    def _providers(self, rest: str) -> None:
+        _no_arguments("providers", rest)
+        from ..providers.registry import available_providers
+
+        current = defaults().describe()["provider"]
+        rows = []
+        specs = available_providers()
+        width = max(len(spec.name) for spec in specs)
+        for spec in specs:
+            if spec.key_env:
+                have = any(os.environ.get(name) for name in spec.key_env)
+                key = f"key: {'set' if have else 'set ' + ' or '.join(spec.key_env)}"
+            else:
+                key = "no key needed"
+            mark = "*" if spec.name == current else " "
+            model = spec.default_model or "-"
+            rows.append(f"{mark} {spec.name:<{width}}  {model:<18} {key:<40} {spec.description}")
+        print(
+            "\n".join(rows) + "\n(* = current; choose with %stream config --provider NAME[:MODEL])"
+        )
+
+    def _last(self, rest: str) -> None:
+        _no_arguments("last", rest)
+        result = last_result()
+        if result is None:
+            print("no %%stream cell has run yet")
+            return
+        print(format_status(result))
+
+    def _session_arg(self, command: str, rest: str) -> str:
+        try:
+            words = shlex.split(rest)
+        except ValueError as exc:
+            raise UsageError(f"cannot read {rest!r}: {exc}") from None
+        if len(words) > 1:
+            raise UsageError(f"%stream {command} takes one session id, got {len(words)}: {rest}")
+        if words:
+            return words[0]
+        result = last_result()
+        if result is None or result.session_id is None:
+            raise UsageError(f"name the session: %stream {command} ID (see %stream sessions)")
+        return result.session_id
+
+
+StreamMagics.stream_cell.__doc__ = cell_spec.__doc__
+StreamMagics.stream_line.__doc__ = LINE_HELP  # type: ignore[assignment]
+
+
+def _no_arguments(command: str, rest: str) -> None:
+    if rest.strip():
+        raise UsageError(f"%stream {command} takes no arguments, got {rest.strip()!r}")
+
+
+def _check_provider(spec: str) -> None:
+    from ..providers.registry import available_providers, parse_spec
+
+    name, _ = parse_spec(spec)
+    known = {p.name for p in available_providers()}
+    if name not in known:
+        raise ConfigurationError(
+            f"unknown provider {name!r}: choose one of {', '.join(sorted(known))}"
+        )
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str) and len(value) > 60:
+        return repr(value[:57] + "...")
+    return str(value)

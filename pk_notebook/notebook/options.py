@@ -1,0 +1,266 @@
+"""The options of ``%%stream`` and ``%stream config``, parsed the IPython way.
+
+The argument specs live on two plain functions (``cell_spec``, ``config_spec``)
+so that the magic, the input transformer's coroutine and the tests all parse a
+line the same way, and ``%%stream --help`` / ``%%stream?`` show one text.
+Every mistake becomes IPython's ``UsageError``: one red line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..runtime.errors import ConfigurationError
+from ..runtime.store import check_session_id
+from ..runtime.types import UNSET, ProviderConfig
+from .interpolate import RULE
+from .live import FORMATS, SURFACES
+
+SUBCOMMANDS = ("config", "sessions", "history", "reset", "providers", "last")
+
+
+def seconds(text: str) -> float | None:
+    """``"30"`` -> 30.0; ``"none"`` / ``"off"`` -> None (no limit)."""
+    if text.strip().lower() in ("none", "off", "no"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (e.g. 30) or 'none', got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be positive (or 'none'), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def identifier(text: str) -> str:
+    if not text.isidentifier() or keyword.iskeyword(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Python variable name")
+    return text
+
+
+@magic_arguments(name="%stream")
+@argument(
+    "-s",
+    "--session",
+    metavar="ID",
+    help="continue the conversation ID: its history is sent and this turn is saved to it",
+)
+@argument(
+    "-p",
+    "--provider",
+    metavar="SPEC",
+    help="provider for this cell, e.g. mock or openai:gpt-4o-mini",
+)
+@argument("-m", "--model", metavar="NAME", help="model for this cell")
+@argument("--system", metavar="TEXT", help="system prompt for this cell")
+@argument("-t", "--temperature", type=float, metavar="T", help="sampling temperature, 0 to 2")
+@argument("--max-tokens", type=positive_int, metavar="N", help="stop the answer after N tokens")
+@argument(
+    "--timeout",
+    type=seconds,
+    default=UNSET,
+    metavar="S",
+    help="give up after S seconds in total ('none': never)",
+)
+@argument(
+    "--idle-timeout",
+    type=seconds,
+    default=UNSET,
+    metavar="S",
+    help="give up after S seconds without content ('none': never)",
+)
+@argument(
+    "-f", "--format", choices=FORMATS, help="render the answer as markdown (default), text, or code"
+)
+@argument("--lang", metavar="LANG", help="language of -f code (implies -f code), e.g. python")
+@argument(
+    "-o",
+    "--out",
+    type=identifier,
+    metavar="VAR",
+    help="store the Result (text, status, usage, timings) in VAR",
+)
+@argument(
+    "--no-history",
+    action="store_true",
+    help="one-off question: no session history is sent or saved, even with -s",
+)
+@argument(
+    "--raw", action="store_true", help="send the cell exactly as written: no {name} substitution"
+)
+@argument(
+    "--pipeline",
+    type=identifier,
+    metavar="VAR",
+    help="use the Pipeline object in VAR instead of the notebook's",
+)
+@argument(
+    "--live",
+    choices=SURFACES,
+    default="auto",
+    help="live view: auto (default), widget, display, text or none",
+)
+@argument("-h", "--help", action="store_true", help="show this help")
+def cell_spec(line: str = "", cell: str | None = None) -> None:
+    """Stream a model's answer to the cell's text, live, as Markdown.
+
+    ::
+
+        %%stream --session trip -o answer
+        Plan a day in {city}. Keep it to 5 bullet points.
+
+    The answer appears as it is generated, with a Stop button and a status line
+    (elapsed, time to first chunk, chunks, tokens/s, finish reason). Stop or
+    Kernel > Interrupt closes the provider's stream; the partial text stays,
+    marked as stopped, and a session stores it as an interrupted turn. The final
+    output is the answer alone (plus a note if it is incomplete), so notebooks
+    re-run under nbval give the same output.
+
+    Variables: RULE_PLACEHOLDER
+
+    Defaults (provider, model, store, timeouts) come from ``%stream config``;
+    see ``%stream?`` for the line magic (config, sessions, history, reset,
+    providers, last).
+    """
+
+
+cell_spec.__doc__ = (cell_spec.__doc__ or "").replace("RULE_PLACEHOLDER", RULE)
+
+
+@magic_arguments(name="stream config")
+@argument(
+    "-p", "--provider", metavar="SPEC", help="default provider, e.g. mock or openai:gpt-4o-mini"
+)
+@argument("-m", "--model", metavar="NAME", help="default model ('none': the provider's own)")
+@argument(
+    "-t",
+    "--temperature",
+    type=float,
+    metavar="T",
+    help="default temperature ('none' not accepted; use --reset)",
+)
+@argument("--max-tokens", type=positive_int, metavar="N", help="default token limit")
+@argument("--system", metavar="TEXT", help="default system prompt ('' for none)")
+@argument(
+    "--store",
+    metavar="STORE",
+    help="where sessions live: memory, sqlite, PATH.sqlite3 or redis://host:port/db",
+)
+@argument(
+    "--timeout",
+    type=seconds,
+    default=UNSET,
+    metavar="S",
+    help="total time limit per answer ('none': no limit)",
+)
+@argument(
+    "--idle-timeout",
+    type=seconds,
+    default=UNSET,
+    metavar="S",
+    help="time limit without content ('none': no limit)",
+)
+@argument("--reset", action="store_true", help="forget every setting (back to the defaults)")
+def config_spec(line: str = "") -> None:
+    """Show (no options) or change the notebook's defaults for ``%%stream`` and ``Chat``."""
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """A parsed ``%%stream`` line."""
+
+    session: str | None = None
+    provider: str | None = None
+    config: ProviderConfig | None = None
+    timeout: Any = UNSET
+    idle_timeout: Any = UNSET
+    format: str = "markdown"
+    lang: str | None = None
+    out: str | None = None
+    no_history: bool = False
+    raw: bool = False
+    pipeline: str | None = None
+    live: str = "auto"
+    help: bool = False
+
+    @property
+    def session_id(self) -> str | None:
+        """The session this turn belongs to (None: a one-off call)."""
+        return None if self.no_history else self.session
+
+
+def parse(spec: Any, line: str) -> argparse.Namespace:
+    """Parse like a shell (quotes group words and are removed) into a one-line ``UsageError``.
+
+    IPython's own ``parse_argstring`` keeps the quotes (``--system 'Be brief'``
+    would send the quotes to the model), so the line is split with ``shlex``.
+    """
+    try:
+        return spec.parser.parse_args(shlex.split(line))
+    except UsageError as exc:
+        name = "%%stream" if spec is cell_spec else "%stream config"
+        raise UsageError(f"{exc} (see {name} --help)") from None
+    except ValueError as exc:  # unbalanced quotes, from the shell-like splitter
+        raise UsageError(f"cannot read the options {line!r}: {exc}") from None
+
+
+def parse_cell_options(line: str) -> CellOptions:
+    args = parse(cell_spec, line)
+    if args.help:
+        return CellOptions(help=True)
+    if args.session is not None:
+        try:
+            check_session_id(args.session)
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+    if args.pipeline and args.provider:
+        raise UsageError(
+            "--pipeline and --provider exclude each other: the pipeline has its own provider"
+        )
+    fmt = args.format or ("code" if args.lang else "markdown")
+    if args.lang and fmt != "code":
+        raise UsageError(f"--lang goes with -f code, not -f {fmt}")
+    config = None
+    if any(v is not None for v in (args.model, args.system, args.temperature, args.max_tokens)):
+        try:
+            config = ProviderConfig(
+                model=args.model,
+                system=args.system,
+                temperature=args.temperature,
+                max_tokens=args.max_tokens,
+            )
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+    return CellOptions(
+        session=args.session,
+        provider=args.provider,
+        config=config,
+        timeout=args.timeout,
+        idle_timeout=args.idle_timeout,
+        format=fmt,
+        lang=args.lang,
+        out=args.out,
+        no_history=args.no_history,
+        raw=args.raw,
+        pipeline=args.pipeline,
+        live=args.live,
+    )

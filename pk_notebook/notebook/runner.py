@@ -1,0 +1,319 @@
+"""Running one ``%%stream`` cell: options, prompt, pipeline, live view, result.
+
+Two ways in, one code path:
+
+- :func:`run_cell` is what a ``%%stream`` cell becomes in a kernel (see
+  ``transformer.py``): a top-level ``await``, so the stream runs as a task on the
+  kernel's loop while the kernel keeps handling the Stop button's messages, and
+  Kernel > Interrupt cancels the cell's task.
+- :func:`run_cell_sync` is the cell magic itself, used where a cell cannot await
+  (terminal IPython, ``ip.run_cell_magic``): the same coroutine runs on the sync
+  facade's loop, and Ctrl-C / Interrupt cancels it.
+
+Stop and Interrupt both become cancellation of the stream (``Stream.stop()``
+once it exists, cancelling the task before that); the partial text is kept, the
+session stores the turn as interrupted, and the cell ends without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ..runtime.errors import ConfigurationError, PkNotebookError, redact
+from ..runtime.pipeline import Pipeline
+from ..runtime.stream import Stream
+from ..runtime.sync import run_sync
+from ..runtime.types import UNSET, Result, StreamStatus
+from .defaults import defaults
+from .interpolate import InterpolationError, interpolate
+from .live import LiveOutput, Note
+from .options import CellOptions, cell_spec, parse_cell_options
+from .status import format_status
+
+logger = logging.getLogger("pk_notebook")
+
+STOPPED_NOTE = Note("■", "Stopped:", "partial answer; the rest was not generated.")
+
+_last: list[Result] = []  # the most recent cell's result, for ``%stream last``
+
+
+def print_help() -> None:
+    """``%%stream --help`` (also with an empty cell body)."""
+    print(cell_spec.__doc__)
+
+
+def last_result() -> Result | None:
+    return _last[-1] if _last else None
+
+
+@dataclass
+class CellRun:
+    """One execution of a ``%%stream`` cell. Build it with :meth:`prepare`."""
+
+    shell: Any
+    options: CellOptions
+    prompt: str
+    pipeline: Pipeline
+    surface: str
+    stream: Stream | None = None
+    live: LiveOutput | None = None
+    result: Result | None = None
+    stop_requested: bool = False
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _started: float = field(default_factory=time.monotonic, repr=False)
+
+    # --- setup: everything that can be a usage error happens before any output ------
+
+    @classmethod
+    def prepare(cls, shell: Any, line: str, cell: str, *, sync: bool = False) -> CellRun | None:
+        """Parse, interpolate and pick the pipeline; None if only help was asked for."""
+        options = parse_cell_options(line)
+        if options.help:
+            print_help()
+            return None
+        namespace = shell.user_ns if shell is not None else {}
+        if options.raw:
+            prompt = cell
+        else:
+            try:
+                prompt = interpolate(cell, namespace)
+            except InterpolationError as exc:
+                raise UsageError(str(exc)) from None
+        if not prompt.strip():
+            raise UsageError(
+                "the cell has no prompt: write your question on the lines under %%stream"
+            )
+        pipeline = _pick_pipeline(options, namespace)
+        surface = options.live
+        if sync and surface == "auto":
+            from .live import detect_surface
+
+            surface = detect_surface(shell)
+            if surface == "widget":
+                # A blocked cell cannot receive a button click: offer Interrupt only.
+                surface = "display"
+        return cls(shell, options, prompt.strip("\n"), pipeline, surface)
+
+    # --- the run ----------------------------------------------------------------------
+
+    async def execute(self) -> Result:
+        """Stream the answer into the cell; returns the result however it ended."""
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        opts = self.options
+        live = LiveOutput(
+            format=opts.format,
+            lang=opts.lang,
+            surface=self.surface,
+            on_stop=self.request_stop,
+            status=self.status_line,
+            shell=self.shell,
+        )
+        self.live = live
+        live.show()
+        self._task = asyncio.ensure_future(self._consume(live))
+        error: BaseException | None = None
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            cancelling = getattr(current, "cancelling", None)
+            outer = cancelling() > 0 if cancelling is not None else not self.stop_requested
+            if outer:
+                # Kernel > Interrupt (or Ctrl-C): the stream already ended as STOPPED;
+                # show it like a Stop and end the cell without a traceback.
+                self.stop_requested = True
+                uncancel = getattr(current, "uncancel", None)
+                if uncancel is not None:
+                    uncancel()
+        except PkNotebookError as exc:
+            error = exc
+        except Exception as exc:
+            logger.exception("%%stream failed")
+            error = exc
+        result = self._final_result(error)
+        self.result = result
+        live.finish(notes_for(result, error))
+        if opts.out:
+            self.shell.user_ns[opts.out] = result
+        _last[:] = [result]
+        return result
+
+    async def _consume(self, live: LiveOutput) -> None:
+        opts = self.options
+        kwargs: dict[str, Any] = {"config": opts.config}
+        if opts.timeout is not UNSET:
+            kwargs["timeout"] = opts.timeout
+        if opts.idle_timeout is not UNSET:
+            kwargs["idle_timeout"] = opts.idle_timeout
+        session = opts.session_id
+        if session is not None:
+            stream = await self.pipeline.execute_stream_with_context(
+                session, "user", self.prompt, **kwargs
+            )
+        else:
+            stream = await self.pipeline.execute_stream("user", self.prompt, **kwargs)
+        self.stream = stream
+        if self.stop_requested:
+            stream.stop()
+        live.refresh_status()
+        async for chunk in stream:
+            if chunk.content:
+                live.push(chunk.content)
+
+    def request_stop(self) -> None:
+        """The Stop button: end the stream, keep the text. Safe from any thread."""
+        self.stop_requested = True
+        stream = self.stream
+        if stream is not None:
+            stream.stop()
+            return
+        # Still waiting for the first chunk: cancel the request itself.
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+
+    def status_line(self) -> str:
+        stream = self.stream
+        if stream is None:
+            return f"{time.monotonic() - self._started:.1f} s · waiting for the first chunk"
+        if stream.ended:
+            return format_status(stream.result)
+        return format_status(stream)
+
+    def _final_result(self, error: BaseException | None) -> Result:
+        stream = self.stream
+        if stream is not None and stream.ended:
+            return stream.result
+        # The call never produced a stream: an error before the first chunk, or a
+        # Stop/Interrupt while waiting for it.
+        status = StreamStatus.FAILED if error is not None else StreamStatus.STOPPED
+        partial = getattr(error, "partial_text", "") or ""
+        return Result(
+            text=partial,
+            status=status,
+            duration=time.monotonic() - self._started,
+            session_id=self.options.session_id,
+            error=error,
+        )
+
+
+def notes_for(result: Result, error: BaseException | None = None) -> list[Note]:
+    """What to say under an answer that did not simply finish (deterministic text)."""
+    notes: list[Note] = []
+    status = result.status
+    failure = error or result.error
+    if status is StreamStatus.STOPPED:
+        if result.text:
+            notes.append(STOPPED_NOTE)
+        else:
+            notes.append(Note("■", "Stopped:", "before any text arrived."))
+    elif status is StreamStatus.TIMED_OUT:
+        notes.append(Note("⚠", "Timed out:", _message(failure)))
+    elif status is StreamStatus.TRUNCATED:
+        notes.append(Note("⚠", "Truncated:", _message(failure)))
+    elif status is StreamStatus.FAILED:
+        notes.append(Note("⚠", "Failed:", _message(failure)))
+    elif result.finish_reason == "length":
+        notes.append(
+            Note(
+                "⚠",
+                "Cut short:",
+                "the answer reached its token limit (finish reason: length); raise --max-tokens.",
+            )
+        )
+    elif result.finish_reason == "content_filter":
+        notes.append(
+            Note(
+                "⚠",
+                "Filtered:",
+                "the provider withheld the rest of the answer (finish reason: content_filter).",
+            )
+        )
+    for warning in result.warnings:
+        notes.append(Note("⚠", "Note:", redact(warning)))
+    return notes
+
+
+def _message(error: BaseException | None) -> str:
+    if error is None:
+        return "the answer did not finish."
+    if isinstance(error, PkNotebookError):
+        return redact(str(error))
+    return redact(
+        f"unexpected {type(error).__name__}: {error}. "
+        "This is a bug in pk_notebook; please report it."
+    )
+
+
+def _pick_pipeline(options: CellOptions, namespace: Any) -> Pipeline:
+    if options.pipeline:
+        if options.pipeline not in namespace:
+            raise UsageError(
+                f"--pipeline {options.pipeline}: there is no variable {options.pipeline!r}"
+            )
+        pipeline = namespace[options.pipeline]
+        if not isinstance(pipeline, Pipeline):
+            raise UsageError(
+                f"--pipeline {options.pipeline}: expected a pk_notebook Pipeline, "
+                f"got {type(pipeline).__name__}"
+            )
+        if pipeline.closed:
+            raise UsageError(f"--pipeline {options.pipeline}: that pipeline has been shut down")
+        return pipeline
+    try:
+        return defaults().pipeline_for(options.provider)
+    except ConfigurationError as exc:
+        raise UsageError(redact(str(exc))) from None
+
+
+# --- entry points ---------------------------------------------------------------------
+
+
+def _expand(shell: Any, line: str) -> str:
+    # The same $name / {name} expansion IPython applies to every magic's line.
+    try:
+        return str(shell.var_expand(line, depth=0))
+    except Exception:
+        return line
+
+
+async def run_cell(line: str, cell: str) -> None:
+    """What a ``%%stream`` cell awaits in a kernel (written by the input transformer)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    run = CellRun.prepare(shell, _expand(shell, line), cell)
+    if run is not None:
+        await run.execute()
+
+
+def run_cell_sync(shell: Any, line: str, cell: str) -> Result | None:
+    """The ``%%stream`` cell magic where the cell cannot await: block on the sync facade."""
+    run = CellRun.prepare(shell, line, cell, sync=True)
+    if run is None:
+        return None
+    done = threading.Event()
+
+    async def main() -> Result:
+        try:
+            return await run.execute()
+        finally:
+            done.set()
+
+    try:
+        return run_sync(main())
+    except (KeyboardInterrupt, concurrent.futures.CancelledError):
+        # Ctrl-C / Interrupt cancelled the run: it shows the partial text as stopped
+        # on its way out; wait for that, and end the cell without a traceback.
+        done.wait(10)
+        return run.result

@@ -1,0 +1,107 @@
+"""The demo page in headless Chromium: EventSource and WebSocket render the stream, Stop works."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pk_notebook.providers import MockProvider, Scenario
+
+from ..conftest import require_binary
+from .conftest import LONG_ANSWER, direct_text, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+# The text of an output panel without the page's own notes ("[stopped: ...]").
+STREAMED_TEXT = """(id) => Array.from(document.getElementById(id).childNodes)
+    .filter((n) => n.nodeType === Node.TEXT_NODE).map((n) => n.data).join('')"""
+
+
+def demo_provider() -> MockProvider:
+    provider = MockProvider.demo(chunk_delay=0.01, first_chunk_delay=0)
+    provider.scenarios.insert(0, Scenario(LONG_ANSWER, match="^endless"))
+    return provider
+
+
+@pytest.mark.browser
+def test_demo_page_streams_and_stops(serve: Any, artifacts_dir: Path, tmp_path: Path) -> None:
+    executable = require_binary(CHROMIUM, "apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    live = serve(demo_provider())
+    prompt = "Write a short story about a lighthouse keeper"
+    expected = asyncio.run(
+        direct_text(MockProvider.demo(chunk_delay=0, first_chunk_delay=0), prompt)
+    )
+    haiku = "Write a haiku about rain"
+    expected_haiku = asyncio.run(
+        direct_text(MockProvider.demo(chunk_delay=0, first_chunk_delay=0), haiku)
+    )
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=executable,
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--disk-cache-dir={tmp_path / 'cache'}"],
+            viewport={"width": 1200, "height": 820},
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(live.url + "/")
+
+            # EventSource: the whole answer, then the result's status.
+            page.fill("#prompt", prompt)
+            page.click("#sse-start")
+            page.wait_for_selector('#sse-status[data-state="finished"]')
+            assert page.evaluate(STREAMED_TEXT, "sse-output") == expected
+
+            # WebSocket: a whole answer, then a second prompt on the same socket, stopped.
+            page.fill("#prompt", haiku)
+            page.click("#ws-start")
+            page.wait_for_selector('#ws-status[data-state="finished"]')
+            assert page.evaluate(STREAMED_TEXT, "ws-output") == expected_haiku
+            page.screenshot(path=str(artifacts_dir / "web-demo-finished.png"), full_page=True)
+
+            page.fill("#prompt", "endless text, please")
+            page.click("#ws-start")
+            page.wait_for_function(
+                "() => document.getElementById('ws-output').textContent.length > 60"
+            )
+            page.screenshot(path=str(artifacts_dir / "web-demo-streaming.png"), full_page=True)
+            page.click("#stop")
+            page.wait_for_selector('#ws-status[data-state="stopped"]')
+            partial = page.evaluate(STREAMED_TEXT, "ws-output")
+            assert 60 < len(partial) < len(LONG_ANSWER) and LONG_ANSWER.startswith(partial)
+            assert live.provider.calls[-1].outcome == "closed"
+            page.screenshot(path=str(artifacts_dir / "web-demo-ws-stopped.png"), full_page=True)
+
+            # Stop on an EventSource closes the connection; the server stops the provider.
+            page.click("#sse-start")
+            page.wait_for_function(
+                "() => document.getElementById('sse-output').textContent.length > 60"
+            )
+            page.click("#stop")
+            page.wait_for_selector('#sse-status[data-state="stopped"]')
+            call = live.provider.calls[-1]
+            assert wait_for(lambda: call.ended is not None, 3.0)
+            assert call.outcome == "closed"
+            page.screenshot(path=str(artifacts_dir / "web-demo-sse-stopped.png"), full_page=True)
+        finally:
+            context.close()
+    assert problems == []
