@@ -31,7 +31,9 @@ def jupyterlab(lab_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     lab.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open it marks its event
+# loop as running, which breaks every async test collected after a browser module.
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_binary(CHROMIUM, "apt-get install chromium")
     with chromium(tmp_path_factory.mktemp("chromium")) as b:
