@@ -232,17 +232,19 @@ class Chat(widgets.VBox):
 
     @property
     def usage(self) -> Usage:
-        """Tokens of the replies streamed in this widget (stored messages carry no counts)."""
+        """Tokens of the whole session so far, ``%%stream`` turns included: every
+        stored answer carries the usage its provider reported."""
         total = Usage()
-        for result in self._results:
-            if result.usage is not None:
-                total = total + result.usage
+        for message in self._synced:
+            data = message.meta.get("usage")
+            if isinstance(data, dict):
+                total = total + Usage.from_dict(data)
         return total
 
     @property
     def cost(self) -> float | None:
-        """US dollars of the replies streamed here; None when no reply had a known price."""
-        costs = [r.cost for r in self._results if r.cost is not None]
+        """US dollars of the session so far; None when no answer had a known price."""
+        costs = [m.meta["cost"] for m in self._synced if isinstance(m.meta.get("cost"), (int, float))]
         return sum(costs) if costs else None
 
     # --- actions ----------------------------------------------------------------------
@@ -631,7 +633,7 @@ class Chat(widgets.VBox):
     def _summary(self) -> str:
         parts = [self.model or "model unknown", f"{len(self._synced)} messages"]
         usage = self.usage
-        if self._results:
+        if usage.total_tokens:
             parts.append(f"{usage.total_tokens:,} tokens")
             cost = self.cost
             parts.append(f"${cost:.4f}" if cost is not None else "cost unknown")

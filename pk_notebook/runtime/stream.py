@@ -443,11 +443,24 @@ class Stream:
         finish = self._finish
         state = self._request.state
         text = self.text
+        model = (finish.model if finish and finish.model else None) or state.get("model")
+        # What is known about the answer travels with it into the session store, so a
+        # later reader (the chat footer, an export) can total a session's tokens and cost.
+        meta: dict[str, Any] = {}
+        if finish is not None:
+            if finish.reason:
+                meta["finish_reason"] = finish.reason
+            if finish.usage is not None:
+                meta["usage"] = finish.usage.to_dict()
+            if finish.cost is not None:
+                meta["cost"] = finish.cost
+        if model:
+            meta["model"] = model
         answer = Message(
             "assistant",
             text,
             status=None if status is StreamStatus.FINISHED else status.value,
-            meta={"finish_reason": finish.reason} if finish and finish.reason else {},
+            meta=meta,
         )
         return Result(
             text=text,
@@ -456,7 +469,7 @@ class Stream:
             usage=finish.usage if finish else None,
             cost=finish.cost if finish else None,
             finish_reason=finish.reason if finish else None,
-            model=(finish.model if finish and finish.model else None) or state.get("model"),
+            model=model,
             provider=state.get("provider"),
             reasoning=self.reasoning,
             tool_calls=tuple(finish.tool_calls) if finish else (),

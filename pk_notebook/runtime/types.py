@@ -119,6 +119,15 @@ class Usage:
             self.cached_tokens + other.cached_tokens,
         )
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        return cls(
+            int(data.get("input_tokens", 0)),
+            int(data.get("output_tokens", 0)),
+            int(data.get("reasoning_tokens", 0)),
+            int(data.get("cached_tokens", 0)),
+        )
+
     def to_dict(self) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,

@@ -18,7 +18,7 @@ from pk_notebook import (
     SessionBusy,
     StreamStatus,
 )
-from pk_notebook.providers import Fault, MockProvider, Scenario
+from pk_notebook.providers import Fault, MockProvider, Scenario, split_tokens
 from pk_notebook.sessions import MemoryStore, SQLiteStore
 
 LONG = " ".join(f"w{i}" for i in range(300))
@@ -210,7 +210,10 @@ async def test_sqlite_sessions_survive_a_restart(tmp_path: Path) -> None:
     second = SQLiteStore(path)
     history = await second.load("trip")
     assert history[0].content == "My name is Ada"
-    assert history[1].meta == {"finish_reason": "stop"}
+    # What is known about the answer is stored with it: enough to total a session's cost.
+    meta = history[1].meta
+    assert meta["finish_reason"] == "stop" and meta["model"] == "demo"
+    assert meta["usage"]["output_tokens"] == len(split_tokens(history[1].content))
     await second.aclose()
 
 
