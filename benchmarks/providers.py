@@ -36,11 +36,11 @@ BODY = {"model": "bench", "messages": MESSAGES, "stream": True}
 
 
 class ServerProcess:
-    """The fake server, started with ``python -m pk_notebook.testing.fake_server``."""
+    """The fake server, started with ``python -m pk_notebook.testing``."""
 
     def __enter__(self) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pk_notebook.testing.fake_server", "--port", "0"],
+            [sys.executable, "-m", "pk_notebook.testing", "--port", "0"],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -27,7 +27,7 @@ close a moment after the client makes it.
 
 From another process (benchmarks)::
 
-    python -m pk_notebook.testing.fake_server --port 8765
+    python -m pk_notebook.testing --port 8765
 
 and control it over HTTP: ``POST /_fake/default`` or ``POST /_fake/enqueue`` with a
 script as JSON (``{"repeat": 100000, "piece": "tok "}`` for a burst; ``"times"``
