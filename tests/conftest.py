@@ -42,3 +42,25 @@ def _isolated_home(
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+REDIS_HINT = "apt-get install redis-server, or brew install redis"
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    return require_binary("redis-server", REDIS_HINT)
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_binary: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One redis-server on a free loopback port for the whole run (no persistence);
+    tests keep apart by key prefix."""
+    from .sessions.redis_server import RedisServer
+
+    server = RedisServer(redis_binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

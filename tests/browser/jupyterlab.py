@@ -253,6 +253,29 @@ class LabPage:
                 time.sleep(0.1)
         raise TimeoutError(f"cell {index} never started (is the kernel attached?)")
 
+    def run_cell_until_done(
+        self, index: int, timeout: float = 60.0, retry_after: float = 10.0
+    ) -> None:
+        """Run cell ``index`` and wait for it; click Run again if the first click was lost.
+
+        In a freshly started JupyterLab the first Run click of a session is sometimes
+        swallowed while the page is still settling (the prompt stays ``[ ]``). Only
+        for cells that are safe to run twice. Saves a screenshot if it times out.
+        """
+        self.run_cell(index)
+        prompt = self.cell(index).locator(".jp-InputArea-prompt")
+        deadline = time.monotonic() + retry_after
+        while time.monotonic() < deadline and prompt.inner_text().strip() in ("[ ]:", "[ ]"):
+            time.sleep(0.2)
+        if prompt.inner_text().strip() in ("[ ]:", "[ ]"):
+            self.dismiss_dialogs()
+            self.run_cell(index)
+        try:
+            self.wait_cell_done(index, timeout=timeout)
+        except TimeoutError:
+            self.screenshot(f"timeout-cell-{index}")
+            raise
+
     def output_text(self, index: int) -> str:
         # .first: a widget Output inside the cell has an OutputArea of its own.
         return self.cell(index).locator(".jp-OutputArea").first.inner_text()

@@ -75,8 +75,7 @@ def test_stop_button_stops_a_streaming_cell(
     )
     lab = lab_page
     lab.open(name)
-    lab.run_cell(0)
-    lab.wait_cell_done(0)
+    lab.run_cell_until_done(0)
 
     lab.run_cell(1)
     stop = lab.cell(1).locator(".pk-stop")
@@ -128,8 +127,7 @@ def test_a_finished_answer_renders_as_markdown_once(lab_page: LabPage, lab_root:
     )
     lab = lab_page
     lab.open("stream-finish.ipynb")
-    lab.run_cell(0)
-    lab.wait_cell_done(0)
+    lab.run_cell_until_done(0)
     lab.run_cell(1)
     lab.wait_cell_done(1, timeout=30)
     cell = lab.cell(1)

@@ -11,29 +11,9 @@ import pytest
 
 from pk_notebook.runtime.store import StateStore
 from pk_notebook.sessions import MemoryStore, SQLiteStore
-from tests.conftest import require_binary
+# redis_binary and redis_server are shared fixtures: tests/conftest.py.
 
 from .redis_server import RedisServer
-
-REDIS_HINT = "apt-get install redis-server, or brew install redis"
-
-
-@pytest.fixture(scope="session")
-def redis_binary() -> str:
-    return require_binary("redis-server", REDIS_HINT)
-
-
-@pytest.fixture(scope="session")
-def redis_server(
-    redis_binary: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RedisServer]:
-    """One redis-server for the whole run (no persistence); tests keep apart by key prefix."""
-    server = RedisServer(redis_binary, tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
