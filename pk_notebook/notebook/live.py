@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..runtime.text import Throttle
+from .markdown import neutralize_html
 
 logger = logging.getLogger("pk_notebook")
 
@@ -187,7 +188,7 @@ def render_bundle(
         plain = (text.rstrip("\n") + "\n\n" if text else "") + "\n".join(n.plain() for n in notes)
     if format == "text":
         return {"text/plain": plain}
-    body = code_block(text, lang) if format == "code" else close_open_fence(text)
+    body = code_block(text, lang) if format == "code" else close_open_fence(neutralize_html(text))
     if notes:
         body = (body.rstrip("\n") + "\n\n" if body.strip() else "") + "\n>\n".join(
             n.markdown() for n in notes

@@ -18,10 +18,11 @@ renders as a code block up to the end, as it will once closed.
 from __future__ import annotations
 
 import html
+import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["escape_text", "highlight_css", "render_markdown"]
+__all__ = ["escape_text", "highlight_css", "neutralize_html", "render_markdown"]
 
 _CLASS_PREFIX = "pk-hl-"
 
@@ -48,6 +49,55 @@ def render_markdown(text: str) -> str:
     if not text:
         return ""
     return str(_parser().render(text))
+
+
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+_SCRIPT_LINK = re.compile(r"\]\(\s*(?:javascript|vbscript|data):", re.IGNORECASE)
+
+
+def neutralize_html(text: str) -> str:
+    """Markdown with raw HTML made inert, for ``text/markdown`` outputs.
+
+    JupyterLab renders the outputs a running kernel produces as *trusted*, so
+    HTML inside them is not sanitized: an answer containing
+    ``<img src=x onerror=...>`` would run script in the notebook. Escaping ``<``
+    outside code keeps such text visible as text; code blocks and code spans are
+    left alone (they are shown literally anyway), and links to ``javascript:``,
+    ``vbscript:`` or ``data:`` URLs lose their scheme. Deterministic, so final
+    outputs stay byte-stable for nbval.
+    """
+    if "<" not in text and "](" not in text:
+        return text
+    out: list[str] = []
+    opener: str | None = None
+    for line in text.splitlines(keepends=True):
+        fence = _FENCE_LINE.match(line)
+        if opener is not None:
+            if fence and fence.group(1)[0] == opener[0] and len(fence.group(1)) >= len(opener):
+                opener = None
+            out.append(line)
+        elif fence:
+            opener = fence.group(1)
+            out.append(line)
+        else:
+            out.append(_neutralize_line(line))
+    return "".join(out)
+
+
+def _neutralize_line(line: str) -> str:
+    parts: list[str] = []
+    last = 0
+    for span in _CODE_SPAN.finditer(line):
+        parts.append(_inert(line[last : span.start()]))
+        parts.append(span.group(0))
+        last = span.end()
+    parts.append(_inert(line[last:]))
+    return "".join(parts)
+
+
+def _inert(text: str) -> str:
+    return _SCRIPT_LINK.sub("](blocked-", text.replace("<", "&lt;"))
 
 
 def escape_text(text: str) -> str:

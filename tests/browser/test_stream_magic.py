@@ -136,3 +136,30 @@ def test_a_finished_answer_renders_as_markdown_once(lab_page: LabPage, lab_root:
     assert cell.locator(".jp-RenderedMarkdown li").count() == 5
     assert cell.locator(".pk-stop").count() == 0
     lab.screenshot("stream-magic-finished")
+
+
+def test_html_in_an_answer_is_shown_as_text_and_never_runs(lab_page: LabPage, lab_root: Path) -> None:
+    # A model can be talked into answering with markup (prompt injection). In a live
+    # kernel JupyterLab treats outputs as trusted, so inert rendering is our job.
+    evil = '<img src=x onerror="document.title=\\\'pwned\\\'"> and <b>bold?</b>'
+    write_notebook(
+        lab_root / "stream-html.ipynb",
+        [
+            "%load_ext pk_notebook\n"
+            "from pk_notebook import Pipeline, ProviderMiddleware\n"
+            "from pk_notebook.providers import MockProvider, Scenario\n"
+            f"pipe = Pipeline(ProviderMiddleware(MockProvider([Scenario('{evil}')], chunk_delay=0.01)))",
+            "%%stream --pipeline pipe\nanything",
+        ],
+    )
+    lab = lab_page
+    lab.open("stream-html.ipynb")
+    title = lab.page.title()
+    lab.run_cell_until_done(0)
+    lab.run_cell(1)
+    lab.wait_cell_done(1, timeout=30)
+    rendered = lab.cell(1).locator(".jp-RenderedMarkdown")
+    assert rendered.locator("img").count() == 0 and rendered.locator("b").count() == 0
+    assert "<b>bold?</b>" in rendered.inner_text()
+    lab.page.wait_for_timeout(300)
+    assert lab.page.title() == title != "pwned"
