@@ -21,7 +21,7 @@ lab: $(STAMP)
 
 ## The whole suite: unit, real kernels, real JupyterLab in headless Chromium, Redis, nbval.
 test: $(STAMP)
-	$(BIN)/python -m pytest --nbval --nbval-current-env -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with nbval-sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 
 ## Everything except browser, kernel and notebook tests: quick feedback while coding.
 test-fast: $(STAMP)

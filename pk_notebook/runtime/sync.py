@@ -10,7 +10,6 @@ Ctrl-C / Kernel > Interrupt while a call blocks cancels the call cleanly.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,15 +50,22 @@ class _Portal:
             raise UsageError(
                 "a sync pk_notebook call was made from inside another one; use the async API there"
             )
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        finished = threading.Event()
+
+        async def tracked() -> T:
+            try:
+                return await coro
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(tracked(), self.loop)
         try:
             return future.result()
         except KeyboardInterrupt:
+            # Cancel the call, and wait until it has really ended (its stream closed,
+            # its session turn saved) before letting the interrupt go on.
             future.cancel()
-            try:
-                future.result(timeout=5)
-            except (concurrent.futures.CancelledError, Exception):
-                pass
+            finished.wait(timeout=10)
             raise
 
 

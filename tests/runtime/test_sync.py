@@ -74,7 +74,7 @@ def test_ctrl_c_during_a_sync_call_stops_the_stream() -> None:
         try:
             pipe.sync.execute("user", "x")
         except KeyboardInterrupt:
-            import time; time.sleep(0.2)
+            # No waiting here: the call has fully ended by the time the interrupt arrives.
             print("interrupted", provider.calls[-1].outcome)
         """
     )
