@@ -244,7 +244,9 @@ class Chat(widgets.VBox):
     @property
     def cost(self) -> float | None:
         """US dollars of the session so far; None when no answer had a known price."""
-        costs = [m.meta["cost"] for m in self._synced if isinstance(m.meta.get("cost"), (int, float))]
+        costs = [
+            m.meta["cost"] for m in self._synced if isinstance(m.meta.get("cost"), (int, float))
+        ]
         return sum(costs) if costs else None
 
     # --- actions ----------------------------------------------------------------------

@@ -124,9 +124,9 @@ def open_store(spec: str) -> StateStore:
     if spec == "sqlite":
         return SQLiteStore()
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        from ..sessions import RedisStore  # type: ignore[attr-defined]
+        from ..sessions.redis import RedisStore
 
-        return RedisStore.from_url(spec)  # type: ignore[no-any-return]
+        return RedisStore.from_url(spec)
     if spec.endswith((".sqlite", ".sqlite3", ".db")):
         return SQLiteStore(spec)
     raise ConfigurationError(

@@ -137,13 +137,13 @@ class AnthropicParser:
                 self.model = message.get("model") or None
                 self.usage.update(message.get("usage") or {})
             elif kind == "content_block_start":
-                block = obj.get("content_block") or {}
-                if block.get("type") == "tool_use":
+                opened = obj.get("content_block") or {}
+                if opened.get("type") == "tool_use":
                     self._blocks[obj.get("index", len(self._blocks))] = [
-                        block.get("id", ""),
-                        block.get("name", ""),
+                        opened.get("id", ""),
+                        opened.get("name", ""),
                         [],
-                        block.get("input"),
+                        opened.get("input"),
                     ]
             elif kind == "message_delta":
                 reason = (obj.get("delta") or {}).get("stop_reason")

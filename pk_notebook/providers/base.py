@@ -199,7 +199,7 @@ class HTTPProvider:
 
 
 #: the C scanner behind ``json.loads``, called directly: one Python layer less per chunk
-scan_json = json.JSONDecoder().scan_once
+scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def parse_json(data: bytes) -> Any:

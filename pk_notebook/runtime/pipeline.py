@@ -263,9 +263,10 @@ class Pipeline:
             finally:
                 # A release that fails (the store went away) must neither hide the
                 # save's own outcome nor raise over the answer the user has seen.
+                release_warning: str | None
                 try:
                     await lock.__aexit__(None, None, None)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     logger.warning("could not release session %r: %s", session_id, exc)
                     release_warning = f"the session lock was not released cleanly: {exc}"
                 else:

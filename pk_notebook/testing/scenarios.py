@@ -370,7 +370,7 @@ def _gemini(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[
 
     opening = [event([{"text": r, "thought": True}]) for r in _pieces(script.reasoning)]
     body = [event([{"text": p}]) for p in script.pieces]
-    calls = [
+    calls: list[dict[str, Any]] = [
         {"functionCall": {"name": name, "args": json.loads(arguments or "{}")}}
         for _, name, arguments in script.tool_calls
     ]

@@ -240,38 +240,21 @@ class LabPage:
         JupyterLab silently drops a run requested before the notebook's kernel
         connection is attached, even when the status bar already says Idle: the
         prompt then stays ``[ ]``. A run that was accepted shows ``[*]`` or a count
-        at once, so only a prompt still blank after a few seconds is run again.
+        at once, so only a prompt still blank after a few seconds is run again (a
+        cell never runs twice). Saves a screenshot if it times out.
         """
         prompt = self.cell(index).locator(".jp-InputArea-prompt")
-        for _ in range(attempts):
-            self.run_cell(index)
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline:
-                if prompt.inner_text().strip() not in ("[ ]:", "[ ]", ""):
-                    self.wait_cell_done(index, timeout)
-                    return
-                time.sleep(0.1)
-        raise TimeoutError(f"cell {index} never started (is the kernel attached?)")
-
-    def run_cell_until_done(
-        self, index: int, timeout: float = 60.0, retry_after: float = 10.0
-    ) -> None:
-        """Run cell ``index`` and wait for it; click Run again if the first click was lost.
-
-        In a freshly started JupyterLab the first Run click of a session is sometimes
-        swallowed while the page is still settling (the prompt stays ``[ ]``). Only
-        for cells that are safe to run twice. Saves a screenshot if it times out.
-        """
-        self.run_cell(index)
-        prompt = self.cell(index).locator(".jp-InputArea-prompt")
-        deadline = time.monotonic() + retry_after
-        while time.monotonic() < deadline and prompt.inner_text().strip() in ("[ ]:", "[ ]"):
-            time.sleep(0.2)
-        if prompt.inner_text().strip() in ("[ ]:", "[ ]"):
-            self.dismiss_dialogs()
-            self.run_cell(index)
         try:
-            self.wait_cell_done(index, timeout=timeout)
+            for _ in range(attempts):
+                self.run_cell(index)
+                deadline = time.monotonic() + 5.0
+                while time.monotonic() < deadline:
+                    if prompt.inner_text().strip() not in ("[ ]:", "[ ]", ""):
+                        self.wait_cell_done(index, timeout)
+                        return
+                    time.sleep(0.1)
+                self.dismiss_dialogs()
+            raise TimeoutError(f"cell {index} never started (is the kernel attached?)")
         except TimeoutError:
             self.screenshot(f"timeout-cell-{index}")
             raise

@@ -75,7 +75,7 @@ def test_stop_button_stops_a_streaming_cell(
     )
     lab = lab_page
     lab.open(name)
-    lab.run_cell_until_done(0)
+    lab.run_cell_and_wait(0)
 
     lab.run_cell(1)
     stop = lab.cell(1).locator(".pk-stop")
@@ -127,7 +127,7 @@ def test_a_finished_answer_renders_as_markdown_once(lab_page: LabPage, lab_root:
     )
     lab = lab_page
     lab.open("stream-finish.ipynb")
-    lab.run_cell_until_done(0)
+    lab.run_cell_and_wait(0)
     lab.run_cell(1)
     lab.wait_cell_done(1, timeout=30)
     cell = lab.cell(1)
@@ -138,24 +138,27 @@ def test_a_finished_answer_renders_as_markdown_once(lab_page: LabPage, lab_root:
     lab.screenshot("stream-magic-finished")
 
 
-def test_html_in_an_answer_is_shown_as_text_and_never_runs(lab_page: LabPage, lab_root: Path) -> None:
+def test_html_in_an_answer_is_shown_as_text_and_never_runs(
+    lab_page: LabPage, lab_root: Path
+) -> None:
     # A model can be talked into answering with markup (prompt injection). In a live
     # kernel JupyterLab treats outputs as trusted, so inert rendering is our job.
-    evil = '<img src=x onerror="document.title=\\\'pwned\\\'"> and <b>bold?</b>'
+    evil = "<img src=x onerror=\"document.title=\\'pwned\\'\"> and <b>bold?</b>"
     write_notebook(
         lab_root / "stream-html.ipynb",
         [
             "%load_ext pk_notebook\n"
             "from pk_notebook import Pipeline, ProviderMiddleware\n"
             "from pk_notebook.providers import MockProvider, Scenario\n"
-            f"pipe = Pipeline(ProviderMiddleware(MockProvider([Scenario('{evil}')], chunk_delay=0.01)))",
+            f"provider = MockProvider([Scenario('{evil}')], chunk_delay=0.01)\n"
+            "pipe = Pipeline(ProviderMiddleware(provider))",
             "%%stream --pipeline pipe\nanything",
         ],
     )
     lab = lab_page
     lab.open("stream-html.ipynb")
     title = lab.page.title()
-    lab.run_cell_until_done(0)
+    lab.run_cell_and_wait(0)
     lab.run_cell(1)
     lab.wait_cell_done(1, timeout=30)
     rendered = lab.cell(1).locator(".jp-RenderedMarkdown")

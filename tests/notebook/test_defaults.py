@@ -50,7 +50,9 @@ def test_changing_settings_rebuilds_the_pipeline_but_keeps_the_store() -> None:
     "spec, kind",
     [("memory", MemoryStore), ("sqlite", SQLiteStore), ("sessions.sqlite3", SQLiteStore)],
 )
-def test_store_specs(spec: str, kind: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_store_specs(
+    spec: str, kind: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert isinstance(open_store(spec), kind)
 
@@ -72,7 +74,7 @@ async def test_a_redis_store_is_shared_by_the_default_pipeline_and_a_chat(redis_
     await pipe.execute_with_context(session, "user", "My name is Ada")  # as a %%stream cell would
     chat = Chat(session_id=session)  # no pipeline: the notebook default, on Redis
     await chat.refresh()
-    assert [m.content for m in chat.history][0] == "My name is Ada"
+    assert chat.history[0].content == "My name is Ada"
     result = await chat.send("What is my name?")
     assert result.text.startswith("Your name is Ada")
     # A second store object (another kernel) on the same Redis sees the whole conversation.

@@ -11,8 +11,8 @@ import pytest
 
 from pk_notebook.runtime.store import StateStore
 from pk_notebook.sessions import MemoryStore, SQLiteStore
-# redis_binary and redis_server are shared fixtures: tests/conftest.py.
 
+# redis_binary and redis_server are shared fixtures: tests/conftest.py.
 from .redis_server import RedisServer
 
 

@@ -10,19 +10,9 @@ import pytest
 
 from pk_notebook.providers import MockProvider, Scenario
 
+from ..browser.jupyterlab import CHROMIUM, CHROMIUM_ARGS
 from ..conftest import require_binary
 from .conftest import LONG_ANSWER, direct_text, wait_for
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 # The text of an output panel without the page's own notes ("[stopped: ...]").
 STREAMED_TEXT = """(id) => Array.from(document.getElementById(id).childNodes)
