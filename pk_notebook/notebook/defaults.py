@@ -13,6 +13,8 @@ file, see ``pk_notebook.sessions.sqlite``), ``--store PATH.sqlite3`` or
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,9 +24,12 @@ from ..runtime.errors import ConfigurationError
 from ..runtime.middleware import ProviderMiddleware, UsageMiddleware
 from ..runtime.pipeline import Pipeline
 from ..runtime.store import StateStore
+from ..runtime.sync import run_sync
 from ..runtime.types import ProviderConfig
 
 DEFAULT_PROVIDER = "mock"
+
+logger = logging.getLogger("pk_notebook")
 
 
 @dataclass
@@ -60,6 +65,12 @@ class NotebookDefaults:
         if self._store is None:
             self._store = open_store(self.store)
         return self._store
+
+    def close_store(self) -> None:
+        """Close the store these defaults opened (if any); the next use opens a new one."""
+        store, self._store = self._store, None
+        if store is not None:
+            _close_later(store)
 
     def pipeline(self) -> Pipeline:
         """The shared pipeline, built on first use and after every change."""
@@ -100,7 +111,7 @@ class NotebookDefaults:
         cells keep using it until they end.
         """
         if "store" in changes and changes["store"] != self.store:
-            self._store = None
+            self.close_store()
         config_changes = {
             k: changes.pop(k) for k in list(changes) if k in ProviderConfig.__dataclass_fields__
         }
@@ -112,6 +123,30 @@ class NotebookDefaults:
             setattr(self, key, value)
         self._pipeline = None
         self._others = {}
+
+
+def _close_later(store: StateStore) -> None:
+    """Close a store we opened and no longer use, without blocking a running loop.
+
+    Inside a kernel cell the event loop is running in this thread: waiting here for
+    a close that needs that loop would deadlock, so the close becomes a task.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        task = loop.create_task(store.aclose())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+        return
+    try:
+        run_sync(store.aclose())
+    except Exception as exc:  # noqa: BLE001 - a store that cannot close is only logged
+        logger.warning("could not close the session store %r: %s", store, exc)
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 def open_store(spec: str) -> StateStore:
@@ -159,4 +194,6 @@ def default_pipeline() -> Pipeline:
 def reset_defaults() -> None:
     """Forget every setting (used by tests and ``%unload_ext``)."""
     global _DEFAULTS
+    if _DEFAULTS is not None:
+        _DEFAULTS.close_store()
     _DEFAULTS = None

@@ -49,3 +49,31 @@ def lab_page(jupyterlab: JupyterLab, browser: Any) -> Iterator[LabPage]:
         yield LabPage(page, jupyterlab, ARTIFACTS)
     finally:
         context.close()
+
+
+@pytest.fixture(scope="session")
+def notebook7(lab_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
+    """Notebook 7 (the ``notebook`` package) on the same folder: the other front end."""
+    require_binary(CHROMIUM, "apt-get install chromium")
+    home = tmp_path_factory.mktemp("nb7_home")
+    pk_home = tmp_path_factory.mktemp("nb7_pk_home")
+    server = JupyterLab(
+        lab_root,
+        home,
+        env={"PK_NOTEBOOK_HOME": str(pk_home), "PK_NOTEBOOK_PROVIDER": "mock"},
+        app="notebook",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nb7_page(notebook7: JupyterLab, browser: Any) -> Iterator[LabPage]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield LabPage(page, notebook7, ARTIFACTS)
+    finally:
+        context.close()

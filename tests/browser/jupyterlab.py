@@ -47,9 +47,13 @@ def free_port() -> int:
 
 
 class JupyterLab:
-    """``jupyter lab`` in a subprocess, serving ``root``; stop() kills its process group."""
+    """``jupyter lab`` (or, with ``app="notebook"``, Notebook 7) in a subprocess, serving
+    ``root``; stop() kills its process group."""
 
-    def __init__(self, root: Path, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, home: Path, env: dict[str, str] | None = None, app: str = "lab"
+    ) -> None:
+        self.app = app
         self.root = root
         self.home = home
         self.port = free_port()
@@ -85,7 +89,7 @@ class JupyterLab:
             sys.executable,
             "-m",
             "jupyter",
-            "lab",
+            self.app,
             "--no-browser",
             "--allow-root",
             f"--port={self.port}",
@@ -93,7 +97,6 @@ class JupyterLab:
             f"--ServerApp.root_dir={self.root}",
             f"--IdentityProvider.token={TOKEN}",
             "--ServerApp.disable_check_xsrf=True",
-            "--LabApp.news_url=",
             "--ServerApp.open_browser=False",
         ]
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
@@ -131,6 +134,8 @@ class JupyterLab:
         )
 
     def notebook_url(self, name: str) -> str:
+        if self.app == "notebook":
+            return f"{self.url}/notebooks/{name}?token={TOKEN}"
         return f"{self.url}/lab/tree/{name}?token={TOKEN}&reset"
 
     def stop(self) -> None:

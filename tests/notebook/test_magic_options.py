@@ -281,3 +281,28 @@ def test_final_rendering_is_deterministic_and_closes_open_code() -> None:
     assert close_open_fence("```\nx\n```\n") == "```\nx\n```\n"
     note = Note("⚠", "Failed:", "bad *key* [x]")
     assert note.markdown() == "> ⚠ **Failed:** bad \\*key\\* \\[x\\]"
+
+
+@pytest.mark.redis
+def test_config_store_redis_keeps_sessions_in_redis(
+    ip: Any, capsys: pytest.CaptureFixture[str], redis_server: Any
+) -> None:
+    import uuid
+
+    from pk_notebook.sessions import RedisStore
+
+    session = f"magic-{uuid.uuid4().hex[:8]}"
+    ip.run_line_magic("stream", f"config --store {redis_server.url}")
+    assert redis_server.url in capsys.readouterr().out
+    assert ip.run_cell(f"%%stream -s {session}\nHello, my name is Lin").success
+    assert ip.run_cell(f"%%stream -s {session}\nWhat is my name?").success
+    assert "Your name is Lin" in capsys.readouterr().out
+    ip.run_line_magic("stream", f"history {session}")
+    assert "Hello, my name is Lin" in capsys.readouterr().out
+    # Another kernel (a second store object on the same server) sees the conversation.
+    from pk_notebook.runtime.sync import run_sync
+
+    other = RedisStore.from_url(redis_server.url)
+    stored = run_sync(other.load(session))
+    run_sync(other.aclose())
+    assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
