@@ -11,6 +11,7 @@ the body and returns a :class:`Finish` only if the answer was complete.
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Protocol
@@ -33,7 +34,7 @@ class Parser(Protocol):
     def end(self) -> Finish | None: ...
 
 
-class HTTPProvider:
+class HTTPProvider(abc.ABC):
     """Base class of the OpenAI-compatible, Anthropic and Gemini providers.
 
     Options common to all of them:
@@ -129,12 +130,13 @@ class HTTPProvider:
 
     # --- what subclasses provide ------------------------------------------------------
 
+    @abc.abstractmethod
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
         """``(url, headers, body)`` of the HTTP request for ``request``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def parser(self, config: ProviderConfig) -> Parser:
-        raise NotImplementedError
+        """A fresh parser for one response (it keeps the state of that stream)."""
 
     # --- the call -------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ SETUPS = {
         "server = FakeProviderServer(default=Script(' "
         "'.join(f'word{i}' for i in range(400)), pace=0.05)).start()\n"
         "pipe = Pipeline(ProviderMiddleware(create_provider('openai:gpt-4o-mini', "
-        "base_url=server.base_url, api_key='sk-test-0000000000000000')))\n"
+        "base_url=server.base_url, api_key='test-key')))\n"
         "def provider_saw():\n"
         "    request = server.requests[-1]\n"
         "    request.wait_ended(5)\n"
