@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 ## Open JupyterLab on the tutorials; the offline mock provider is the default.
 lab: $(STAMP)
-	cd notebooks && PK_NOTEBOOK_PROVIDER=$${PK_NOTEBOOK_PROVIDER:-mock} ../$(BIN)/jupyter lab
+	cd notebooks && PK_NOTEBOOK_PROVIDER=$${PK_NOTEBOOK_PROVIDER:-mock} ../$(BIN)/jupyter lab \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 ## The whole suite: unit, real kernels, real JupyterLab in headless Chromium, Redis, nbval.
 test: $(STAMP)
