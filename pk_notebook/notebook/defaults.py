@@ -142,7 +142,7 @@ def _close_later(store: StateStore) -> None:
         return
     try:
         run_sync(store.aclose())
-    except Exception as exc:  # noqa: BLE001 - a store that cannot close is only logged
+    except Exception as exc:
         logger.warning("could not close the session store %r: %s", store, exc)
 
 

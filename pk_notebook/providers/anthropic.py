@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from ..runtime.errors import StreamError
+from ..runtime.errors import ProtocolError, StreamError
 from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
 from . import _http
-from .base import HTTPProvider, parse_json, protocol_error
+from .base import HTTPProvider, parse_object
 from .sse import SSEDecoder
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -107,12 +107,9 @@ class AnthropicParser:
             if kind == "ping":
                 continue
             try:
-                obj = parse_json(data)
-            except ValueError as exc:
-                self.error = protocol_error(self._provider.name, data, exc)
-                break
-            if type(obj) is not dict:
-                self.error = protocol_error(self._provider.name, data, TypeError("not an object"))
+                obj = parse_object(self._provider.name, data)
+            except ProtocolError as exc:
+                self.error = exc
                 break
             if kind == "message":  # unnamed event: the payload's type says what it is
                 kind = obj.get("type", "")

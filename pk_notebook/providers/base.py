@@ -216,6 +216,17 @@ def parse_json(data: bytes) -> Any:
     return value
 
 
+def parse_object(provider: str, data: bytes) -> dict[str, Any]:
+    """One SSE data field as a JSON object; ``ProtocolError`` (with the raw line) otherwise."""
+    try:
+        value = parse_json(data)
+    except ValueError as exc:
+        raise protocol_error(provider, data, exc) from None
+    if type(value) is not dict:
+        raise protocol_error(provider, data, TypeError("not an object"))
+    return value
+
+
 def protocol_error(provider: str, data: bytes | str, exc: Exception) -> ProtocolError:
     if isinstance(data, bytes):
         data = data.decode("utf-8", "replace")

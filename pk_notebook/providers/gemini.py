@@ -14,10 +14,10 @@ import json
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from ..runtime.errors import ProviderError, StreamError
+from ..runtime.errors import ProtocolError, ProviderError, StreamError
 from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
 from . import _http
-from .base import HTTPProvider, parse_json, protocol_error
+from .base import HTTPProvider, parse_object
 from .sse import SSEDecoder
 
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -104,12 +104,9 @@ class GeminiParser:
         out: list[ProviderEvent] = []
         for data, name in self._decoder.feed_raw(chunk):
             try:
-                obj = parse_json(data)
-            except ValueError as exc:
-                self.error = protocol_error(self._provider.name, data, exc)
-                break
-            if type(obj) is not dict:
-                self.error = protocol_error(self._provider.name, data, TypeError("not an object"))
+                obj = parse_object(self._provider.name, data)
+            except ProtocolError as exc:
+                self.error = exc
                 break
             if "error" in obj or name == b"error":
                 self.error = _http.error_in_stream(

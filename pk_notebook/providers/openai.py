@@ -132,6 +132,8 @@ class OpenAIParser:
                 out.append(self._finish())
                 self.done = True
                 break
+            # base.parse_object, inlined: this is the hot path of the most used provider,
+            # and one call less per chunk is measurable against the httpx-sse bar.
             text = data.decode("utf-8", "replace")
             try:
                 try:
