@@ -93,7 +93,7 @@ class SQLiteStore(StateStore):
                 conn = sqlite3.connect(
                     str(self.path), timeout=30, check_same_thread=False, isolation_level=None
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
+                _use_wal(conn)
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.executescript(_SCHEMA)
             except (sqlite3.Error, OSError) as exc:
@@ -272,3 +272,23 @@ class SQLiteStore(StateStore):
                 await self._run(extend)
             except StoreUnavailable:
                 return
+
+
+def _use_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Put the file in WAL mode (it stays so), waiting out other openers.
+
+    Switching the journal mode needs an exclusive lock, and SQLite reports
+    "database is locked" at once instead of honouring the busy timeout, so
+    several kernels opening a new file together would fail without this.
+    """
+    for attempt in range(attempts):
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)

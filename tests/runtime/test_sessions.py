@@ -298,3 +298,36 @@ async def test_a_failed_lock_release_is_reported_without_hiding_the_saved_turn()
     assert result.text == "ok"
     assert len(await store.load("s")) == 2  # the turn was saved ...
     assert result.warnings == ("the session lock was not released cleanly: store went away",)
+
+
+def test_many_stores_opening_one_new_sqlite_file_at_once_all_work(tmp_path: Path) -> None:
+    # Kernels starting together on a fresh sessions file: switching it to WAL mode
+    # needs an exclusive lock that SQLite does not wait for by itself.
+    import threading
+
+    from pk_notebook.runtime.sync import run_sync
+
+    for round_ in range(20):
+        path = tmp_path / f"fresh-{round_}.sqlite3"
+        stores = [SQLiteStore(path) for _ in range(8)]
+        start = threading.Barrier(len(stores))
+        errors: list[BaseException] = []
+
+        def open_and_write(store: SQLiteStore, n: int) -> None:
+            start.wait()
+            try:
+                run_sync(store.append(f"s{n}", [Message("user", "hi")]))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=open_and_write, args=(s, n)) for n, s in enumerate(stores)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        assert len(run_sync(stores[0].list_sessions())) == len(stores)
+        for store in stores:
+            run_sync(store.aclose())
