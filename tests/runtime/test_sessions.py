@@ -313,11 +313,16 @@ def test_many_stores_opening_one_new_sqlite_file_at_once_all_work(tmp_path: Path
         start = threading.Barrier(len(stores))
         errors: list[BaseException] = []
 
-        def open_and_write(store: SQLiteStore, n: int) -> None:
+        def open_and_write(
+            store: SQLiteStore,
+            n: int,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
             start.wait()
             try:
                 run_sync(store.append(f"s{n}", [Message("user", "hi")]))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
                 errors.append(exc)
 
         threads = [
