@@ -322,7 +322,7 @@ def test_many_stores_opening_one_new_sqlite_file_at_once_all_work(tmp_path: Path
             start.wait()
             try:
                 run_sync(store.append(f"s{n}", [Message("user", "hi")]))
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [
