@@ -1,18 +1,37 @@
 """What the HTTP providers share: keys, the connection pool, and turning HTTP trouble
 into the runtime's typed errors.
 
-Connection pool. httpx's pool looks for a connection by scanning every connection
-for every waiting request (and, for each idle connection, every connection again),
-so one pool holding 1000 connections spends its time scanning (httpcore issue
-1035). :class:`ConnectionPool` therefore keeps a few small httpx clients
-("shards", at most :data:`SHARD_SIZE` connections each) and sends each request to
-the least busy one; a new shard is opened only when all are full, up to
-``max_connections`` in total. A notebook with one stream at a time uses one shard.
-Shards share one SSL context, so opening one costs no certificate loading.
+Providers speak httpx: they build an ``httpx.Request`` and read an
+``httpx.Response``, and the connections underneath come from an httpx
+*transport*, chosen with the provider's ``transport`` option:
 
-One pool per event loop: an httpx connection belongs to the loop that opened it,
-and the sync facade runs calls on its own background loop, so a provider used from
-a notebook's loop and from the facade keeps one pool for each.
+``"aiohttp"`` (the default)
+    aiohttp's connection pool and C HTTP parser, plugged in through
+    ``httpx_aiohttp.AiohttpTransport`` (the transport the official openai SDK
+    offers for the same reason). Reading one small SSE event costs about a third
+    of what it costs through httpcore, and sending a request about half; with 1000
+    paced streams in one event loop that is the difference between a loop that
+    keeps up and one that lags by a third of a second (``benchmarks/providers.py``
+    has the figures). Requests go to the transport directly: the client layer's
+    cookies, redirects and auth flows have no use for an API call and cost a
+    tenth of a millisecond each. Proxies come from the environment
+    (``HTTPS_PROXY``, ``NO_PROXY``), as with httpx.
+
+``"httpx"``
+    httpx's own transport (httpcore + h11). Its pool looks for a connection by
+    scanning every connection for every waiting request, so one pool holding 1000
+    connections spends its time scanning (httpcore issue 1035): requests are
+    spread over a few small httpx clients ("shards", at most :data:`SHARD_SIZE`
+    connections each), a new one opened only when all are full.
+
+an ``httpx.AsyncBaseTransport``
+    used as given, through one ``httpx.AsyncClient`` (``httpx.MockTransport`` in
+    a test, a transport with custom TLS or proxy settings); the provider's
+    ``aclose()`` closes it.
+
+One pool per event loop: a connection belongs to the loop that opened it, and the
+sync facade runs calls on its own background loop, so a provider used from a
+notebook's loop and from the facade keeps one pool for each.
 """
 
 from __future__ import annotations
@@ -25,14 +44,15 @@ import os
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from ..runtime.errors import (
     AuthenticationError,
+    ConfigurationError,
     MissingAPIKey,
     NetworkError,
     ProtocolError,
@@ -44,12 +64,22 @@ from ..runtime.errors import (
 
 logger = logging.getLogger("pk_notebook")
 
+#: what the ``transport`` option of a provider accepts
+Transport = str | httpx.AsyncBaseTransport
+TRANSPORTS = ("aiohttp", "httpx")
+DEFAULT_TRANSPORT = "aiohttp"
+#: names the transport of providers built without ``transport=`` (a way to switch
+#: every provider of a notebook or server at once, e.g. behind an unusual proxy)
+TRANSPORT_ENV = "PK_NOTEBOOK_HTTP_TRANSPORT"
+
 #: connections per httpx client; small enough that httpx's pool scans stay cheap
 SHARD_SIZE = 64
 #: idle connections kept per shard
 SHARD_KEEPALIVE = 16
 #: total connections a provider may open (per event loop)
 DEFAULT_MAX_CONNECTIONS = 1024
+#: idle connections kept open for reuse (aiohttp keeps every released one until expiry)
+KEEPALIVE_SECONDS = 30.0
 #: bytes of an error body read to build the message
 ERROR_BODY_LIMIT = 64 * 1024
 #: after the end marker, how long the rest of the body may take to arrive (so the
@@ -66,6 +96,36 @@ def _shared_ssl_context() -> ssl.SSLContext:
     if _ssl_context is None:
         _ssl_context = httpx.create_ssl_context()
     return _ssl_context
+
+
+def _ssl_for(verify: bool | ssl.SSLContext) -> ssl.SSLContext | bool:
+    if verify is True:
+        return _shared_ssl_context()
+    return verify
+
+
+def default_transport() -> str:
+    return os.environ.get(TRANSPORT_ENV, "").strip().lower() or DEFAULT_TRANSPORT
+
+
+def check_transport(transport: Transport) -> Transport:
+    """``transport`` if a provider can use it, else a ConfigurationError saying what can."""
+    if isinstance(transport, httpx.AsyncBaseTransport):
+        return transport
+    if transport not in TRANSPORTS:
+        raise ConfigurationError(
+            f"transport={transport!r} is not known (from transport= or ${TRANSPORT_ENV}): "
+            "use 'aiohttp' (the default), 'httpx', or an httpx.AsyncBaseTransport instance"
+        )
+    if transport == "aiohttp":
+        try:
+            import httpx_aiohttp  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - both are dependencies
+            raise ConfigurationError(
+                "transport='aiohttp' needs the aiohttp and httpx-aiohttp packages "
+                "(pip install aiohttp httpx-aiohttp), or use transport='httpx'"
+            ) from exc
+    return transport
 
 
 def resolve_key(
@@ -87,6 +147,114 @@ def resolve_key(
     return None
 
 
+class ConnectionPool(Protocol):
+    """Bounded connections for one provider on one event loop."""
+
+    def stream(self, method: str, url: str, *, headers: Mapping[str, str], content: bytes) -> Any:
+        """An async context manager giving the ``httpx.Response`` (body not read yet)."""
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpPool:
+    """Connections from one aiohttp session, driven through httpx's transport interface."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        verify: bool | ssl.SSLContext = True,
+    ) -> None:
+        from httpx_aiohttp import AiohttpTransport
+
+        self.max_connections = max(1, max_connections)
+        self.timeout = timeout
+        self._extensions = {"timeout": timeout.as_dict()}
+        tls = _ssl_for(verify)
+        limit = self.max_connections
+
+        def session() -> Any:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(
+                limit=limit, keepalive_timeout=KEEPALIVE_SECONDS, ssl=tls
+            )
+            # trust_env: proxies (and NO_PROXY) from the environment, as httpx does
+            return aiohttp.ClientSession(connector=connector, trust_env=True)
+
+        # verify: the transport builds an SSL context from it; ours is shared and
+        # already loaded (a fresh one costs milliseconds of certificate parsing)
+        self._transport = AiohttpTransport(
+            verify=tls if isinstance(tls, ssl.SSLContext) else False, client=session
+        )
+        self._closer: weakref.finalize[Any, Any] | None = None
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
+    ) -> AsyncIterator[httpx.Response]:
+        transport = self._transport
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions=self._extensions
+        )
+        response = await transport.handle_async_request(request)
+        if self._closer is None:
+            self._closer = weakref.finalize(
+                self, _close_forgotten_session, asyncio.get_running_loop(), transport.client
+            )
+            self._closer.atexit = False
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        if self._closer is not None:
+            self._closer.detach()
+        await self._transport.aclose()
+        # A connection closed on release (an unread error body, a stopped stream)
+        # finishes closing its socket one loop iteration later; let it, so a loop
+        # that ends right after this does not leave the socket open.
+        await asyncio.sleep(0)
+
+
+def _close_forgotten_session(loop: asyncio.AbstractEventLoop, session: Any) -> None:
+    """Close the connections of a pool dropped without ``aclose()``.
+
+    A pipeline that is never shut down (a notebook cell re-run, a script that
+    forgets) would otherwise make aiohttp report "Unclosed client session" and
+    "Unclosed connector" through the event loop's exception handler, which a
+    notebook shows as error output in whatever cell is running.
+    """
+    if session.closed:
+        return
+    connector = session.connector
+    session.detach()  # closed for the session's own check; the connector is ours now
+    if connector is None or connector.closed:
+        return
+    if not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(_close_connector_soon, connector)
+            return
+        except RuntimeError:  # closed in the meantime
+            pass
+    # The loop is gone and its sockets close as they are collected; only the
+    # connector's own report is left to silence. aiohttp has no public way to do
+    # that without a running loop.
+    try:
+        connector._close()
+    except Exception:  # pragma: no cover - aiohttp internals changed
+        pass
+
+
+def _close_connector_soon(connector: Any) -> None:
+    async def close() -> None:
+        await connector.close()
+
+    asyncio.get_running_loop().create_task(close())
+
+
 class _Shard:
     __slots__ = ("active", "client")
 
@@ -95,8 +263,8 @@ class _Shard:
         self.active = 0
 
 
-class ConnectionPool:
-    """Bounded connections for one provider on one event loop, spread over httpx clients."""
+class HttpxPool:
+    """Bounded connections through httpx's own transport, spread over small clients."""
 
     def __init__(
         self,
@@ -104,12 +272,10 @@ class ConnectionPool:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         verify: bool | ssl.SSLContext = True,
-        transport_factory: Any = None,
     ) -> None:
         self.max_connections = max(1, max_connections)
         self.timeout = timeout
         self.verify = verify
-        self._transport_factory = transport_factory
         self._shards: list[_Shard] = []
         self._max_shards = max(1, -(-self.max_connections // SHARD_SIZE))
 
@@ -119,22 +285,15 @@ class ConnectionPool:
 
     def _new_shard(self) -> _Shard:
         size = min(SHARD_SIZE, self.max_connections)
-        verify: bool | ssl.SSLContext = self.verify
-        if verify is True:
-            verify = _shared_ssl_context()
-        kwargs: dict[str, Any] = {}
-        if self._transport_factory is not None:
-            kwargs["transport"] = self._transport_factory()
         client = httpx.AsyncClient(
             timeout=self.timeout,
             limits=httpx.Limits(
                 max_connections=size,
                 max_keepalive_connections=min(SHARD_KEEPALIVE, size),
-                keepalive_expiry=30.0,
+                keepalive_expiry=KEEPALIVE_SECONDS,
             ),
-            verify=verify,
+            verify=_ssl_for(self.verify),
             trust_env=True,
-            **kwargs,
         )
         shard = _Shard(client)
         self._shards.append(shard)
@@ -169,11 +328,44 @@ class ConnectionPool:
             await shard.client.aclose()
 
 
-class PoolsByLoop:
-    """One :class:`ConnectionPool` per running event loop, created on first use."""
+class ClientPool:
+    """A user's own httpx transport, used through one ``httpx.AsyncClient``."""
 
-    def __init__(self, **pool_options: Any) -> None:
-        self._options = pool_options
+    def __init__(self, transport: httpx.AsyncBaseTransport, timeout: httpx.Timeout) -> None:
+        self._client = httpx.AsyncClient(transport=transport, timeout=timeout)
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
+    ) -> AsyncIterator[httpx.Response]:
+        async with self._client.stream(method, url, headers=headers, content=content) as response:
+            yield response
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def pool_factory(
+    transport: Transport,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    verify: bool | ssl.SSLContext = True,
+) -> Callable[[], ConnectionPool]:
+    """What :class:`PoolsByLoop` calls to open a pool on a new event loop."""
+    transport = check_transport(transport)
+    if isinstance(transport, httpx.AsyncBaseTransport):
+        given = transport
+        return lambda: ClientPool(given, timeout)
+    cls: Any = AiohttpPool if transport == "aiohttp" else HttpxPool
+    return lambda: cls(max_connections=max_connections, timeout=timeout, verify=verify)
+
+
+class PoolsByLoop:
+    """One connection pool per running event loop, created on first use."""
+
+    def __init__(self, factory: Callable[[], ConnectionPool]) -> None:
+        self._factory = factory
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = (
             weakref.WeakKeyDictionary()
         )
@@ -182,7 +374,7 @@ class PoolsByLoop:
         loop = asyncio.get_running_loop()
         pool = self._pools.get(loop)
         if pool is None:
-            pool = self._pools[loop] = ConnectionPool(**self._options)
+            pool = self._pools[loop] = self._factory()
         return pool
 
     async def aclose(self) -> None:
@@ -331,9 +523,13 @@ def network_error(
     provider: str, exc: BaseException, secret: str | None, *, started: bool
 ) -> NetworkError:
     where = "in the middle of the stream" if started else "before the answer started"
-    detail = redact(str(exc) or type(exc).__name__, secret)
+    # The aiohttp transport maps aiohttp's errors onto httpx's coarsely (a dropped
+    # connection becomes "ConnectTimeout"); aiohttp's own error says what happened.
+    cause = exc.__cause__
+    shown = cause if cause is not None and type(cause).__module__.startswith("aiohttp") else exc
+    detail = redact(str(shown) or type(shown).__name__, secret)
     return NetworkError(
-        f"the connection to {provider} failed {where} ({type(exc).__name__}: {detail}). "
+        f"the connection to {provider} failed {where} ({type(shown).__name__}: {detail}). "
         "Check the network or base_url and retry."
     )
 

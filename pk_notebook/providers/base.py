@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -44,6 +45,12 @@ class HTTPProvider(abc.ABC):
         headers: extra headers sent with every request.
         timeout: an ``httpx.Timeout`` or seconds (connect/read/write/pool).
         max_connections: bound of this provider's pool (per event loop).
+        transport: where connections come from: ``"aiohttp"`` (aiohttp's pool and
+            C parser, the fastest under many concurrent streams), ``"httpx"``
+            (httpx's own transport), or an ``httpx.AsyncBaseTransport`` such as
+            ``httpx.MockTransport``. Default: ``$PK_NOTEBOOK_HTTP_TRANSPORT``, else
+            ``"aiohttp"``. See ``pk_notebook.providers._http``.
+        verify: TLS verification: True, False, or an ``ssl.SSLContext``.
         prices: a model -> :class:`Price` table (e.g. ``DEFAULT_PRICES``); with it,
             results carry ``cost``.
         name, key_env, require_key: for aliases (``"ollama"``, ``"groq"``): the name
@@ -75,7 +82,8 @@ class HTTPProvider(abc.ABC):
         name: str | None = None,
         key_env: tuple[str, ...] | None = None,
         require_key: bool | None = None,
-        verify: bool = True,
+        transport: _http.Transport | None = None,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         if name is not None:
             self.name = name
@@ -114,7 +122,12 @@ class HTTPProvider(abc.ABC):
         elif not isinstance(timeout, httpx.Timeout):
             timeout = httpx.Timeout(timeout)
         self._pools = _http.PoolsByLoop(
-            max_connections=max_connections, timeout=timeout, verify=verify
+            _http.pool_factory(
+                _http.default_transport() if transport is None else transport,
+                max_connections=max_connections,
+                timeout=timeout,
+                verify=verify,
+            )
         )
 
     def __repr__(self) -> str:

@@ -176,6 +176,9 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server._connections.add(self)
+        self.server.peak_connections = max(
+            self.server.peak_connections, len(self.server._connections)
+        )
         self.task = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -489,6 +492,8 @@ class FakeProviderServer:
         self._queue: collections.deque[Script] = collections.deque()
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
+        #: the most connections open at the same time (since start or reset())
+        self.peak_connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -511,6 +516,7 @@ class FakeProviderServer:
             self._queue.clear()
         self.requests.clear()
         self.default = Script()
+        self.peak_connections = len(self._connections)
 
     def _next_script(self) -> Script:
         with self._lock:

@@ -28,6 +28,8 @@ from pk_notebook.providers import AnthropicProvider, GeminiProvider, OpenAIProvi
 from pk_notebook.providers._http import parse_retry_after
 from pk_notebook.testing import FakeProviderServer, Script
 
+pytestmark = pytest.mark.usefixtures("each_transport")
+
 PROVIDERS = [
     pytest.param(OpenAIProvider, id="openai"),
     pytest.param(AnthropicProvider, id="anthropic"),
@@ -163,7 +165,9 @@ async def test_anthropic_overloaded_event_is_a_server_error(
             error_message="Overloaded",
         )
     )
-    _, error = await run(pipeline(fake_server, AnthropicProvider))
+    pipe = pipeline(fake_server, AnthropicProvider)
+    _, error = await run(pipe)
+    await pipe.shutdown()
     assert isinstance(error, ServerError) and error.retryable
     assert error.code == "overloaded_error" and error.partial_text == "one"
 

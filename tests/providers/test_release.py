@@ -14,6 +14,8 @@ from pk_notebook import Pipeline, ProviderMiddleware, StreamStatus
 from pk_notebook.providers import AnthropicProvider, GeminiProvider, OpenAIProvider
 from pk_notebook.testing import FakeProviderServer, Script
 
+pytestmark = pytest.mark.usefixtures("each_transport")
+
 RELEASE_BOUND = 0.1
 SLOW = Script(["tok "] * 200, pace=0.05)
 
@@ -101,18 +103,25 @@ async def test_provider_used_without_a_pipeline_closes_on_aclose(
 
 
 @pytest.mark.slow
-async def test_1000_concurrent_paced_streams(fake_server: FakeProviderServer) -> None:
+async def test_1000_concurrent_paced_streams(
+    fake_server: FakeProviderServer, each_transport: str
+) -> None:
     fake_server.default = Script(["a ", "b ", "c ", "d ", "e"], pace=0.05)
     provider = OpenAIProvider("m", base_url=fake_server.base_url)
     pipe = Pipeline(ProviderMiddleware(provider), idle_timeout=30)
     results = await asyncio.wait_for(
         asyncio.gather(*(pipe.execute("user", f"q{i}") for i in range(1000))), 60
     )
-    shards = provider._pools.get().shards
     await pipe.shutdown()
     assert all(r.text == "a b c d e" and r.status is StreamStatus.FINISHED for r in results)
     assert len(fake_server.requests) == 1000
-    assert 1 < shards <= 16  # the bounded pool spread the streams over small httpx pools
+    # all at once: each stream had its own connection, and shutdown closed them all
+    assert fake_server.peak_connections == 1000
+    deadline = time.monotonic() + 5
+    # the count lives on the server's own thread and loop: poll it
+    while fake_server.open_connections and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    assert fake_server.open_connections == 0
 
 
 def test_one_provider_from_two_event_loops(fake_server: FakeProviderServer) -> None:
