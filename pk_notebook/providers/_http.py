@@ -1,21 +1,20 @@
 """What the HTTP providers share: keys, the connection pool, and turning HTTP trouble
 into the runtime's typed errors.
 
-Providers speak httpx: they build an ``httpx.Request`` and read an
-``httpx.Response``, and the connections underneath come from an httpx
-*transport*, chosen with the provider's ``transport`` option:
+Providers speak httpx: they read an ``httpx.Response`` (status, headers, body,
+httpx's errors), and the connections underneath are chosen with the provider's
+``transport`` option:
 
 ``"aiohttp"`` (the default)
-    aiohttp's connection pool and C HTTP parser, plugged in through
-    ``httpx_aiohttp.AiohttpTransport`` (the transport the official openai SDK
-    offers for the same reason). Reading one small SSE event costs about a third
-    of what it costs through httpcore, and sending a request about half; with 1000
-    paced streams in one event loop that is the difference between a loop that
-    keeps up and one that lags by a third of a second (``benchmarks/providers.py``
-    has the figures). Requests go to the transport directly: the client layer's
-    cookies, redirects and auth flows have no use for an API call and cost a
-    tenth of a millisecond each. Proxies come from the environment
-    (``HTTPS_PROXY``, ``NO_PROXY``), as with httpx.
+    aiohttp's connection pool and C HTTP parser (:mod:`._aiohttp`), the plug-in
+    the official openai SDK also offers for speed. Reading one small SSE event
+    costs about a third of what it costs through httpcore, and sending a request
+    well under half; with 1000 paced streams in one event loop that is the
+    difference between a loop that keeps up and one that lags by a third of a
+    second (``benchmarks/providers.py`` has the figures). httpx's client layer
+    (cookies, redirects, auth flows) has no use for an API call and is skipped.
+    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as with
+    httpx, read once when the pool is made.
 
 ``"httpx"``
     httpx's own transport (httpcore + h11). Its pool looks for a connection by
@@ -43,8 +42,9 @@ import logging
 import os
 import ssl
 import time
+import urllib.request
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -119,11 +119,11 @@ def check_transport(transport: Transport) -> Transport:
         )
     if transport == "aiohttp":
         try:
-            import httpx_aiohttp  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - both are dependencies
+            import aiohttp  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - a dependency
             raise ConfigurationError(
-                "transport='aiohttp' needs the aiohttp and httpx-aiohttp packages "
-                "(pip install aiohttp httpx-aiohttp), or use transport='httpx'"
+                "transport='aiohttp' needs the aiohttp package (pip install aiohttp), "
+                "or use transport='httpx'"
             ) from exc
     return transport
 
@@ -156,103 +156,14 @@ class ConnectionPool(Protocol):
     async def aclose(self) -> None: ...
 
 
-class AiohttpPool:
-    """Connections from one aiohttp session, driven through httpx's transport interface."""
-
-    def __init__(
-        self,
-        *,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        verify: bool | ssl.SSLContext = True,
-    ) -> None:
-        from httpx_aiohttp import AiohttpTransport
-
-        self.max_connections = max(1, max_connections)
-        self.timeout = timeout
-        self._extensions = {"timeout": timeout.as_dict()}
-        tls = _ssl_for(verify)
-        limit = self.max_connections
-
-        def session() -> Any:
-            import aiohttp
-
-            connector = aiohttp.TCPConnector(
-                limit=limit, keepalive_timeout=KEEPALIVE_SECONDS, ssl=tls
-            )
-            # trust_env: proxies (and NO_PROXY) from the environment, as httpx does
-            return aiohttp.ClientSession(connector=connector, trust_env=True)
-
-        # verify: the transport builds an SSL context from it; ours is shared and
-        # already loaded (a fresh one costs milliseconds of certificate parsing)
-        self._transport = AiohttpTransport(
-            verify=tls if isinstance(tls, ssl.SSLContext) else False, client=session
-        )
-        self._closer: weakref.finalize[Any, Any] | None = None
-
-    @asynccontextmanager
-    async def stream(
-        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
-    ) -> AsyncIterator[httpx.Response]:
-        transport = self._transport
-        request = httpx.Request(
-            method, url, headers=headers, content=content, extensions=self._extensions
-        )
-        response = await transport.handle_async_request(request)
-        if self._closer is None:
-            self._closer = weakref.finalize(
-                self, _close_forgotten_session, asyncio.get_running_loop(), transport.client
-            )
-            self._closer.atexit = False
-        try:
-            yield response
-        finally:
-            await response.aclose()
-
-    async def aclose(self) -> None:
-        if self._closer is not None:
-            self._closer.detach()
-        await self._transport.aclose()
-        # A connection closed on release (an unread error body, a stopped stream)
-        # finishes closing its socket one loop iteration later; let it, so a loop
-        # that ends right after this does not leave the socket open.
-        await asyncio.sleep(0)
-
-
-def _close_forgotten_session(loop: asyncio.AbstractEventLoop, session: Any) -> None:
-    """Close the connections of a pool dropped without ``aclose()``.
-
-    A pipeline that is never shut down (a notebook cell re-run, a script that
-    forgets) would otherwise make aiohttp report "Unclosed client session" and
-    "Unclosed connector" through the event loop's exception handler, which a
-    notebook shows as error output in whatever cell is running.
-    """
-    if session.closed:
-        return
-    connector = session.connector
-    session.detach()  # closed for the session's own check; the connector is ours now
-    if connector is None or connector.closed:
-        return
-    if not loop.is_closed():
-        try:
-            loop.call_soon_threadsafe(_close_connector_soon, connector)
-            return
-        except RuntimeError:  # closed in the meantime
-            pass
-    # The loop is gone and its sockets close as they are collected; only the
-    # connector's own report is left to silence. aiohttp has no public way to do
-    # that without a running loop.
-    try:
-        connector._close()
-    except Exception:  # pragma: no cover - aiohttp internals changed
-        pass
-
-
-def _close_connector_soon(connector: Any) -> None:
-    async def close() -> None:
-        await connector.close()
-
-    asyncio.get_running_loop().create_task(close())
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``...), unless ``NO_PROXY``
+    exempts its host."""
+    target = httpx.URL(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if not proxy or urllib.request.proxy_bypass(target.host):
+        return None
+    return proxy
 
 
 class _Shard:
@@ -348,6 +259,7 @@ class ClientPool:
 def pool_factory(
     transport: Transport,
     *,
+    base_url: str = "",
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     verify: bool | ssl.SSLContext = True,
@@ -357,8 +269,19 @@ def pool_factory(
     if isinstance(transport, httpx.AsyncBaseTransport):
         given = transport
         return lambda: ClientPool(given, timeout)
-    cls: Any = AiohttpPool if transport == "aiohttp" else HttpxPool
-    return lambda: cls(max_connections=max_connections, timeout=timeout, verify=verify)
+    if transport == "aiohttp":
+        from ._aiohttp import AiohttpPool
+
+        proxy = env_proxy(base_url) if base_url else None
+        tls = _ssl_for(verify)
+        return lambda: AiohttpPool(
+            proxy=proxy,
+            max_connections=max(1, max_connections),
+            timeout=timeout,
+            tls=tls,
+            keepalive=KEEPALIVE_SECONDS,
+        )
+    return lambda: HttpxPool(max_connections=max_connections, timeout=timeout, verify=verify)
 
 
 class PoolsByLoop:
@@ -577,37 +500,55 @@ async def check_response(provider: str, response: httpx.Response, secret: str | 
         )
 
 
-def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body's bytes as read; decompressed only when the server compressed it.
+def body_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+    """A coroutine function giving the next bytes of the body as read, ``b""`` at its end.
 
-    An uncompressed body is read from ``response.stream`` itself rather than
-    through ``aiter_raw()``: one generator layer (and a re-chunker) less per
-    event, which is measurable at tens of thousands of events per second.
-    Transport errors are mapped to httpx's exceptions by the stream either way.
+    A call per read rather than an async iterator: every async generator between
+    the socket and the parser is an allocation and a hop per event, which shows at
+    thousands of events a second. An uncompressed body on the aiohttp transport is
+    read straight from aiohttp's buffer; on httpx's transport, from
+    ``response.stream`` (one re-chunking layer less than ``aiter_raw()``). A body
+    the server compressed goes through httpx's decoder. Transport errors are
+    httpx's either way.
     """
-    encoding = response.headers.get("content-encoding")
-    if encoding and encoding.strip().lower() != "identity":
-        return response.aiter_bytes()
     stream = response.stream
-    if isinstance(stream, httpx.AsyncByteStream):
-        return stream.__aiter__()
-    return response.aiter_raw()
+    encoding = response.headers.get("content-encoding")
+    compressed = bool(encoding) and encoding.strip().lower() != "identity"
+    if not compressed:
+        read = getattr(stream, "read", None)
+        if read is not None and asyncio.iscoroutinefunction(read):
+            return read
+    if compressed:
+        pieces: AsyncIterator[bytes] = response.aiter_bytes()
+    elif isinstance(stream, httpx.AsyncByteStream):
+        pieces = stream.__aiter__()
+    else:
+        pieces = response.aiter_raw()
+
+    async def read_next() -> bytes:
+        async for piece in pieces:
+            if piece:
+                return piece
+        return b""
+
+    return read_next
 
 
-async def drain(chunks: AsyncIterator[bytes], seconds: float = DRAIN_SECONDS) -> None:
+async def drain(read: Callable[[], Awaitable[bytes]], seconds: float = DRAIN_SECONDS) -> None:
     """Read what is left of the body for a moment, so the connection can be reused.
 
-    Called after the end marker with the iterator the body was being read from.
+    Called after the end marker with the reader the body was being read with.
     A server that never closes (or keeps talking) costs at most ``seconds`` and
     ``ERROR_BODY_LIMIT`` bytes; the connection is then dropped instead.
     """
 
     async def _read_rest() -> None:
         left = ERROR_BODY_LIMIT
-        async for piece in chunks:
-            left -= len(piece)
-            if left <= 0:
+        while left > 0:
+            piece = await read()
+            if not piece:
                 return
+            left -= len(piece)
 
     try:
         await asyncio.wait_for(_read_rest(), seconds)

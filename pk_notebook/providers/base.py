@@ -124,6 +124,7 @@ class HTTPProvider(abc.ABC):
         self._pools = _http.PoolsByLoop(
             _http.pool_factory(
                 _http.default_transport() if transport is None else transport,
+                base_url=base,
                 max_connections=max_connections,
                 timeout=timeout,
                 verify=verify,
@@ -166,10 +167,10 @@ class HTTPProvider(abc.ABC):
         try:
             async with pool.stream("POST", url, headers=headers, content=body) as response:
                 await _http.check_response(self.name, response, secret)
-                chunks = _http.raw_chunks(response)
+                read = _http.body_reader(response)
                 try:
                     feed = parser.feed
-                    async for raw in chunks:
+                    while raw := await read():
                         events = feed(raw)
                         for event in events:
                             yield event
@@ -185,7 +186,7 @@ class HTTPProvider(abc.ABC):
                     if parser.done and parser.error is None:
                         # The end marker arrived: read the (usually already buffered)
                         # rest so the connection goes back to the pool, briefly.
-                        await _http.drain(chunks)
+                        await _http.drain(read)
         except httpx.DecodingError as exc:
             raise ProtocolError(
                 f"{self.name} sent a body that could not be decoded: {exc}", raw=None
