@@ -91,8 +91,13 @@ class AiohttpPool:
         self._keepalive = keepalive
         # aiohttp has no write timeout; ``connect`` bounds the wait for a pooled
         # connection plus connecting, as httpx's pool + connect timeouts do together.
+        pool_and_connect = (
+            None
+            if timeout.pool is None or timeout.connect is None
+            else timeout.pool + timeout.connect
+        )
         self._timeout = aiohttp.ClientTimeout(
-            connect=_sum(timeout.pool, timeout.connect),
+            connect=pool_and_connect,
             sock_connect=timeout.connect,
             sock_read=timeout.read,
         )
@@ -150,10 +155,6 @@ class AiohttpPool:
         # finishes closing its socket one loop iteration later; let it, so a loop
         # that ends right after this does not leave the socket open.
         await asyncio.sleep(0)
-
-
-def _sum(*parts: float | None) -> float | None:
-    return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
 
 
 def _close_forgotten(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:

@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import ssl
+import sys
 import time
 import urllib.request
 import weakref
@@ -117,14 +118,6 @@ def check_transport(transport: Transport) -> Transport:
             f"transport={transport!r} is not known (from transport= or ${TRANSPORT_ENV}): "
             "use 'aiohttp' (the default), 'httpx', or an httpx.AsyncBaseTransport instance"
         )
-    if transport == "aiohttp":
-        try:
-            import aiohttp  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - a dependency
-            raise ConfigurationError(
-                "transport='aiohttp' needs the aiohttp package (pip install aiohttp), "
-                "or use transport='httpx'"
-            ) from exc
     return transport
 
 
@@ -446,13 +439,9 @@ def network_error(
     provider: str, exc: BaseException, secret: str | None, *, started: bool
 ) -> NetworkError:
     where = "in the middle of the stream" if started else "before the answer started"
-    # The aiohttp transport maps aiohttp's errors onto httpx's coarsely (a dropped
-    # connection becomes "ConnectTimeout"); aiohttp's own error says what happened.
-    cause = exc.__cause__
-    shown = cause if cause is not None and type(cause).__module__.startswith("aiohttp") else exc
-    detail = redact(str(shown) or type(shown).__name__, secret)
+    detail = redact(str(exc) or type(exc).__name__, secret)
     return NetworkError(
-        f"the connection to {provider} failed {where} ({type(shown).__name__}: {detail}). "
+        f"the connection to {provider} failed {where} ({type(exc).__name__}: {detail}). "
         "Check the network or base_url and retry."
     )
 
@@ -513,17 +502,18 @@ def body_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
     """
     stream = response.stream
     encoding = response.headers.get("content-encoding")
-    compressed = bool(encoding) and encoding.strip().lower() != "identity"
-    if not compressed:
-        read = getattr(stream, "read", None)
-        if read is not None and asyncio.iscoroutinefunction(read):
-            return read
-    if compressed:
-        pieces: AsyncIterator[bytes] = response.aiter_bytes()
-    elif isinstance(stream, httpx.AsyncByteStream):
-        pieces = stream.__aiter__()
+    pieces: AsyncIterator[bytes]
+    if encoding and encoding.strip().lower() != "identity":
+        pieces = response.aiter_bytes()
     else:
-        pieces = response.aiter_raw()
+        # loaded by the aiohttp pool that made this response, if it did
+        aiohttp_glue = sys.modules.get(f"{__package__}._aiohttp")
+        if aiohttp_glue is not None and isinstance(stream, aiohttp_glue.AiohttpBody):
+            return stream.read
+        if isinstance(stream, httpx.AsyncByteStream):
+            pieces = stream.__aiter__()
+        else:
+            pieces = response.aiter_raw()
 
     async def read_next() -> bytes:
         async for piece in pieces:
