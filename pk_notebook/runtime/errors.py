@@ -23,12 +23,19 @@ Failures of an operation (``StreamError``) are kept apart from misuse of the API
 without hiding bugs of the second. Messages say what to do next, and never
 contain an API key: :func:`redact` is applied to every text that comes from the
 outside.
+
+Redaction by pattern alone misses keys of unknown shapes (an Azure 32-hex key, a
+vLLM ``--api-key local-secret-123``, a gateway's key), so a provider also
+*registers* its exact key (:func:`register_secret`): from then on every
+:func:`redact` in the process removes it, including in errors built by code that
+was not handed the key, and :func:`scrub` cleans an already built error.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import threading
+from typing import Any, TypeVar
 
 # Key shapes of the major providers, plus bearer headers; applied to any text that
 # came from a server before it becomes part of an error message.
@@ -51,7 +58,18 @@ __all__ = [
     "TruncatedStream",
     "UsageError",
     "redact",
+    "register_secret",
+    "scrub",
 ]
+
+#: Registered secrets shorter than this are not redacted everywhere: local servers
+#: accept placeholder "keys" such as ``ollama`` or ``EMPTY`` that are not secret, and
+#: removing such words from every message would garble them (e.g. the provider name
+#: ``ollama``). Keys passed to :func:`redact` explicitly are removed from 4 characters.
+MIN_REGISTERED_SECRET = 8
+
+_registered: tuple[str, ...] = ()  # longest first, so a key containing another goes whole
+_registry_lock = threading.Lock()
 
 _SECRET_PATTERNS = [
     re.compile(r"sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,}"),
@@ -62,14 +80,34 @@ _SECRET_PATTERNS = [
 ]
 
 
+def register_secret(secret: str | None) -> None:
+    """Have every later :func:`redact` in this process remove ``secret`` exactly.
+
+    Providers call this with their key, so an error message built anywhere (an
+    HTTP helper, a web handler, a log line) cannot carry a key whose shape no
+    pattern knows. Idempotent and thread-safe; secrets under
+    :data:`MIN_REGISTERED_SECRET` characters are ignored (see there why).
+    """
+    global _registered
+    if not secret or len(secret) < MIN_REGISTERED_SECRET or secret in _registered:
+        return
+    with _registry_lock:
+        if secret not in _registered:
+            _registered = tuple(sorted((*_registered, secret), key=len, reverse=True))
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Remove API keys and passwords from ``text``.
 
-    Known secrets passed in are removed exactly; anything shaped like a key is
-    removed too, because an error body may echo a key we were never given.
+    Known secrets passed in, and every registered one (:func:`register_secret`),
+    are removed exactly; anything shaped like a key is removed too, because an
+    error body may echo a key we were never given.
     """
     for secret in secrets:
         if secret and len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    for secret in _registered:  # a tuple swapped whole: safe while another thread adds
+        if secret in text:
             text = text.replace(secret, "[REDACTED]")
     for pattern in _SECRET_PATTERNS:
         if pattern.groups:
@@ -80,6 +118,24 @@ def redact(text: str, *secrets: str | None) -> str:
         else:
             text = pattern.sub("[REDACTED]", text)
     return text
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def scrub(error: _E, *secrets: str | None) -> _E:
+    """Redact ``error``'s message and the text fields it shows (``raw``, ``body``), in place.
+
+    For errors built by code that did not know the key: the provider that raises
+    them does, and calls this at its boundary. ``partial_text`` is the model's
+    answer and is left as it is. Returns ``error`` for ``raise scrub(exc, key)``.
+    """
+    error.args = tuple(redact(a, *secrets) if isinstance(a, str) else a for a in error.args)
+    for name in ("raw", "body"):
+        value = getattr(error, name, None)
+        if isinstance(value, str):
+            setattr(error, name, redact(value, *secrets))
+    return error
 
 
 class PkNotebookError(Exception):

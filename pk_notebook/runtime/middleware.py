@@ -11,8 +11,8 @@ most simply an async generator function::
 
 It sees (and may replace) the request before the call, every event on the way
 back, and the :class:`Finish` event that carries usage and cost at the end.
-Per-call facts belong in ``request.state``, not on the middleware instance,
-which is shared by every concurrent call.
+Per-call facts belong in ``request.state`` (a dict for your own data), not on
+the middleware instance, which is shared by every concurrent call.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import ConfigurationError, RateLimitError, StreamError
+from .errors import ConfigurationError, ProtocolError, RateLimitError, StreamError
 from .provider import Provider
 from .types import Delta, Finish, ProviderConfig, ProviderEvent, Request, Usage
 
@@ -106,20 +106,26 @@ class ProviderMiddleware:
     async def _run(self, request: Request) -> AsyncIterator[ProviderEvent]:
         config = self.config.merged(request.config)
         request = request.replace(config=config)
-        state = request.state
-        state["provider"] = getattr(self.provider, "name", type(self.provider).__name__)
-        state["model"] = config.model or getattr(self.provider, "model", None)
+        call = request.call
+        call.provider = getattr(self.provider, "name", type(self.provider).__name__)
+        call.model = config.model or getattr(self.provider, "model", None)
         attempt = 0
         while True:
             attempt += 1
-            state["attempts"] = attempt
+            call.attempts = attempt
             events = self.provider.stream(request)
             # Retry is allowed until the first event with visible content.
             delivered = False
             try:
                 async for event in events:
-                    if not delivered and type(event) is Delta and (event.text or event.reasoning):
-                        delivered = True
+                    if type(event) is Delta:
+                        text, reasoning = event.text, event.reasoning
+                        # The provider boundary: what reaches the stream is text. A
+                        # number or an object here would break every consumer's join.
+                        if type(text) is not str or type(reasoning) is not str:
+                            raise bad_piece(event)
+                        if not delivered and (text or reasoning):
+                            delivered = True
                     yield event
                 return
             except StreamError as exc:
@@ -139,6 +145,18 @@ class ProviderMiddleware:
                 if aclose is not None:
                     await aclose()
             await asyncio.sleep(wait)
+
+
+def bad_piece(event: object) -> ProtocolError:
+    """The typed error for a text or reasoning piece that is not a string."""
+    text = getattr(event, "text", None)
+    reasoning = getattr(event, "reasoning", None)
+    which, value = ("text", text) if type(text) is not str else ("reasoning", reasoning)
+    return ProtocolError(
+        f"the provider sent a {which} piece of type {type(value).__name__}, not a string; "
+        "the server does not speak the expected protocol. The partial text is kept.",
+        raw=repr(value)[:500],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +216,7 @@ class UsageMiddleware:
             totals.unpriced_calls += 1
             return
         totals.usage = totals.usage + finish.usage
-        price = self.price_for(finish.model or request.state.get("model"))
+        price = self.price_for(finish.model or request.call.model)
         if price is None:
             totals.unpriced_calls += 1
             return
@@ -246,5 +264,5 @@ class LoggingMiddleware:
                 chars,
                 time.monotonic() - started,
                 outcome,
-                request.state.get("attempts"),
+                request.call.attempts,
             )

@@ -1,17 +1,23 @@
-"""The pipeline: one object that runs calls through middleware to a provider.
+"""The pipeline: one object that runs turns through middleware to a provider.
 
 ::
 
-    pipe = Pipeline(ProviderMiddleware(MockProvider.demo()))
-    stream = await pipe.execute_stream("user", "Write a story")
-    async with stream:
+    pipe = Pipeline(ProviderMiddleware(MockProvider.demo()))   # or Pipeline(provider)
+    async with pipe.stream("Write a story", session="demo") as stream:
         async for chunk in stream:
             print(chunk.content, end="")
 
-Calls ``*_with_context`` belong to a session: the pipeline holds the session's
-lock from reading its history to saving the new turn, so concurrent turns on
-one session queue up instead of interleaving. What is saved when a turn does
-not finish is decided by ``interrupted`` (see :class:`Pipeline`).
+A turn is a :class:`~pk_notebook.runtime.stream.Stream`: it owns its lifecycle
+(session lock, history, provider call, save). Turns on one session queue up
+instead of interleaving. What is saved when a turn does not finish is decided
+by ``interrupted`` (see :class:`Pipeline`). The Go runtime's calls
+(``execute_stream``, ``execute_stream_with_context``, ``execute``) are thin
+wrappers over :meth:`Pipeline.stream`.
+
+``Pipeline(provider)`` is short for ``Pipeline(ProviderMiddleware(provider))``.
+A provider name such as ``"openai:gpt-4o-mini"`` is not accepted here: the
+runtime knows no providers; ``Pipeline(create_provider("openai:gpt-4o-mini"))``
+builds it.
 """
 
 from __future__ import annotations
@@ -19,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigurationError, UsageError
+from .memory import MemoryStore
 from .middleware import CallNext, Middleware, ProviderMiddleware
 from .store import HistoryLimit, StateStore, check_session_id
 from .stream import Stream
-from .types import UNSET, Message, ProviderConfig, ProviderEvent, Request, Result, StreamStatus
+from .types import UNSET, Message, ProviderConfig, ProviderEvent, Request, Result
 
 if TYPE_CHECKING:
     from .sync import SyncPipeline
@@ -61,6 +67,16 @@ class Pipeline:
         lock_timeout: float | None = 120.0,
         shutdown_grace: float = 10.0,
     ) -> None:
+        if len(middleware) == 1 and _is_provider(middleware[0]):
+            # The one-provider chain, written short: Pipeline(provider).
+            middleware = (ProviderMiddleware(middleware[0]),)  # type: ignore[arg-type]
+        for link in middleware:
+            if isinstance(link, str):
+                raise ConfigurationError(
+                    f"Pipeline({link!r}): build the provider first, e.g. "
+                    f"Pipeline(create_provider({link!r})) with "
+                    "'from pk_notebook.providers import create_provider'"
+                )
         if not middleware:
             raise ConfigurationError(
                 "a Pipeline needs at least a ProviderMiddleware(provider), e.g. "
@@ -84,8 +100,6 @@ class Pipeline:
         self.middleware: tuple[Middleware, ...] = middleware
         self._owns_store = state_store is None
         if state_store is None:
-            from ..sessions.memory import MemoryStore
-
             state_store = MemoryStore()
         self.state_store: StateStore = state_store
         self.timeout = timeout
@@ -118,6 +132,50 @@ class Pipeline:
 
     # --- calls ----------------------------------------------------------------------
 
+    def stream(
+        self,
+        content: str,
+        *,
+        session: str | None = None,
+        role: str = "user",
+        config: ProviderConfig | None = None,
+        timeout: float | None = UNSET,
+        idle_timeout: float | None = UNSET,
+        history: list[Message] | tuple[Message, ...] | None = None,
+    ) -> Stream:
+        """A turn, ready to run: ``async with pipe.stream("...") as s: async for c in s``.
+
+        Nothing happens until it is opened, so ``stream.stop()`` is valid from the
+        start. With ``session``, the session's history is sent along, and the turn
+        is saved when it ends (the session's lock is held from loading the history
+        to saving). ``history`` is a list of earlier messages to send without any
+        session. Bad options raise here, before anything is sent.
+        """
+        self._check_open()
+        if config is not None and not isinstance(config, ProviderConfig):
+            raise ConfigurationError(
+                "config must be a ProviderConfig, e.g. ProviderConfig(max_tokens=500)"
+            )
+        if session is not None:
+            check_session_id(session)
+            if history:
+                raise ConfigurationError(
+                    "give either session= (its stored history is sent) or history=, not both"
+                )
+        timeout = self.timeout if timeout is UNSET else timeout
+        idle_timeout = self.idle_timeout if idle_timeout is UNSET else idle_timeout
+        _check_seconds("timeout", timeout)
+        _check_seconds("idle_timeout", idle_timeout)
+        return Stream(
+            self,
+            Message(role, content),  # type: ignore[arg-type]  # checked by Message
+            session_id=session,
+            history=tuple(history or ()),
+            config=config,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+        )
+
     async def execute_stream(
         self,
         role: str,
@@ -130,12 +188,18 @@ class Pipeline:
     ) -> Stream:
         """Start a call and return its stream once the first chunk has arrived.
 
-        Errors before the first chunk (bad key, unreachable server, rate limit after
-        retries) are raised here. ``history`` is a list of earlier messages to send
-        along without any session.
+        The Go runtime's ``ExecuteStream``: errors before the first chunk (bad key,
+        unreachable server, rate limit after retries) are raised here.
         """
-        messages = (*(history or ()), Message(role, content))  # type: ignore[arg-type]
-        return await self._open(messages, None, config, timeout, idle_timeout, None)
+        stream = self.stream(
+            content,
+            role=role,
+            config=config,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            history=history,
+        )
+        return await stream.open()
 
     async def execute_stream_with_context(
         self,
@@ -148,33 +212,27 @@ class Pipeline:
         idle_timeout: float | None = UNSET,
     ) -> Stream:
         """Like :meth:`execute_stream`, with the session's history sent and the turn saved."""
-        check_session_id(session_id)
-        new = Message(role, content)  # type: ignore[arg-type]
-        self._check_open()
-        lock = self.state_store.lock(session_id, timeout=self.lock_timeout)
-        await lock.__aenter__()
-        try:
-            past = await self.state_store.load(session_id)
-            if self.history is not None:
-                past = self.history.apply(past)
-        except BaseException as exc:
-            await lock.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return await self._open(
-            (*past, new), session_id, config, timeout, idle_timeout, (new, lock)
+        stream = self.stream(
+            content,
+            session=session_id,
+            role=role,
+            config=config,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
         )
+        return await stream.open()
 
     async def execute(self, role: str, content: str, **options: Any) -> Result:
         """Run a call to the end and return its result; raise its error if it did not finish."""
-        stream = await self.execute_stream(role, content, **options)
-        return await stream.collect()
+        async with self.stream(content, role=role, **options) as stream:
+            return await stream.collect()
 
     async def execute_with_context(
         self, session_id: str, role: str, content: str, **options: Any
     ) -> Result:
         """Run a session turn to the end and return its result."""
-        stream = await self.execute_stream_with_context(session_id, role, content, **options)
-        return await stream.collect()
+        async with self.stream(content, session=session_id, role=role, **options) as stream:
+            return await stream.collect()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -191,15 +249,24 @@ class Pipeline:
             _, pending = await asyncio.wait(waits, timeout=grace)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
             for stream in running:
                 if not stream.ended:
                     await stream.aclose()
+        # Every step below runs even if an earlier one fails: a provider whose close
+        # raises must not leave the store (or the next provider) open.
         for link in self.middleware:
             provider = getattr(link, "provider", None)
             if provider is not None and hasattr(provider, "aclose"):
-                await provider.aclose()
+                try:
+                    await provider.aclose()
+                except Exception:
+                    logger.warning("closing %r failed", provider, exc_info=True)
         if self._owns_store:
-            await self.state_store.aclose()
+            try:
+                await self.state_store.aclose()
+            except Exception:
+                logger.warning("closing the session store failed", exc_info=True)
         if self._sync is not None:
             self._sync._detach()
 
@@ -228,65 +295,6 @@ class Pipeline:
         if self._closed:
             raise UsageError("this pipeline has been shut down; create a new Pipeline")
 
-    async def _open(
-        self,
-        messages: tuple[Message, ...],
-        session_id: str | None,
-        config: ProviderConfig | None,
-        timeout: float | None,
-        idle_timeout: float | None,
-        turn: tuple[Message, AbstractAsyncContextManager[None]] | None,
-    ) -> Stream:
-        try:
-            self._check_open()
-            if config is not None and not isinstance(config, ProviderConfig):
-                raise ConfigurationError("config must be a ProviderConfig")
-            timeout = self.timeout if timeout is UNSET else timeout
-            idle_timeout = self.idle_timeout if idle_timeout is UNSET else idle_timeout
-            _check_seconds("timeout", timeout)
-            _check_seconds("idle_timeout", idle_timeout)
-            request = Request(messages, config or ProviderConfig(), session_id)
-            closers: list[AsyncGenerator[Any, None]] = []
-            events = self._chain(0, closers)(request)
-        except BaseException as exc:
-            if turn is not None:
-                await turn[1].__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-
-        async def on_end(stream: Stream, result: Result) -> list[str] | None:
-            self._streams.discard(stream)
-            if turn is None:
-                return None
-            user_message, lock = turn
-            try:
-                warnings = await self._save_turn(session_id, user_message, result)  # type: ignore[arg-type]
-            finally:
-                # A release that fails (the store went away) must neither hide the
-                # save's own outcome nor raise over the answer the user has seen.
-                release_warning: str | None
-                try:
-                    await lock.__aexit__(None, None, None)
-                except Exception as exc:
-                    logger.warning("could not release session %r: %s", session_id, exc)
-                    release_warning = f"the session lock was not released cleanly: {exc}"
-                else:
-                    release_warning = None
-            if release_warning:
-                warnings = [*(warnings or []), release_warning]
-            return warnings
-
-        stream = Stream(
-            events,
-            request=request,
-            closers=closers,
-            timeout=timeout,
-            idle_timeout=idle_timeout,
-            on_end=on_end,
-        )
-        self._streams.add(stream)
-        await stream._start()
-        return stream
-
     def _chain(self, index: int, closers: list[AsyncGenerator[Any, None]]) -> CallNext:
         link = self.middleware[index]
         if index == len(self.middleware) - 1:
@@ -302,23 +310,14 @@ class Pipeline:
 
         return call
 
-    async def _save_turn(
-        self, session_id: str, user_message: Message, result: Result
-    ) -> list[str] | None:
-        if result.status is StreamStatus.FINISHED:
-            answer = result.messages[-1]
-        elif result.text and self.interrupted == "keep":
-            answer = result.messages[-1]
-        else:
-            # Nothing to keep: leave the history as it was, so it never holds a
-            # question without an answer.
-            return None
-        try:
-            await self.state_store.append(session_id, [user_message, answer])
-        except Exception as exc:
-            logger.warning("the turn of session %r was not saved: %s", session_id, exc)
-            return [f"the turn was not saved to the session store: {exc}"]
-        return None
+
+def _is_provider(obj: object) -> bool:
+    """A provider (an object with ``stream(request)``), as opposed to a middleware link."""
+    return (
+        not getattr(obj, "terminal", False)
+        and callable(getattr(obj, "stream", None))
+        and not isinstance(obj, type)
+    )
 
 
 def _check_seconds(name: str, value: Any) -> None:

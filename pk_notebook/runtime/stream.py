@@ -1,18 +1,30 @@
-"""A streamed answer: iterate it, stop it, read what arrived.
+"""A streamed answer, and the one object that owns a turn's whole life.
 
-One :class:`Stream` per call. It pulls wire events from the middleware chain,
-hands out :class:`Chunk` objects, keeps the accumulated text, and decides, once,
-how the stream ended. Whatever ends it (the last event, an error, a timeout,
-``stop()``, ``aclose()``, a cancelled task, a ``break``) goes through
-:meth:`Stream._end`, which closes the chain (and so the HTTP response), builds
-the :class:`Result` and runs the end callbacks (the pipeline saves the session
-turn there).
+``pipe.stream(...)`` returns a :class:`Stream` at once, without I/O. Opening it
+(``async with``, :meth:`Stream.open`, or simply iterating) runs the turn's
+phases in the caller's task: take the session's lock, load its history, call
+the provider through the middleware chain, and wait for the first chunk.
+Whatever ends it (the last event, an error, a timeout, :meth:`Stream.stop`,
+:meth:`Stream.aclose`, a cancelled task, a ``break``) goes through
+:meth:`Stream._end`, which closes the chain (and so the HTTP response), saves the
+turn, releases the lock and sets the :class:`Result`, once.
 
-Timeouts cost almost nothing per chunk: one watchdog timer per stream checks,
-when it fires, whether the stream has been idle (no content while the consumer
-was waiting) for ``idle_timeout`` seconds or has outlived ``timeout``; if not,
-it re-arms itself. A firing watchdog cancels the waiting task with a marker,
-and :meth:`next` turns that cancellation into :class:`StreamTimeout`.
+Why it is built this way:
+
+- Every surface (cell, chat, SSE, WebSocket, the OpenAI endpoint) needs to stop
+  a turn in any phase, including before the provider has answered. With the
+  stream existing from the start, ``stop()`` always has something to act on, and
+  no caller carries its own "stop before the stream exists" bookkeeping.
+- An end path cannot fail. The final steps run in their own task, shielded
+  from the caller's cancellation (a Stop, an Interrupt or an outer timeout that
+  lands during the save cannot leave the lock held), each step guarded on its
+  own, and the result is set in a ``finally``. Text pieces are checked at the
+  provider boundary, so the end never meets a non-string.
+- Timeouts cost almost nothing per chunk: one watchdog timer per stream checks,
+  when it fires, whether the stream has been idle (no content while the consumer
+  was waiting) for ``idle_timeout`` seconds or has outlived ``timeout``; if not,
+  it re-arms itself. A firing watchdog cancels the waiting task with a marker,
+  and :meth:`Stream.next` turns that cancellation into :class:`StreamTimeout`.
 """
 
 from __future__ import annotations
@@ -21,56 +33,103 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     PkNotebookError,
+    ProtocolError,
     StreamError,
     StreamTimeout,
     TruncatedStream,
     UsageError,
 )
-from .types import Chunk, Delta, Finish, Message, ProviderEvent, Request, Result, StreamStatus
+from .middleware import bad_piece
+from .types import (
+    Chunk,
+    Delta,
+    Finish,
+    Message,
+    ProviderConfig,
+    ProviderEvent,
+    Request,
+    Result,
+    StreamStatus,
+)
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 logger = logging.getLogger("pk_notebook")
 
-EndCallback = Callable[["Stream", Result], Awaitable[list[str] | None]]
-
-_STREAMING = StreamStatus.STREAMING
 _STOP = "stop"
+
+# Phases of a turn. Only the owner of the stream's loop changes them.
+_NEW = 0  # built, nothing done yet
+_OPENING = 1  # waiting for the session lock, loading history
+_OPEN = 2  # the provider call runs; chunks flow
+_ENDING = 3  # closing the chain, saving the turn, releasing the lock
+_ENDED = 4  # result set
+
+class _StoppedEarly(Exception):
+    """stop() came before the provider was called: end without calling it."""
+
+
+# Bounds on the end path: a provider whose close hangs, or a store that does not
+# answer, must not keep a stream from ending (and a server slot from being freed).
+CLOSE_TIMEOUT = 10.0
+SAVE_TIMEOUT = 60.0
 
 
 class Stream:
-    """An answer as it arrives. Created by ``Pipeline.execute_stream``; not directly.
+    """One turn: an answer as it arrives. Made by :meth:`Pipeline.stream`.
 
-    Use it as ``async with stream: async for chunk in stream: ...``. ``stream.text``
-    is the accumulated text at any moment; ``stream.result`` is available once it
-    has ended.
+    ::
+
+        stream = pipe.stream("Plan a day in Lisbon", session="trip")  # no I/O yet
+        async with stream:               # lock, history, provider call, first chunk
+            async for chunk in stream:
+                print(chunk.content, end="")
+        print(stream.result.status)      # turn saved, lock released
+
+    ``stream.text`` is the accumulated text at any moment; ``stream.result`` is
+    available once it has ended. :meth:`stop` is valid in every phase, from any
+    thread.
     """
 
     def __init__(
         self,
-        events: AsyncIterator[ProviderEvent],
+        pipeline: Pipeline,
+        message: Message,
         *,
-        request: Request,
-        closers: list[AsyncGenerator[Any, None]],
-        timeout: float | None,
-        idle_timeout: float | None,
-        on_end: EndCallback | None = None,
+        session_id: str | None = None,
+        history: tuple[Message, ...] = (),
+        config: ProviderConfig | None = None,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._anext = events.__anext__
-        self._closers = closers
-        self._request = request
+        self._pipeline = pipeline
+        self._message = message
+        self._session_id = session_id
+        self._history = history
+        self._config = config or ProviderConfig()
         self._timeout = timeout
         self._idle_timeout = idle_timeout
-        self._on_end = on_end
+        self._request = Request((*history, message), self._config, session_id)
+
+        self._phase = _NEW
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._anext: Callable[[], Awaitable[ProviderEvent]] | None = None
+        self._closers: list[AsyncGenerator[Any, None]] = []
+        self._lock: AbstractAsyncContextManager[None] | None = None
+        self._locked = False
 
         self._parts: list[str] = []
         self._text_cache: str | None = ""
         self._reasoning: list[str] = []
         self._count = 0
-        self._status = _STREAMING
+        self._status = StreamStatus.STREAMING
         self._finish: Finish | None = None
         self._error: BaseException | None = None
         self._result: Result | None = None
@@ -79,19 +138,19 @@ class Stream:
         self._error_raised = False
 
         self._started = time.monotonic()
-        self._loop_started = self._loop.time()
         self._first_chunk_at: float | None = None
-        self._deadline = self._loop_started + timeout if timeout is not None else None
-        self._idle_since = self._loop_started
+        self._deadline: float | None = None
+        self._idle_since = 0.0
         self._waiter: asyncio.Task[Any] | None = None
         self._cancel_reason: str | None = None
         self._expired: str | None = None
         self._stop_requested = False
         self._timer: asyncio.TimerHandle | None = None
-        self._ended = asyncio.Event()
-        self._ending = False
+        self._ended: asyncio.Event | None = None
+        self._background: asyncio.Task[Any] | None = None
+        self._finishing: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[Result], Any]] = []
-        self._arm_timer()
 
     # --- what users read ------------------------------------------------------------
 
@@ -104,10 +163,12 @@ class Stream:
 
     @property
     def reasoning(self) -> str:
+        """The reasoning ("thinking") received so far, kept apart from the answer."""
         return "".join(self._reasoning)
 
     @property
     def status(self) -> StreamStatus:
+        """``STREAMING`` until the stream has ended, then how it ended."""
         return self._status
 
     @property
@@ -116,11 +177,17 @@ class Stream:
 
     @property
     def session_id(self) -> str | None:
-        return self._request.session_id
+        return self._session_id
 
     @property
     def request(self) -> Request:
+        """What is (or will be) sent; includes the session's history once opened."""
         return self._request
+
+    @property
+    def opened(self) -> bool:
+        """True once the stream has started opening (``async with``, ``open()``, iteration)."""
+        return self._phase is not _NEW
 
     @property
     def elapsed(self) -> float:
@@ -158,22 +225,114 @@ class Stream:
     def __repr__(self) -> str:
         return (
             f"<Stream status={self._status.value} chunks={self._count} "
-            f"chars={len(self.text)} session={self._request.session_id!r}>"
+            f"chars={len(self.text)} session={self._session_id!r}>"
         )
+
+    # --- opening --------------------------------------------------------------------
+
+    async def open(self) -> Stream:
+        """Run the turn up to its first chunk; ``async with`` calls this for you.
+
+        Errors before the first chunk (a bad key, an unreachable server, a busy
+        session, a rate limit after retries) are raised here, after the stream
+        has ended with them. A stream stopped before any text simply ends as
+        ``STOPPED``: nothing is raised. Opening an opened stream does nothing.
+        """
+        if self._phase is not _NEW:
+            if self._phase is _OPENING and self._opening is not None:
+                await asyncio.shield(self._opening)  # another task is opening it
+            return self
+        self._phase = _OPENING
+        loop = self._loop = asyncio.get_running_loop()
+        self._ended = asyncio.Event()
+        self._opening = loop.create_future()
+        try:
+            await self._run_open(loop)
+        finally:
+            if not self._opening.done():
+                self._opening.set_result(None)
+        return self
+
+    async def _run_open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._started = time.monotonic()
+        pipeline = self._pipeline
+        pipeline._streams.add(self)
+        task = asyncio.current_task()
+        self._waiter = task
+        try:
+            if self._stop_requested:
+                raise _StoppedEarly
+            pipeline._check_open()
+            if self._session_id is not None:
+                await self._enter_session()
+            if self._stop_requested:
+                raise _StoppedEarly
+            self._anext = pipeline._chain(0, self._closers)(self._request).__anext__
+        except _StoppedEarly:
+            self._waiter = None
+            await self._end(StreamStatus.STOPPED, None)
+            return
+        except asyncio.CancelledError:
+            self._waiter = None
+            reason = self._take_cancel_reason(task)
+            await self._end(StreamStatus.STOPPED, None)
+            if reason is None:
+                raise  # not our stop: an Interrupt or an outer timeout goes on
+            return
+        except BaseException as exc:
+            self._waiter = None
+            await self._end(StreamStatus.FAILED, exc)
+            raise
+        self._waiter = None
+        self._phase = _OPEN
+        self._idle_since = loop.time()
+        if self._timeout is not None:
+            self._deadline = self._idle_since + self._timeout
+        self._arm_timer()
+        try:
+            self._buffered = await self.next()
+        except StopAsyncIteration:
+            self._buffered = None
+
+    async def _enter_session(self) -> None:
+        pipeline = self._pipeline
+        store = pipeline.state_store
+        session_id = self._session_id
+        assert session_id is not None
+        lock = store.lock(session_id, timeout=pipeline.lock_timeout)
+        await lock.__aenter__()
+        # Held from here: _finish_turn releases it, whatever happens next.
+        self._lock = lock
+        self._locked = True
+        past = await store.load(session_id)
+        if pipeline.history is not None:
+            past = pipeline.history.apply(past)
+        self._request = Request((*past, self._message), self._config, session_id)
+
+    async def __aenter__(self) -> Stream:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # --- iteration ------------------------------------------------------------------
 
     async def next(self) -> Chunk:
-        """The next chunk; ``StopAsyncIteration`` at the end (the seed's ``Next()``/``io.EOF``).
+        """The next chunk; ``StopAsyncIteration`` at the end (Go's ``Next()`` / ``io.EOF``).
 
         A stream that ends badly raises its error (with ``partial_text``) once,
         then ``StopAsyncIteration``. A stream stopped by the caller simply ends.
+        An unopened stream opens first.
         """
         buffered = self._buffered
         if buffered is not None:
             self._buffered = None
             return buffered
-        if self._status is not _STREAMING:
+        if self._phase is not _OPEN:
+            if self._phase is _NEW or self._phase is _OPENING:
+                await self.open()
+                if self._phase is _OPEN or self._buffered is not None:
+                    return await self.next()
             return await self._after_end()
         if self._stop_requested or self._expired:
             await self._end_from_flags()
@@ -181,32 +340,43 @@ class Stream:
 
         task = asyncio.current_task()
         self._waiter = task
-        self._idle_since = self._loop.time()
+        self._idle_since = self._loop.time()  # type: ignore[union-attr]
+        anext = self._anext
         try:
             while True:
-                event = await self._anext()
+                event = await anext()  # type: ignore[misc]
                 if type(event) is Delta:
-                    if event.text or event.reasoning:
+                    text, reasoning = event.text, event.reasoning
+                    if type(text) is not str or type(reasoning) is not str:
+                        raise bad_piece(event)
+                    if text or reasoning:
                         break
                     if event.activity:
-                        self._idle_since = self._loop.time()
+                        self._idle_since = self._loop.time()  # type: ignore[union-attr]
                     continue
                 if isinstance(event, Finish):
                     self._finish = event
                     # Let every link run to its natural end, so code a middleware has
                     # after its loop (logging, accounting) runs instead of GeneratorExit.
                     try:
-                        await self._anext()
+                        await anext()  # type: ignore[misc]
                     except StopAsyncIteration:
                         pass
                     self._waiter = None
                     await self._end(StreamStatus.FINISHED, None)
                     return await self._after_end()
                 if isinstance(event, Delta):  # a subclass of Delta
-                    if event.text or event.reasoning:
+                    text, reasoning = event.text, event.reasoning
+                    if type(text) is not str or type(reasoning) is not str:
+                        raise bad_piece(event)
+                    if text or reasoning:
                         break
                     continue
-                raise TypeError(f"a provider yielded {type(event).__name__}, not Delta/Finish")
+                raise ProtocolError(
+                    f"a middleware or provider yielded {type(event).__name__}, not Delta "
+                    "or Finish; fix the middleware (it must pass events through).",
+                    raw=repr(event)[:500],
+                )
         except StopAsyncIteration:
             self._waiter = None
             error = TruncatedStream(
@@ -241,7 +411,6 @@ class Stream:
             await self._end(StreamStatus.FAILED, exc)
             raise
         self._waiter = None
-        text = event.text
         index = self._count
         self._count = index + 1
         if index == 0:
@@ -249,9 +418,9 @@ class Stream:
         if text:
             self._parts.append(text)
             self._text_cache = None
-        if event.reasoning:
-            self._reasoning.append(event.reasoning)
-        return Chunk(text, index, event.reasoning)
+        if reasoning:
+            self._reasoning.append(reasoning)
+        return Chunk(text, index, reasoning)
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._iterate()
@@ -267,7 +436,7 @@ class Stream:
                     return
                 yield chunk
         finally:
-            if self._status is _STREAMING:
+            if self._phase < _ENDING and self._phase is not _NEW:
                 await self.aclose()
 
     async def collect(self) -> Result:
@@ -277,71 +446,75 @@ class Stream:
         """
         async for _ in self:
             pass
+        if self._result is None:  # ended by another task that is still saving
+            await self.wait_closed()
         return self.result.raise_for_status()
-
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # --- stopping -------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the stream to stop as soon as possible. Safe from any thread.
+        """Ask the turn to stop as soon as possible. Safe from any thread, in any phase.
 
-        The provider's response is closed, the text so far is kept, and iteration
-        ends normally with ``status == STOPPED``.
+        Before the provider answered, nothing more is sent (a waiting lock or
+        call is abandoned). While streaming, the provider's response is closed and
+        the text so far is kept. Iteration then ends normally with
+        ``status == STOPPED``; ``open()`` and ``async with`` raise nothing.
         """
-        if self._status is not _STREAMING:
+        if self._phase >= _ENDING:
+            return
+        loop = self._loop
+        if loop is None:
+            # Not opened yet: there is nothing to cancel, only a decision to record.
+            self._stop_requested = True
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self._loop:
+        if running is loop:
             self._request_stop()
-        else:
-            self._loop.call_soon_threadsafe(self._request_stop)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._request_stop)
 
     def _request_stop(self) -> None:
-        if self._status is not _STREAMING:
+        if self._phase >= _ENDING:
             return
         self._stop_requested = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self._cancel_reason = _STOP
             waiter.cancel()
-        elif not self._ending:
+        elif self._phase is _OPEN and self._background is None:
             # Nobody is reading: close the provider now rather than at the next read.
-            self._loop.create_task(self._end_from_flags())
+            self._background = self._loop.create_task(self._end_from_flags())  # type: ignore[union-attr]
 
     async def aclose(self) -> None:
         """Stop the stream (if it is still running) and wait until it has ended."""
         if self._result is not None:
             return
-        if self._ending or (
-            self._waiter is not None and self._waiter is not asyncio.current_task()
-        ):
+        if self._phase is _NEW:
+            self._stop_requested = True
+            self._loop = asyncio.get_running_loop()
+            self._ended = asyncio.Event()
+            await self._end(StreamStatus.STOPPED, None)
+            return
+        current = asyncio.current_task()
+        if self._phase >= _ENDING or (self._waiter is not None and self._waiter is not current):
             self._request_stop()
-            await self._ended.wait()
+            await self.wait_closed()
             return
         self._stop_requested = True
         await self._end_from_flags()
 
     async def wait_closed(self) -> Result:
         """Wait until the stream has ended, however that happens, and return the result."""
-        await self._ended.wait()
+        if self._result is None:
+            if self._ended is None:
+                raise UsageError("the stream was never opened: use 'async with stream:' first")
+            await self._ended.wait()
         return self.result
 
     # --- internals ------------------------------------------------------------------
-
-    async def _start(self) -> None:
-        """Pull the first chunk so that errors before it surface from ``execute_stream``."""
-        try:
-            self._buffered = await self.next()
-        except StopAsyncIteration:
-            self._buffered = None
 
     async def _after_end(self) -> Chunk:
         if not self._final_sent and self._status is StreamStatus.FINISHED:
@@ -371,9 +544,8 @@ class Stream:
         return reason
 
     async def _end_from_flags(self) -> None:
-        if self._result is not None or self._ending:
-            if not self._ended.is_set():
-                await self._ended.wait()
+        if self._phase >= _ENDING:
+            await self.wait_closed()
             return
         if self._expired:
             await self._end_for_reason(self._expired)
@@ -399,51 +571,118 @@ class Stream:
         await self._end(StreamStatus.TIMED_OUT, error)
 
     async def _end(self, status: StreamStatus, error: BaseException | None) -> None:
-        if self._result is not None or self._ending:
+        """Decide how the stream ended (once) and run the end path to completion.
+
+        The end path runs in a task of its own: a cancellation of the caller (an
+        Interrupt during the save, say) goes on to the caller at once, while the
+        chain is still closed, the turn saved and the lock released behind it.
+        """
+        if self._phase >= _ENDING:
             return
-        self._ending = True
+        self._phase = _ENDING
         self._status = status
         self._error = error
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        duration = time.monotonic() - self._started
-        # Close the chain outermost first; the provider's generator last, explicitly,
-        # because a middleware's ``async for`` does not close what it iterates.
+        loop = self._loop or asyncio.get_running_loop()
+        if self._ended is None:
+            self._ended = asyncio.Event()
+        finishing = loop.create_task(self._finish_turn(status, error, time.monotonic()))
+        self._finishing = finishing  # a task that is not referenced may be collected
+        await asyncio.shield(finishing)
+
+    async def _finish_turn(
+        self, status: StreamStatus, error: BaseException | None, ended_at: float
+    ) -> None:
+        result: Result | None = None
+        warnings: list[str] = []
+        try:
+            await self._close_chain()
+            result = self._build_result(status, error, ended_at - self._started)
+            if self._locked:
+                warnings += await self._save(result)
+        except asyncio.CancelledError:
+            # Only a loop shutting down cancels this task; finish the bookkeeping anyway.
+            warnings.append("the stream's end was cancelled; the turn may not be saved")
+        except BaseException as exc:  # only a bug gets here; the end must still happen
+            logger.exception("error while ending a stream")
+            warnings.append(f"the stream did not end cleanly: {type(exc).__name__}: {exc}")
+        finally:
+            if self._locked:
+                warnings += await self._release()
+            self._pipeline._streams.discard(self)
+            if result is None:
+                result = self._fallback_result(status, error, ended_at - self._started)
+            if warnings:
+                result = replace(result, warnings=(*result.warnings, *warnings))
+            self._result = result
+            self._phase = _ENDED
+            self._background = None
+            self._ended.set()  # type: ignore[union-attr]
+            callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                try:
+                    callback(result)
+                except Exception:
+                    logger.exception("a stream done-callback failed")
+
+    async def _close_chain(self) -> None:
+        # Outermost first; the provider's generator last, explicitly, because a
+        # middleware's ``async for`` does not close what it iterates.
         for gen in self._closers:
             try:
-                await gen.aclose()
+                await asyncio.wait_for(gen.aclose(), CLOSE_TIMEOUT)
             except RuntimeError:
                 # "already running": a generator that is mid-step in another task.
                 logger.debug("could not close %r: it is running", gen)
+            except asyncio.TimeoutError:
+                logger.warning("closing %r took more than %g s; abandoned", gen, CLOSE_TIMEOUT)
             except Exception:
                 logger.debug("error while closing %r", gen, exc_info=True)
-        result = self._build_result(status, error, duration)
-        warnings: list[str] = []
-        if self._on_end is not None:
-            try:
-                warnings = list(await self._on_end(self, result) or ())
-            except Exception as exc:
-                logger.warning("could not finish the stream's turn: %s", exc)
-                warnings = [f"the turn was not saved: {exc}"]
-        if warnings:
-            result = _with_warnings(result, warnings)
-        self._result = result
-        self._ended.set()
-        for callback in self._callbacks:
-            try:
-                callback(result)
-            except Exception:
-                logger.exception("a stream done-callback failed")
-        self._callbacks.clear()
+
+    async def _save(self, result: Result) -> list[str]:
+        """Append the turn to the session, or leave the history as it was."""
+        pipeline = self._pipeline
+        if result.status is not StreamStatus.FINISHED and not (
+            result.text and pipeline.interrupted == "keep"
+        ):
+            # Nothing to keep: the history never holds a question without an answer.
+            return []
+        session_id = self._session_id
+        try:
+            await asyncio.wait_for(
+                pipeline.state_store.append(session_id, [self._message, result.messages[-1]]),  # type: ignore[arg-type]
+                SAVE_TIMEOUT,
+            )
+        except asyncio.TimeoutError:
+            logger.warning("the turn of session %r was not saved: the store timed out", session_id)
+            return [
+                f"the turn was not saved: the session store did not answer in {SAVE_TIMEOUT:g} s"
+            ]
+        except Exception as exc:
+            logger.warning("the turn of session %r was not saved: %s", session_id, exc)
+            return [f"the turn was not saved to the session store: {exc}"]
+        return []
+
+    async def _release(self) -> list[str]:
+        # A release that fails (the store went away) must neither hide the save's
+        # own outcome nor raise over the answer the user has seen.
+        lock, self._lock, self._locked = self._lock, None, False
+        try:
+            await asyncio.wait_for(lock.__aexit__(None, None, None), CLOSE_TIMEOUT)  # type: ignore[union-attr]
+        except Exception as exc:
+            logger.warning("could not release session %r: %s", self._session_id, exc)
+            return [f"the session lock was not released cleanly: {exc}"]
+        return []
 
     def _build_result(
         self, status: StreamStatus, error: BaseException | None, duration: float
     ) -> Result:
         finish = self._finish
-        state = self._request.state
+        call = self._request.call
         text = self.text
-        model = (finish.model if finish and finish.model else None) or state.get("model")
+        model = (finish.model if finish and finish.model else None) or call.model
         # What is known about the answer travels with it into the session store, so a
         # later reader (the chat footer, an export) can total a session's tokens and cost.
         meta: dict[str, Any] = {}
@@ -470,14 +709,28 @@ class Stream:
             cost=finish.cost if finish else None,
             finish_reason=finish.reason if finish else None,
             model=model,
-            provider=state.get("provider"),
+            provider=call.provider,
             reasoning=self.reasoning,
             tool_calls=tuple(finish.tool_calls) if finish else (),
             chunks=self._count,
-            attempts=state.get("attempts", 1),
+            attempts=max(call.attempts, 1),
             time_to_first_chunk=self.time_to_first_chunk,
             duration=duration,
-            session_id=self._request.session_id,
+            session_id=self._session_id,
+            error=error,
+        )
+
+    def _fallback_result(
+        self, status: StreamStatus, error: BaseException | None, duration: float
+    ) -> Result:
+        # Built from plain fields only, so it cannot fail the way a full result might.
+        parts = [p for p in self._parts if type(p) is str]
+        return Result(
+            text="".join(parts),
+            status=status,
+            chunks=self._count,
+            duration=duration,
+            session_id=self._session_id,
             error=error,
         )
 
@@ -489,13 +742,13 @@ class Stream:
             idle_due = self._idle_since + self._idle_timeout
             due = idle_due if due is None else min(due, idle_due)
         if due is not None:
-            self._timer = self._loop.call_at(due, self._on_timer)
+            self._timer = self._loop.call_at(due, self._on_timer)  # type: ignore[union-attr]
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._status is not _STREAMING:
+        if self._phase is not _OPEN:
             return
-        now = self._loop.time()
+        now = self._loop.time()  # type: ignore[union-attr]
         reason: str | None = None
         if self._deadline is not None and now >= self._deadline:
             reason = "total"
@@ -516,9 +769,3 @@ class Stream:
         if waiter is not None and not waiter.done():
             self._cancel_reason = reason
             waiter.cancel()
-
-
-def _with_warnings(result: Result, warnings: list[str]) -> Result:
-    from dataclasses import replace
-
-    return replace(result, warnings=(*result.warnings, *warnings))

@@ -98,7 +98,7 @@ class SyncStream:
                     return
                 yield chunk
         finally:
-            if self._stream.status is StreamStatus.STREAMING:
+            if self._stream.opened and not self._stream.ended:
                 self.close()
 
     def next(self) -> Chunk:
@@ -106,6 +106,11 @@ class SyncStream:
         if chunk is _END:
             raise StopIteration
         return chunk
+
+    def open(self) -> SyncStream:
+        """Run the turn up to its first chunk (``with`` does this for you)."""
+        run_sync(self._stream.open())
+        return self
 
     def close(self) -> None:
         run_sync(self._stream.aclose())
@@ -129,7 +134,7 @@ class SyncStream:
         return self._stream.result
 
     def __enter__(self) -> SyncStream:
-        return self
+        return self.open()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -152,6 +157,10 @@ class SyncPipeline:
 
     def _detach(self) -> None:
         self._pipeline = None
+
+    def stream(self, content: str, **options: Any) -> SyncStream:
+        """``with pipe.sync.stream("...", session="s") as s: for chunk in s: ...``"""
+        return SyncStream(self.pipeline.stream(content, **options))
 
     def execute(self, role: str, content: str, **options: Any) -> Result:
         return run_sync(self.pipeline.execute(role, content, **options))

@@ -343,18 +343,35 @@ class ProviderConfig:
 
 
 @dataclass(slots=True)
+class CallInfo:
+    """Facts about one call that the provider link learns and the stream reports.
+
+    One object is shared by every copy of a request (:meth:`Request.replace`
+    keeps it), so what :class:`~pk_notebook.runtime.middleware.ProviderMiddleware`
+    writes here reaches the :class:`Result` whichever copy it saw.
+    """
+
+    provider: str | None = None
+    model: str | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
 class Request:
     """What the middleware chain passes down to the provider.
 
-    Middleware changes a request with :meth:`replace`; ``state`` is one dict
-    shared by every copy of the request so per-call facts (attempts, timings)
-    survive replacement without living on a middleware instance.
+    Middleware changes a request with :meth:`replace`. ``call`` holds the typed
+    facts the library itself tracks (provider, model, attempts); ``state`` is a
+    dict for your own middleware's per-call data. Both are shared by every copy
+    of the request, so they survive replacement without living on a middleware
+    instance (which every concurrent call shares).
     """
 
     messages: tuple[Message, ...]
     config: ProviderConfig
     session_id: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    call: CallInfo = field(default_factory=CallInfo)
 
     def replace(self, **changes: Any) -> Request:
         return replace(self, **changes)

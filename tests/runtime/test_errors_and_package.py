@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import subprocess
 import sys
 
@@ -89,19 +91,67 @@ def test_the_runtime_imports_without_jupyter_or_web_packages() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_dependencies_point_one_way() -> None:
-    """runtime, providers and sessions never import notebook/ or web/."""
-    import pathlib
-    import re
+# Which packages each layer may import. Everything else inside pk_notebook is an
+# upward (or sideways) import: the layers are runtime < providers, sessions <
+# notebook, web; testing serves tests and may use providers.
+ALLOWED_IMPORTS = {
+    "runtime": {"runtime"},
+    "providers": {"runtime", "providers"},
+    "sessions": {"runtime", "sessions"},
+    "notebook": {"runtime", "providers", "sessions", "notebook"},
+    "web": {"runtime", "providers", "sessions", "web"},
+    "testing": {"runtime", "providers", "testing"},
+}
 
+
+def _imported_layers(path: pathlib.Path, root: pathlib.Path) -> set[str]:
+    """The pk_notebook sub-packages a module imports, from its syntax tree (lazy imports too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = path.parent.relative_to(root.parent).parts  # ("pk_notebook", "runtime", ...)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name.split(".") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                module = [*base, *(node.module.split(".") if node.module else [])]
+                if not node.module:  # "from . import x" / "from .. import web"
+                    names = [[*module, alias.name] for alias in node.names]
+                else:
+                    names = [module]
+            else:
+                names = [(node.module or "").split(".")]
+        else:
+            continue
+        for parts in names:
+            if len(parts) >= 2 and parts[0] == "pk_notebook":
+                found.add(parts[1])
+    return found
+
+
+def test_dependencies_point_one_way() -> None:
+    """Every package imports only the layers below it (checked on every module)."""
     root = pathlib.Path(pk_notebook.__file__).parent
-    pattern = re.compile(
-        r"^\s*(from|import)\s+(\.\.?(notebook|web)\b|pk_notebook\.(notebook|web)\b)", re.M
-    )
-    offenders = [
-        str(path.relative_to(root))
-        for folder in ("runtime", "providers", "sessions")
-        for path in (root / folder).rglob("*.py")
-        if pattern.search(path.read_text())
-    ]
+    offenders = []
+    for layer, allowed in ALLOWED_IMPORTS.items():
+        for path in (root / layer).rglob("*.py"):
+            bad = {
+                name
+                for name in _imported_layers(path, root)
+                if name in ALLOWED_IMPORTS and name not in allowed
+            }
+            if bad:
+                offenders.append(f"{path.relative_to(root)} imports {sorted(bad)}")
     assert offenders == []
+
+
+def test_the_layer_check_sees_relative_and_lazy_imports(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "pk_notebook"
+    (root / "runtime").mkdir(parents=True)
+    module = root / "runtime" / "x.py"
+    module.write_text(
+        "from ..sessions.memory import MemoryStore\n"
+        "def f():\n    from .. import web\n    import pk_notebook.notebook.chat\n"
+    )
+    assert _imported_layers(module, root) == {"sessions", "web", "notebook"}
