@@ -13,9 +13,9 @@ Why it is built this way:
   idle or awaiting, possibly on a subshell's thread. Handlers therefore only
   schedule the turn onto the kernel's event loop (captured when the chat is
   created) with ``call_soon_threadsafe`` and return; the reply streams in a
-  task, so Stop and other cells stay responsive. Stop goes through
-  ``Stream.stop()`` (thread-safe) or, before the stream exists, cancels the
-  turn's task. Nothing here needs nest_asyncio.
+  task, so Stop and other cells stay responsive. A turn's stream is built
+  before anything else happens, and Stop goes through ``Stream.stop()``
+  (thread-safe, valid in every phase). Nothing here needs nest_asyncio.
 - The transcript is the session in the pipeline's store, which ``%%stream``
   cells share (``Chat()`` without a pipeline uses the notebook's
   :func:`~pk_notebook.notebook.defaults.default_pipeline`). Before each turn,
@@ -125,9 +125,7 @@ class Chat(widgets.VBox):
         self._reply_callbacks: list[ReplyCallback] = []
         self._tasks: set[asyncio.Future[Any]] = set()
         self._lock = asyncio.Lock()
-        self._turn_task: asyncio.Task[Any] | None = None
-        self._stream: Stream | None = None
-        self._cancel_sent = False
+        self._turns: list[Stream] = []  # this chat's turns not yet ended, oldest first
         self._last_failed: str | None = None
         self._last_status = ""
 
@@ -268,14 +266,19 @@ class Chat(widgets.VBox):
                 self._stop_on_loop()
             raise
 
+    @property
+    def active_stream(self) -> Stream | None:
+        """The turn being answered now (or waiting to start), if any."""
+        turns = self._turns
+        return turns[0] if turns else None
+
     def stop(self) -> None:
-        """Stop the reply that is streaming (safe from any thread); its text so far is kept."""
-        stream = self._stream
-        if stream is not None:
-            stream.stop()  # thread-safe, closes the provider's response at once
-            return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop_on_loop)
+        """Stop the reply that is streaming (safe from any thread); its text so far is kept.
+
+        Turns queued behind it (``send()`` calls from code) are stopped too.
+        """
+        for stream in list(self._turns):
+            stream.stop()  # thread-safe, valid in every phase of the turn
 
     async def retry(self) -> Result:
         """Send the last message whose reply failed again."""
@@ -401,14 +404,7 @@ class Chat(widgets.VBox):
         return running
 
     def _stop_on_loop(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            return
-        task = self._turn_task
-        if task is not None and not task.done():
-            # No stream yet (waiting for the session lock or the first chunk).
-            self._cancel_sent = True
-            task.cancel()
+        self.stop()
 
     def _on_title(self, change: dict[str, Any]) -> None:
         self._heading.value = view.header_html(self.title, self.session_id)
@@ -442,36 +438,35 @@ class Chat(widgets.VBox):
     # --- one turn ---------------------------------------------------------------------
 
     async def _turn(self, text: str) -> Result:
+        # The turn exists before anything else happens, so Stop always has a target.
+        stream = self.pipeline.stream(text, session=self.session_id, config=self.config)
+        self._turns.append(stream)
+        try:
+            return await self._run_turn(text, stream)
+        finally:
+            self._turns.remove(stream)
+
+    async def _run_turn(self, text: str, stream: Stream) -> Result:
         async with self._lock:
             try:
                 await self._sync()  # messages %%stream cells added since: before this turn
             except Exception as exc:
                 logger.warning("chat %r: could not read the session: %s", self.session_id, exc)
-            self._turn_task = asyncio.current_task()
-            self._cancel_sent = False
             self._set_streaming(True)
             user_entry = self._add_entry("user", Message("user", text))
             reply = widgets.HTML(view.assistant_html("", streaming=True))
             reply_entry = self._add_entry("assistant", None, widget=reply)
-            stream: Stream | None = None
-            foreign_cancel: asyncio.CancelledError | None = None
+            cancelled: asyncio.CancelledError | None = None
             try:
-                stream = await self.pipeline.execute_stream_with_context(
-                    self.session_id, "user", text, config=self.config
-                )
-                self._stream = stream
-                await self._pump(stream, reply)
-                result = stream.result
+                async with stream:
+                    await self._pump(stream, reply)
             except asyncio.CancelledError as exc:
-                if not self._own_cancel():
-                    foreign_cancel = exc
-                result = self._interrupted(stream, StreamStatus.STOPPED, None)
-            except Exception as exc:
-                result = self._interrupted(stream, StreamStatus.FAILED, exc)
+                cancelled = exc  # not our Stop (that ends the stream): an Interrupt
+            except Exception:
+                pass  # the error is on the result, shown below with a Retry button
             finally:
-                self._stream = None
-                self._turn_task = None
                 self._set_streaming(False)
+            result = await stream.wait_closed()
 
             reply.value = view.assistant_html(result.text, status=_status_of(result))
             reply_entry.message = result.messages[-1] if result.messages else None
@@ -480,9 +475,9 @@ class Chat(widgets.VBox):
             if result.error is not None:
                 self._last_failed = text
                 self._add_notice(_describe(result.error), retry=text)
-            if foreign_cancel is not None:
+            if cancelled is not None:
                 self._update_footer()
-                raise foreign_cancel
+                raise cancelled
             try:
                 await self._sync(turn=(user_entry, reply_entry))
             except Exception as exc:
@@ -505,27 +500,6 @@ class Chat(widgets.VBox):
                     throttle.push(chunk.content)
         finally:
             throttle.close()
-
-    def _own_cancel(self) -> bool:
-        """True if the cancellation being handled is our Stop (and nobody else's)."""
-        if not self._cancel_sent:
-            return False
-        self._cancel_sent = False
-        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
-        return uncancel is None or uncancel() == 0
-
-    def _interrupted(
-        self, stream: Stream | None, status: StreamStatus, error: BaseException | None
-    ) -> Result:
-        if stream is not None and stream.ended:
-            return stream.result
-        return Result(
-            text=stream.text if stream is not None else "",
-            status=status,
-            session_id=self.session_id,
-            model=self.model,
-            error=error,
-        )
 
     def _set_streaming(self, value: bool) -> None:
         self.set_trait("streaming", value)

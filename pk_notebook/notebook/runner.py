@@ -10,9 +10,11 @@ Two ways in, one code path:
   (terminal IPython, ``ip.run_cell_magic``): the same coroutine runs on the sync
   facade's loop, and Ctrl-C / Interrupt cancels it.
 
-Stop and Interrupt both become cancellation of the stream (``Stream.stop()``
-once it exists, cancelling the task before that); the partial text is kept, the
-session stores the turn as interrupted, and the cell ends without a traceback.
+The cell builds its turn with ``Pipeline.stream`` before showing anything, so
+the Stop button always has a stream to stop (``Stream.stop()`` is valid in every
+phase, from any thread); Interrupt cancels the cell's task, which ends the
+stream the same way. The partial text is kept, the session stores the turn as
+interrupted, and the cell ends without a traceback.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -67,9 +68,6 @@ class CellRun:
     live: LiveOutput | None = None
     result: Result | None = None
     stop_requested: bool = False
-    _task: asyncio.Task[None] | None = field(default=None, repr=False)
-    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
-    _started: float = field(default_factory=time.monotonic, repr=False)
 
     # --- setup: everything that can be a usage error happens before any output ------
 
@@ -107,9 +105,13 @@ class CellRun:
 
     async def execute(self) -> Result:
         """Stream the answer into the cell; returns the result however it ended."""
-        self._loop = asyncio.get_running_loop()
-        self._started = time.monotonic()
         opts = self.options
+        kwargs: dict[str, Any] = {"session": opts.session_id, "config": opts.config}
+        if opts.timeout is not UNSET:
+            kwargs["timeout"] = opts.timeout
+        if opts.idle_timeout is not UNSET:
+            kwargs["idle_timeout"] = opts.idle_timeout
+        stream = self.stream = self.pipeline.stream(self.prompt, **kwargs)
         live = LiveOutput(
             format=opts.format,
             lang=opts.lang,
@@ -120,27 +122,26 @@ class CellRun:
         )
         self.live = live
         live.show()
-        self._task = asyncio.ensure_future(self._consume(live))
         error: BaseException | None = None
         try:
-            await self._task
+            async with stream:
+                live.refresh_status()
+                async for chunk in stream:
+                    if chunk.content:
+                        live.push(chunk.content)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            cancelling = getattr(current, "cancelling", None)
-            outer = cancelling() > 0 if cancelling is not None else not self.stop_requested
-            if outer:
-                # Kernel > Interrupt (or Ctrl-C): the stream already ended as STOPPED;
-                # show it like a Stop and end the cell without a traceback.
-                self.stop_requested = True
-                uncancel = getattr(current, "uncancel", None)
-                if uncancel is not None:
-                    uncancel()
+            # Kernel > Interrupt (or Ctrl-C): the stream has ended as STOPPED; show it
+            # like a Stop and end the cell without a traceback.
+            self.stop_requested = True
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)
+            if uncancel is not None:
+                uncancel()
         except PkNotebookError as exc:
             error = exc
         except Exception as exc:
             logger.exception("%%stream failed")
             error = exc
-        result = self._final_result(error)
+        result = await stream.wait_closed()
         self.result = result
         live.finish(notes_for(result, error))
         if opts.out:
@@ -148,63 +149,19 @@ class CellRun:
         _last[:] = [result]
         return result
 
-    async def _consume(self, live: LiveOutput) -> None:
-        opts = self.options
-        kwargs: dict[str, Any] = {"config": opts.config}
-        if opts.timeout is not UNSET:
-            kwargs["timeout"] = opts.timeout
-        if opts.idle_timeout is not UNSET:
-            kwargs["idle_timeout"] = opts.idle_timeout
-        session = opts.session_id
-        if session is not None:
-            stream = await self.pipeline.execute_stream_with_context(
-                session, "user", self.prompt, **kwargs
-            )
-        else:
-            stream = await self.pipeline.execute_stream("user", self.prompt, **kwargs)
-        self.stream = stream
-        if self.stop_requested:
-            stream.stop()
-        live.refresh_status()
-        async for chunk in stream:
-            if chunk.content:
-                live.push(chunk.content)
-
     def request_stop(self) -> None:
-        """The Stop button: end the stream, keep the text. Safe from any thread."""
+        """The Stop button: end the stream, keep the text. Safe from any thread, any phase."""
         self.stop_requested = True
-        stream = self.stream
-        if stream is not None:
-            stream.stop()
-            return
-        # Still waiting for the first chunk: cancel the request itself.
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None:
-            loop.call_soon_threadsafe(task.cancel)
+        if self.stream is not None:
+            self.stream.stop()
 
     def status_line(self) -> str:
         stream = self.stream
         if stream is None:
-            return f"{time.monotonic() - self._started:.1f} s · waiting for the first chunk"
+            return "0.0 s · waiting for the first chunk"
         if stream.ended:
             return format_status(stream.result)
-        return format_status(stream)
-
-    def _final_result(self, error: BaseException | None) -> Result:
-        stream = self.stream
-        if stream is not None and stream.ended:
-            return stream.result
-        # The call never produced a stream: an error before the first chunk, or a
-        # Stop/Interrupt while waiting for it.
-        status = StreamStatus.FAILED if error is not None else StreamStatus.STOPPED
-        partial = getattr(error, "partial_text", "") or ""
-        return Result(
-            text=partial,
-            status=status,
-            duration=time.monotonic() - self._started,
-            session_id=self.options.session_id,
-            error=error,
-        )
+        return format_status(stream, waiting=True)
 
 
 def notes_for(result: Result, error: BaseException | None = None) -> list[Note]:

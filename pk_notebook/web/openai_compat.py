@@ -4,7 +4,7 @@
     stream = await client.chat.completions.create(model="m", messages=[...], stream=True)
 
 The last message must be the user's; the earlier ones are sent as history
-(``Pipeline.execute_stream(history=...)``). ``model`` is echoed, not obeyed: the
+(``Pipeline.stream(history=...)``). ``model`` is echoed, not obeyed: the
 server's pipeline decides which model runs (and so what a call costs). Fields
 this server does not use (``presence_penalty``, ``user``, ``seed``, ...) are
 ignored, ``n`` other than 1 and tools are refused.
@@ -259,40 +259,38 @@ class ChatCompletionsEndpoint:
             model, prompt, history, config, streaming, include_usage = parse_chat_request(
                 data, settings
             )
+            stream = self.pipe.stream(prompt, config=config, history=history)
             self.slots.acquire()
         except WebError as exc:
             if exc.status != 499:
                 await send_json(send, exc.status, openai_error(exc), exc.headers)
             return
-
-        def open_stream() -> Any:
-            return self.pipe.execute_stream("user", prompt, config=config, history=history)
-
+        except PkNotebookError as exc:  # the pipeline is shutting down
+            await send_json(send, status_for(exc), openai_error(exc), error_headers(exc))
+            return
         try:
             if streaming:
                 await run_sse(
                     send,
                     receive,
-                    open_stream,
+                    stream,
                     ChunkEncoder(model, include_usage),
                     heartbeat=settings.heartbeat,
                 )
             else:
-                await self._complete(send, receive, open_stream, model)
+                await self._complete(send, receive, stream, model)
         finally:
             self.slots.release()
 
-    async def _complete(self, send: Any, receive: Any, open_stream: Any, model: str) -> None:
+    async def _complete(self, send: Any, receive: Any, stream: Stream, model: str) -> None:
         async def work() -> Result:
-            stream: Stream = await open_stream()
-            try:
-                async for _ in stream:
-                    pass
-            except PkNotebookError:
-                pass
-            finally:
-                await stream.aclose()
-            return stream.result
+            async with stream:  # errors before the first chunk raise here: a real status
+                try:
+                    async for _ in stream:
+                        pass
+                except PkNotebookError:
+                    pass  # a failure midway is on the result
+            return await stream.wait_closed()
 
         task = asyncio.ensure_future(work())
         gone = asyncio.ensure_future(watch_disconnect(receive))
@@ -316,6 +314,7 @@ class ChatCompletionsEndpoint:
                 return
             await send_json(send, 200, completion_dict(model, result))
         finally:
-            for t in (task, gone):
-                t.cancel()
+            stream.stop()  # the client left (or we are done): a no-op once ended
+            gone.cancel()
             await asyncio.gather(task, gone, return_exceptions=True)
+            await stream.aclose()

@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..runtime.errors import ConfigurationError
+from ..runtime.errors import ConfigurationError, PkNotebookError
 from ..runtime.pipeline import Pipeline
 from ..runtime.store import check_session_id
-from ..runtime.stream import Stream
 from ..runtime.types import ProviderConfig
 from .security import (
     Slots,
@@ -29,9 +28,11 @@ from .security import (
     check_origin,
     check_prompt,
     check_token,
+    error_headers,
     parse_json_body,
     query_params,
     read_body,
+    status_for,
 )
 from .settings import WebSettings
 from .streaming import NativeEncoder, run_sse, send_json
@@ -86,14 +87,6 @@ def parse_session(session: Any) -> str | None:
         raise WebError(422, "InvalidRequest", str(exc)) from None
 
 
-async def open_stream(
-    pipe: Pipeline, prompt: str, session: str | None, config: ProviderConfig | None
-) -> Stream:
-    if session is not None:
-        return await pipe.execute_stream_with_context(session, "user", prompt, config=config)
-    return await pipe.execute_stream("user", prompt, config=config)
-
-
 class StreamEndpoint:
     """The ASGI app behind ``/stream`` (raw ASGI: it needs ``receive`` for disconnects)."""
 
@@ -129,18 +122,16 @@ class StreamEndpoint:
             prompt = check_prompt(data.get("prompt"), settings)
             session = parse_session(data.get("session", data.get("session_id")))
             config = parse_options(data.get("options"), settings)
+            stream = self.pipe.stream(prompt, session=session, config=config)
             self.slots.acquire()
         except WebError as exc:
             if exc.status != 499:
                 await send_json(send, exc.status, {"error": exc.to_dict()}, exc.headers)
             return
+        except PkNotebookError as exc:  # the pipeline is shutting down
+            await send_json(send, status_for(exc), self.encoder.error_body(exc), error_headers(exc))
+            return
         try:
-            await run_sse(
-                send,
-                receive,
-                lambda: open_stream(self.pipe, prompt, session, config),
-                self.encoder,
-                heartbeat=settings.heartbeat,
-            )
+            await run_sse(send, receive, stream, self.encoder, heartbeat=settings.heartbeat)
         finally:
             self.slots.release()

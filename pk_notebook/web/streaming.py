@@ -4,11 +4,13 @@ Framing: every payload is JSON, so newlines, ``data:`` inside the text, and any
 Unicode arrive intact (the seed's ``fmt.Fprintf(w, "data: %s", text)`` breaks on
 the first newline). Lines are never split by content.
 
-The driver (:func:`run_sse`) owns the life of one HTTP stream:
+The driver (:func:`run_sse`) adapts one turn (a :class:`Stream`, not yet opened)
+to one HTTP response:
 
 * a task watches ``receive()`` for ``http.disconnect`` from the start; when the
-  client goes away the stream is stopped at once (the provider's response is
-  closed and the session keeps the partial answer, marked as interrupted);
+  client goes away the turn is stopped at once, in whatever phase it is (the
+  provider's response is closed and the session keeps the partial answer,
+  marked as interrupted);
 * an error raised before the response has started is answered as JSON with a
   real HTTP status (:func:`~pk_notebook.web.security.status_for`); once the
   response has started, errors travel in the stream. The response starts at the
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..runtime.errors import PkNotebookError
@@ -152,35 +154,32 @@ async def watch_disconnect(receive: Any) -> None:
 async def run_sse(
     send: Any,
     receive: Any,
-    open_stream: Callable[[], Awaitable[Stream]],
+    stream: Stream,
     encoder: Encoder,
     *,
     heartbeat: float | None,
     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
-    """Run one stream as an SSE response (see the module docstring)."""
+    """Run one turn (not yet opened) as an SSE response (see the module docstring)."""
     writer = _Writer(send)
-    opener: asyncio.Task[Stream] = asyncio.ensure_future(open_stream())
     gone: asyncio.Task[None] = asyncio.ensure_future(watch_disconnect(receive))
+    # The client leaving stops the turn in whatever phase it is (lock, call, stream).
+    gone.add_done_callback(lambda _: stream.stop())
+    opener: asyncio.Task[Stream] = asyncio.ensure_future(stream.open())
     beat: asyncio.Task[None] | None = None
-    stream: Stream | None = None
     try:
-        done, _ = await asyncio.wait(
-            {opener, gone}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
-        )
-        if gone in done:
-            return  # the finally clause cancels the opener (which stops its stream)
+        done, _ = await asyncio.wait({opener}, timeout=heartbeat)
         if not done:
             # No first chunk yet after one interval: commit to streaming and keep
             # the connection visibly alive while the provider thinks.
             await writer.start(extra_headers)
             beat = asyncio.ensure_future(writer.heartbeat(heartbeat))  # type: ignore[arg-type]
-            done, _ = await asyncio.wait({opener, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if gone in done:
-                return
+            await asyncio.wait({opener})
         try:
-            stream = opener.result()
+            opener.result()
         except Exception as exc:
+            if gone.done():
+                return
             log_unexpected(exc, "opening a stream")
             if writer.started:
                 await writer.write(encoder_error(encoder, exc))
@@ -189,9 +188,8 @@ async def run_sse(
             else:
                 await send_json(send, status_for(exc), encoder.error_body(exc), error_headers(exc))
             return
-        gone.add_done_callback(lambda _: stream.stop())  # type: ignore[union-attr]
         if gone.done():
-            stream.stop()
+            return
         if not writer.started:
             await writer.start(extra_headers)
         if beat is None and heartbeat is not None:
@@ -210,7 +208,7 @@ async def run_sse(
             failure = exc
         if gone.done() or writer.broken:
             return
-        result = stream.result
+        result = await stream.wait_closed()
         if failure is not None:
             await writer.write(encoder_error(encoder, failure))
         await writer.write(encoder.end(result))
@@ -218,18 +216,14 @@ async def run_sse(
     except OSError:
         writer.broken = True
     finally:
+        stream.stop()  # a no-op once it has ended
         for task in (beat, gone):
             if task is not None:
                 task.cancel()
-        if not opener.done():
-            opener.cancel()
         await asyncio.gather(
             *(t for t in (opener, beat, gone) if t is not None), return_exceptions=True
         )
-        if stream is None and not opener.cancelled() and opener.exception() is None:
-            stream = opener.result()  # opened just as the client left
-        if stream is not None and not stream.ended:
-            await stream.aclose()
+        await stream.aclose()
 
 
 def encoder_error(encoder: Encoder, exc: BaseException) -> bytes:

@@ -41,7 +41,7 @@ from .security import (
     log_unexpected,
 )
 from .settings import WebSettings
-from .sse import open_stream, parse_options, parse_session
+from .sse import parse_options, parse_session
 from .streaming import dumps, json_response_messages, result_dict
 
 logger = logging.getLogger("pk_notebook")
@@ -55,8 +55,7 @@ class _Connection:
         self.broken = False
         self.count = 0
         self.task: asyncio.Task[None] | None = None
-        self.stream: Stream | None = None
-        self.stop_requested = False
+        self.stream: Stream | None = None  # the running turn, built before its task starts
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.broken:
@@ -67,9 +66,8 @@ class _Connection:
             self.broken = True  # the client is gone; the receive loop will see it
 
     def stop(self) -> None:
-        self.stop_requested = True
         if self.stream is not None:
-            self.stream.stop()
+            self.stream.stop()  # valid in every phase of the turn
 
     async def handle(self, text: str) -> None:
         settings = self.settings
@@ -115,29 +113,31 @@ class _Connection:
             prompt = check_prompt(data.get("prompt"), settings)
             session = parse_session(data.get("session", data.get("session_id")))
             config = parse_options(data.get("options"), settings)
+            stream = self.endpoint.pipe.stream(prompt, session=session, config=config)
             self.endpoint.slots.acquire()
         except WebError as exc:
             await self.refuse(exc, id=self.count)
             return
-        self.stop_requested = False
-        self.task = asyncio.ensure_future(self.run(self.count, prompt, session, config))
+        except PkNotebookError as exc:  # the pipeline is shutting down
+            await self.send({"type": "error", "id": self.count, "final": True,
+                             "error": error_dict(exc)})
+            return
+        self.stream = stream
+        self.task = asyncio.ensure_future(self.run(self.count, stream))
 
     async def refuse(self, exc: WebError, *, id: int | None = None, final: bool = True) -> None:
         await self.send({"type": "error", "id": id, "final": final, "error": exc.to_dict()})
 
-    async def run(self, id: int, prompt: str, session: str | None, config: Any) -> None:
+    async def run(self, id: int, stream: Stream) -> None:
         try:
             try:
-                stream = await open_stream(self.endpoint.pipe, prompt, session, config)
+                await stream.open()
             except Exception as exc:
                 log_unexpected(exc, "opening a WebSocket stream")
                 await self.send(
                     {"type": "error", "id": id, "final": True, "error": error_dict(exc)}
                 )
                 return
-            self.stream = stream
-            if self.stop_requested or self.broken:
-                stream.stop()
             await self.send({"type": "start", "id": id})
             try:
                 async for chunk in stream:
@@ -158,14 +158,12 @@ class _Connection:
                 pass  # on stream.result
             except Exception as exc:
                 log_unexpected(exc, "a WebSocket stream")
-            finally:
-                if not stream.ended:
-                    await stream.aclose()
-            data = result_dict(stream.result)
+            data = result_dict(await stream.wait_closed())
             if data["error"] is not None:
                 await self.send({"type": "error", "id": id, "final": False, "error": data["error"]})
             await self.send({"type": "result", "id": id, "result": data})
         finally:
+            await stream.aclose()
             self.stream = None
             self.endpoint.slots.release()
 

@@ -188,3 +188,17 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelSession]:
         yield session
     finally:
         session.close()
+
+
+@pytest.fixture
+def ip() -> Iterator[Any]:
+    """IPython's test shell with the extension loaded: the magics without a kernel."""
+    from IPython.testing.globalipapp import get_ipython
+
+    from pk_notebook.notebook import defaults as defaults_module
+
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "pk_notebook")
+    defaults_module.reset_defaults()
+    yield shell
+    shell.run_line_magic("unload_ext", "pk_notebook")

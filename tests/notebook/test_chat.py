@@ -106,7 +106,7 @@ async def test_stop_mid_stream_closes_the_provider_and_keeps_the_partial_reply()
     pipe, provider = make_pipe(Scenario(LONG), chunk_delay=0.01)
     chat = Chat(pipe, session_id="stop-me")
     task = asyncio.create_task(chat.send("Tell me everything"))
-    await wait_for(lambda: chat._stream is not None and len(chat._stream.text) > 20)
+    await wait_for(lambda: chat.active_stream is not None and len(chat.active_stream.text) > 20)
     assert chat.streaming
     assert not chat._stop_button.disabled and chat._send_button.disabled
 
@@ -146,7 +146,7 @@ async def test_cancelling_the_awaiting_code_stops_the_reply() -> None:
     pipe, provider = make_pipe(Scenario(LONG), chunk_delay=0.01)
     chat = Chat(pipe, session_id="interrupt")
     task = asyncio.create_task(chat.send("Go"))
-    await wait_for(lambda: chat._stream is not None and len(chat._stream.text) > 10)
+    await wait_for(lambda: chat.active_stream is not None and len(chat.active_stream.text) > 10)
     task.cancel()  # what Kernel > Interrupt does to `await chat.send(...)`
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -6,7 +6,6 @@ path and prints the answer as it arrives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,17 +18,6 @@ from pk_notebook.notebook.options import parse_cell_options
 from pk_notebook.notebook.transformer import RUNNER, rewrite_stream_cell
 from pk_notebook.providers import MockProvider
 from pk_notebook.runtime.types import UNSET
-
-
-@pytest.fixture
-def ip() -> Iterator[Any]:
-    from IPython.testing.globalipapp import get_ipython
-
-    shell = get_ipython()
-    shell.run_line_magic("load_ext", "pk_notebook")
-    defaults_module.reset_defaults()
-    yield shell
-    shell.run_line_magic("unload_ext", "pk_notebook")
 
 
 def cell_error(ip: Any, cell: str) -> str:
