@@ -26,6 +26,7 @@ from ..runtime.pipeline import Pipeline
 from ..runtime.store import StateStore
 from ..runtime.sync import run_sync
 from ..runtime.types import ProviderConfig
+from ..sessions.spec import describe_store, open_store
 
 DEFAULT_PROVIDER = "mock"
 
@@ -56,7 +57,7 @@ class NotebookDefaults:
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
             "system": self.config.system,
-            "store": self.store,
+            "store": describe_store(self.store),  # never a Redis password
             "timeout": self.timeout,
             "idle_timeout": self.idle_timeout,
         }
@@ -147,26 +148,6 @@ def _close_later(store: StateStore) -> None:
 
 
 _closing: set[asyncio.Task[None]] = set()
-
-
-def open_store(spec: str) -> StateStore:
-    """``"memory"``, ``"sqlite"`` (default file), ``"PATH.sqlite3"`` or ``"redis://..."``."""
-    from ..sessions.memory import MemoryStore
-    from ..sessions.sqlite import SQLiteStore
-
-    if spec == "memory":
-        return MemoryStore()
-    if spec == "sqlite":
-        return SQLiteStore()
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        from ..sessions.redis import RedisStore
-
-        return RedisStore.from_url(spec)
-    if spec.endswith((".sqlite", ".sqlite3", ".db")):
-        return SQLiteStore(spec)
-    raise ConfigurationError(
-        f"unknown store {spec!r}: use memory, sqlite, a path ending in .sqlite3, or redis://host:port/db"
-    )
 
 
 def _default_prices() -> dict[str, Any]:

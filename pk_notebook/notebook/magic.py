@@ -20,6 +20,7 @@ from IPython.display import display
 from ..runtime.errors import ConfigurationError, redact
 from ..runtime.sync import run_sync
 from ..runtime.types import UNSET, Message
+from ..sessions.spec import describe_store
 from .defaults import defaults, reset_defaults
 from .live import escape_markdown
 from .options import SUBCOMMANDS, cell_spec, config_spec, parse
@@ -116,7 +117,8 @@ class StreamMagics(Magics):
         sessions = run_sync(store.list_sessions())
         if not sessions:
             print(
-                f"no sessions in the {defaults().store} store yet (start one with %%stream -s NAME)"
+                f"no sessions in the {describe_store(defaults().store)} store yet "
+                "(start one with %%stream -s NAME)"
             )
             return
         width = max(len(s.session_id) for s in sessions)

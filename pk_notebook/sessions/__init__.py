@@ -6,6 +6,7 @@ the same (one test suite runs against each).
 
 from ..runtime.store import HistoryLimit, SessionInfo, StateStore
 from .memory import MemoryStore
+from .spec import describe_store, open_store
 from .sqlite import SQLiteStore, default_path
 
 # RedisStore is left out on purpose: `from pk_notebook.sessions import *` must work
@@ -17,6 +18,8 @@ __all__ = [
     "SessionInfo",
     "StateStore",
     "default_path",
+    "describe_store",
+    "open_store",
 ]
 
 

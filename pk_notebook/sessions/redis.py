@@ -46,7 +46,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..runtime.errors import (
     ConfigurationError,
@@ -57,6 +56,7 @@ from ..runtime.errors import (
 )
 from ..runtime.store import SessionInfo, StateStore, check_session_id
 from ..runtime.types import Message
+from .spec import safe_url
 from .ttl import parse_ttl
 
 try:
@@ -220,26 +220,6 @@ class _LoopClient:
     acquire: Any
     renew: Any
     release: Any
-
-
-def safe_url(url: str) -> str:
-    """``url`` without its password (in the authority or as ``?password=``)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-        query = urlencode(
-            [
-                (k, "***" if k.lower() == "password" else v)
-                for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            ]
-        )
-        return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
-    except ValueError:
-        return "<unparsable Redis URL>"
 
 
 class RedisStore(StateStore):

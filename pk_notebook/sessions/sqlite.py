@@ -421,18 +421,25 @@ class _SQLiteLease:
         doing = f"lock session {self.session_id!r}"
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         delay = _POLL_FIRST
+        attempting = False
         try:
-            while not await store._run(self._take, doing):
+            while True:
+                attempting = True
+                taken = await store._run(self._take, doing)
+                attempting = False
+                if taken:
+                    break
                 if deadline is not None and time.monotonic() >= deadline:
                     raise SessionBusy(self.session_id, self.timeout or 0.0)
                 pause = delay if deadline is None else min(delay, deadline - time.monotonic())
                 await asyncio.sleep(max(0.0, pause))
                 delay = min(delay * 1.5, _POLL_MAX)
-        except BaseException:
-            # A cancelled await does not stop an attempt already running in the worker:
-            # it may still take the lease. This release is queued behind it on the same
-            # thread, so it undoes that (by owner token; a no-op otherwise).
-            store._submit(self._release, f"release session {self.session_id!r}")
+        except asyncio.CancelledError:
+            if attempting:
+                # A cancelled await does not stop the attempt running in the worker: it
+                # may still take the lease. This release is queued behind it on the same
+                # thread, so it undoes that (by owner token; a no-op otherwise).
+                store._submit(self._release, f"release session {self.session_id!r}")
             raise
         store._held[self.session_id] = self.owner
         self._renewer = asyncio.ensure_future(self._renew())

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         default="memory",
-        help="session store: 'memory' or the path of a SQLite file (default: memory)",
+        help="session store, as in %%stream config --store: memory, sqlite (the default "
+        "file), sqlite:PATH, PATH.sqlite3 or redis://host:port/db (default: %(default)s)",
     )
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -143,10 +144,11 @@ async def _serve(args: argparse.Namespace, settings: Any) -> None:
     from ..providers import create_provider
     from ..runtime.middleware import ProviderMiddleware
     from ..runtime.pipeline import Pipeline
-    from ..sessions import MemoryStore, SQLiteStore
+    from ..sessions.spec import describe_store, open_store
     from .app import create_app
 
-    store = MemoryStore() if args.store == "memory" else SQLiteStore(args.store)
+    store = open_store(args.store)  # the same specs as %stream config --store
+    logger.info("sessions: %s", describe_store(args.store))
     pipe = Pipeline(ProviderMiddleware(create_provider(args.provider)), state_store=store)
     try:
         # The lifespan closes the pipeline and the store while the loop still runs:
