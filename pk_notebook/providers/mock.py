@@ -385,6 +385,3 @@ class MockProvider:
         self.calls.clear()
         self._fault_counts.clear()
 
-
-def scenarios_from(items: Sequence[Mapping[str, Any]]) -> list[Scenario]:
-    return [Scenario.from_dict(item) for item in items]

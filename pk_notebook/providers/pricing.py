@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from ..runtime.middleware import Price
+from ..runtime.pricing import Price, lookup_price
 
 __all__ = ["DEFAULT_PRICES", "PRICES_AS_OF", "Price", "lookup_price"]
 
@@ -54,18 +54,3 @@ DEFAULT_PRICES: Mapping[str, Price] = MappingProxyType(
         "gemini-2.0-flash*": Price(0.10, 0.40),
     }
 )
-
-
-def lookup_price(prices: Mapping[str, Price], model: str | None) -> Price | None:
-    """The price of ``model``: an exact key first, else the longest ``prefix*`` key."""
-    if not model:
-        return None
-    price = prices.get(model)
-    if price is not None:
-        return price
-    best: Price | None = None
-    best_length = -1
-    for pattern, candidate in prices.items():
-        if pattern.endswith("*") and model.startswith(pattern[:-1]) and len(pattern) > best_length:
-            best, best_length = candidate, len(pattern)
-    return best

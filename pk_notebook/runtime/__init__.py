@@ -27,13 +27,16 @@ from .errors import (
 from .middleware import (
     LoggingMiddleware,
     Middleware,
-    Price,
     ProviderMiddleware,
     RetryPolicy,
     UsageMiddleware,
 )
 from .pipeline import (
     Pipeline,
+)
+from .pricing import (
+    Price,
+    lookup_price,
 )
 from .provider import (
     Provider,
@@ -57,6 +60,7 @@ from .text import (
     iter_lines,
 )
 from .types import (
+    CallInfo,
     Chunk,
     Delta,
     Finish,
@@ -71,6 +75,7 @@ from .types import (
 
 __all__ = [
     "AuthenticationError",
+    "CallInfo",
     "Chunk",
     "ConfigurationError",
     "Delta",
@@ -114,6 +119,7 @@ __all__ = [
     "UsageMiddleware",
     "coalesce",
     "iter_lines",
+    "lookup_price",
     "redact",
     "run_sync",
 ]

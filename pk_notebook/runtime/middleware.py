@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from .errors import ConfigurationError, ProtocolError, RateLimitError, StreamError
+from .pricing import Price, lookup_price
 from .provider import Provider
 from .types import Delta, Finish, ProviderConfig, ProviderEvent, Request, Usage
 
@@ -66,8 +67,6 @@ class RetryPolicy:
         ceiling = min(self.max_backoff, self.initial_backoff * (2 ** (attempt - 1)))
         return random.uniform(0, ceiling) if self.jitter else ceiling
 
-
-NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 class ProviderMiddleware:
@@ -159,17 +158,6 @@ def bad_piece(event: object) -> ProtocolError:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
-    """US dollars per million tokens."""
-
-    input: float
-    output: float
-
-    def cost(self, usage: Usage) -> float:
-        return (usage.input_tokens * self.input + usage.output_tokens * self.output) / 1_000_000
-
-
 @dataclass
 class UsageTotals:
     """What a :class:`UsageMiddleware` has counted so far."""
@@ -192,16 +180,7 @@ class UsageMiddleware:
         self.totals = UsageTotals()
 
     def price_for(self, model: str | None) -> Price | None:
-        if not model:
-            return None
-        if model in self.prices:
-            return self.prices[model]
-        best: tuple[int, Price] | None = None
-        for pattern, price in self.prices.items():
-            if pattern.endswith("*") and model.startswith(pattern[:-1]):
-                if best is None or len(pattern) > best[0]:
-                    best = (len(pattern), price)
-        return best[1] if best else None
+        return lookup_price(self.prices, model)
 
     async def __call__(self, request: Request, call_next: CallNext) -> AsyncIterator[ProviderEvent]:
         async for event in call_next(request):
@@ -216,11 +195,12 @@ class UsageMiddleware:
             totals.unpriced_calls += 1
             return
         totals.usage = totals.usage + finish.usage
-        price = self.price_for(finish.model or request.call.model)
-        if price is None:
-            totals.unpriced_calls += 1
-            return
-        finish.cost = price.cost(finish.usage)
+        if finish.cost is None:  # a provider with its own prices= has set it already
+            price = self.price_for(finish.model or request.call.model)
+            if price is None:
+                totals.unpriced_calls += 1
+                return
+            finish.cost = price.cost(finish.usage)
         totals.cost += finish.cost
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the seed's chunk-processing patterns, done so that no text is lost.
+"""Chunk-processing helpers (lines, batches, throttled display), done so that no text is lost.
 
 - :func:`iter_lines`: complete lines as they arrive, the last partial line at the end.
 - :func:`coalesce`: batches of text for a slow consumer (a UI), never dropping any.

@@ -1,8 +1,8 @@
 """Server-Sent Events: safe framing, and one driver that runs a stream over HTTP.
 
 Framing: every payload is JSON, so newlines, ``data:`` inside the text, and any
-Unicode arrive intact (the seed's ``fmt.Fprintf(w, "data: %s", text)`` breaks on
-the first newline). Lines are never split by content.
+Unicode arrive intact (writing raw text after ``data:`` breaks on the first
+newline). Lines are never split by content.
 
 The driver (:func:`run_sse`) adapts one turn (a :class:`Stream`, not yet opened)
 to one HTTP response:

@@ -17,8 +17,9 @@ when it failed before its first chunk (or was refused). Prompts on a connection
 run one at a time; one sent while another runs is refused (``"type": "Busy"``).
 
 The handshake is checked before it is accepted: the page's ``Origin`` must be
-allowed (cross-site WebSocket hijacking is the classic hole: the seed's
-upgrader accepts every origin) and the token, if any, must match.
+allowed (cross-site WebSocket hijacking is the classic hole: an upgrader that
+accepts every origin lets any page drive the server) and the token, if any,
+must match.
 """
 
 from __future__ import annotations

@@ -248,3 +248,29 @@ async def test_any_object_with_the_provider_protocol_plugs_in() -> None:
     assert (await pipe.execute("user", "a b c")).text == "a b c "
     with pytest.raises(ConfigurationError, match="not a provider"):
         ProviderMiddleware(object())  # type: ignore[arg-type]
+
+
+async def test_a_cost_is_computed_once_where_provider_and_middleware_both_have_prices() -> None:
+    from pk_notebook import Price, UsageMiddleware
+    from pk_notebook.providers.pricing import lookup_price as provider_lookup
+
+    # one lookup function, wherever it is imported from
+    from pk_notebook.runtime.pricing import lookup_price
+
+    assert provider_lookup is lookup_price
+    cheap = {"mock-*": Price(1.0, 1.0)}
+    dear = {"mock-*": Price(1000.0, 1000.0)}
+
+    class PricedMock(MockProvider):
+        async def stream(self, request):  # type: ignore[no-untyped-def]
+            async for event in super().stream(request):
+                if isinstance(event, Finish) and event.usage is not None:
+                    event.cost = lookup_price(cheap, event.model).cost(event.usage)  # type: ignore[union-attr]
+                yield event
+
+    usage = UsageMiddleware(dear)
+    pipe = Pipeline(usage, ProviderMiddleware(PricedMock.scripted("one two", model="mock-1")))
+    result = await pipe.execute("user", "x")
+    assert result.cost is not None and result.cost == usage.totals.cost
+    assert result.cost == Price(1.0, 1.0).cost(result.usage)  # type: ignore[arg-type]
+    await pipe.shutdown()
