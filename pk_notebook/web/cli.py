@@ -15,7 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .settings import LOOPBACK_HOSTS
+from .settings import LOOPBACK_HOSTS, WebSettings
+
+# The server's defaults live on WebSettings; the command line shows and uses the same.
+DEFAULTS = WebSettings()
 
 logger = logging.getLogger("pk_notebook")
 
@@ -71,25 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-concurrent",
         type=int,
-        default=64,
+        default=DEFAULTS.max_concurrent,
         help="streams running at once; more get HTTP 503 (default: %(default)s)",
     )
     serve.add_argument(
         "--max-prompt-chars",
         type=int,
-        default=32_000,
+        default=DEFAULTS.max_prompt_chars,
         help="longest accepted prompt (default: %(default)s)",
     )
     serve.add_argument(
         "--max-body-bytes",
         type=int,
-        default=256 * 1024,
+        default=DEFAULTS.max_body_bytes,
         help="largest accepted request body (default: %(default)s)",
     )
     serve.add_argument(
         "--heartbeat",
         type=float,
-        default=15.0,
+        default=DEFAULTS.heartbeat,
         help="seconds between SSE keep-alive comments (default: %(default)s)",
     )
     serve.add_argument(
@@ -110,8 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from .settings import WebSettings
-
     token = args.token or os.environ.get("PK_NOTEBOOK_TOKEN") or None
     hosts = list(args.allow_host)
     if not hosts:

@@ -126,3 +126,15 @@ async def test_serve_streams_with_token_and_sqlite_store(tmp_path: Path) -> None
         await store.aclose()
     assert [m.role for m in history] == ["user", "assistant"]
     assert history[1].content == result["text"]
+
+
+def test_the_command_line_defaults_are_the_settings_defaults() -> None:
+    from pk_notebook.web.cli import build_parser
+    from pk_notebook.web.settings import WebSettings
+
+    args = build_parser().parse_args(["serve"])
+    defaults = WebSettings()
+    assert args.max_concurrent == defaults.max_concurrent
+    assert args.max_prompt_chars == defaults.max_prompt_chars
+    assert args.max_body_bytes == defaults.max_body_bytes
+    assert args.heartbeat == defaults.heartbeat
