@@ -17,7 +17,9 @@ a cancelled lease attempt runs after it, so a cancelled wait leaves no lease.
 
 A turn is saved only while this store still holds the session's lease (the
 append checks the lease row in the same transaction): a turn whose lease ran out
-and was taken by another process is refused, as the Redis store refuses it.
+and was taken by another process is refused, as the Redis store refuses it. A lease
+that ran out but that nobody took still holds our token: that turn is saved, since
+no other turn can have read the history in between.
 """
 
 from __future__ import annotations
