@@ -4,23 +4,25 @@ Kept apart from :mod:`pk_notebook.notebook.chat` (behaviour) so the look can be
 changed without touching streaming code. Every colour and font is a JupyterLab
 CSS variable, so the widget follows the light and dark themes; assistant text
 carries ``jp-RenderedHTMLCommon`` so Markdown looks exactly like a Markdown
-cell. All selectors are scoped under ``.pk-chat``.
+cell. All selectors are scoped under ``.pk-chat``. The answer's HTML comes from
+:func:`~pk_notebook.notebook.markdown.render_markdown` (the same rules as the
+cell: raw HTML shown as text, dangerous links not links, math kept as its TeX
+source in ``.pk-math``), and the marker words from
+:data:`~pk_notebook.notebook.status.STATUS_TEXT` (the same as the status line).
 """
 
 from __future__ import annotations
 
 import html
 
-from ..runtime.types import StreamStatus
 from .markdown import escape_text, highlight_css, render_markdown
+from .status import STATUS_TEXT, StatusText
 
 SCOPE = ".pk-chat"
 
-_MARKERS = {
-    StreamStatus.STOPPED.value: ("stopped", "Stopped: the reply is incomplete."),
-    StreamStatus.FAILED.value: ("failed", "The reply failed part-way."),
-    StreamStatus.TIMED_OUT.value: ("timed out", "The reply timed out."),
-    StreamStatus.TRUNCATED.value: ("cut off", "The connection ended before the reply did."),
+# Statuses that get a marker under the reply: every one with a note in the cell.
+_MARKERS: dict[str, StatusText] = {
+    status.value: text for status, text in STATUS_TEXT.items() if text.title
 }
 
 _CSS = """
@@ -140,6 +142,14 @@ _CSS = """
   border: 1px solid color-mix(in srgb, var(--jp-warn-color1) 40%, transparent);
   align-self: flex-start;
 }
+.pk-chat .pk-math { overflow-wrap: anywhere; }
+.pk-chat .pk-math-display {
+  display: block;
+  margin: 0.5em 0;
+  text-align: center;
+  white-space: pre-wrap;
+  overflow-x: auto;
+}
 .pk-typing span {
   display: inline-block;
   width: 6px; height: 6px; margin-right: 4px;
@@ -245,11 +255,11 @@ def assistant_html(text: str, *, status: str | None = None, streaming: bool = Fa
     else:
         body = '<p class="pk-empty-answer"><em>(no text)</em></p>'
     marker = ""
-    if status in _MARKERS:
-        label, why = _MARKERS[status]
+    if status is not None and status in _MARKERS:
+        words = _MARKERS[status]
         marker = (
-            f'<span class="pk-marker pk-marker-{status}" title="{html.escape(why)}">'
-            f"&#9632; {label}</span>"
+            f'<span class="pk-marker pk-marker-{status}" title="{html.escape(words.why)}">'
+            f"{html.escape(words.icon)} {html.escape(words.label)}</span>"
         )
     return (
         '<div class="pk-msg pk-msg-assistant"><div class="pk-role">Assistant</div>'
@@ -259,7 +269,8 @@ def assistant_html(text: str, *, status: str | None = None, streaming: bool = Fa
 
 def marker_label(status: str) -> str:
     """The short word shown for an interrupted message's status (``"stopped"``...)."""
-    return _MARKERS.get(status, (status, ""))[0]
+    words = _MARKERS.get(status)
+    return words.label if words else status
 
 
 def notice_html(message: str) -> str:

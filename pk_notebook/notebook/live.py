@@ -38,11 +38,12 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..runtime.text import Throttle
-from .markdown import neutralize_html
+from .markdown import close_open_fence, safe_markdown
+from .markdown import escape_markdown as escape_markdown  # re-exported: magic.py uses it
+from .status import Note as Note  # re-exported: runner.py uses it
 
 logger = logging.getLogger("pk_notebook")
 
@@ -123,50 +124,6 @@ _CELLS: dict[str, list[LiveOutput]] = {}
 # --- the final output -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Note:
-    """A line under the answer: why it is incomplete, or what to watch out for."""
-
-    icon: str
-    title: str
-    detail: str = ""
-
-    def markdown(self) -> str:
-        detail = f" {escape_markdown(self.detail)}" if self.detail else ""
-        return f"> {self.icon} **{escape_markdown(self.title)}**{detail}"
-
-    def plain(self) -> str:
-        return f"{self.icon} {self.title}" + (f" {self.detail}" if self.detail else "")
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
-
-
-def escape_markdown(text: str) -> str:
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
-
-
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
-
-
-def close_open_fence(text: str) -> str:
-    """``text`` with a closing fence added if it stops inside a fenced code block.
-
-    A stopped answer often ends mid-code; without this, the note under it would
-    be rendered as code.
-    """
-    opener: str | None = None
-    for match in _FENCE.finditer(text):
-        fence = match.group(1)
-        if opener is None:
-            opener = fence
-        elif fence[0] == opener[0] and len(fence) >= len(opener):
-            opener = None
-    if opener is None:
-        return text
-    return text + ("" if text.endswith("\n") else "\n") + opener
-
-
 def code_block(text: str, lang: str | None) -> str:
     """Fence ``text`` as code; an answer that is already one fenced block is kept."""
     stripped = text.strip()
@@ -188,7 +145,10 @@ def render_bundle(
         plain = (text.rstrip("\n") + "\n\n" if text else "") + "\n".join(n.plain() for n in notes)
     if format == "text":
         return {"text/plain": plain}
-    body = code_block(text, lang) if format == "code" else close_open_fence(neutralize_html(text))
+    # One sanitiser for every Markdown body, live or final (see markdown.py): raw HTML
+    # inert, dangerous links defused, math intact. A "code" answer that was already
+    # one fenced block may carry more after its fence, so it is checked too.
+    body = safe_markdown(code_block(text, lang) if format == "code" else close_open_fence(text))
     if notes:
         body = (body.rstrip("\n") + "\n\n" if body.strip() else "") + "\n>\n".join(
             n.markdown() for n in notes
