@@ -46,7 +46,7 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from ..runtime.errors import UsageError
+from ..runtime.errors import ConfigurationError, UsageError
 from ..runtime.pipeline import Pipeline
 from ..runtime.store import check_session_id
 from ..runtime.stream import Stream
@@ -94,6 +94,20 @@ class Chat(widgets.VBox):
         0.05,
         help="Seconds between two front-end refreshes of a streaming reply (20/s at most).",
     )
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Chat:
+        # No pipeline given: the notebook's must be buildable (e.g. its provider's key
+        # set), said in one line. Checked before the widget exists, because a widget
+        # whose __init__ fails is still closed by its __del__, on a half-built chat.
+        if (args[0] if args else kwargs.get("pipeline")) is None:
+            from .defaults import default_pipeline
+            from .options import usage_error
+
+            try:
+                default_pipeline()
+            except ConfigurationError as exc:
+                raise usage_error(exc) from None
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(
         self,

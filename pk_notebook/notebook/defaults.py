@@ -27,8 +27,13 @@ from ..runtime.store import StateStore
 from ..runtime.sync import run_sync
 from ..runtime.types import ProviderConfig
 from ..sessions.spec import describe_store, open_store
+from .interpolate import DEFAULT_MAX_CHARS
 
 DEFAULT_PROVIDER = "mock"
+
+# Settings that shape the prompt only: changing them keeps the pipeline (and its
+# HTTP client) as it is.
+_PROMPT_SETTINGS = frozenset({"max_var_chars"})
 
 logger = logging.getLogger("pk_notebook")
 
@@ -44,6 +49,7 @@ class NotebookDefaults:
     store: str = "memory"
     timeout: float | None = None
     idle_timeout: float | None = 30.0
+    max_var_chars: int = DEFAULT_MAX_CHARS  # a {name} value longer than this is cut
     provider_options: dict[str, Any] = field(default_factory=dict)
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _store: StateStore | None = field(default=None, repr=False)
@@ -60,6 +66,7 @@ class NotebookDefaults:
             "store": describe_store(self.store),  # never a Redis password
             "timeout": self.timeout,
             "idle_timeout": self.idle_timeout,
+            "max_var_chars": self.max_var_chars,
         }
 
     def state_store(self) -> StateStore:
@@ -122,8 +129,9 @@ class NotebookDefaults:
             if not hasattr(self, key) or key.startswith("_"):
                 raise ConfigurationError(f"unknown setting {key!r}")
             setattr(self, key, value)
-        self._pipeline = None
-        self._others = {}
+        if config_changes or set(changes) - _PROMPT_SETTINGS:
+            self._pipeline = None
+            self._others = {}
 
 
 def _close_later(store: StateStore) -> None:

@@ -11,21 +11,35 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shlex
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
-from ..runtime.errors import ConfigurationError, redact
+from ..runtime.errors import ConfigurationError, PkNotebookError
+from ..runtime.pipeline import Pipeline
+from ..runtime.store import StateStore
 from ..runtime.sync import run_sync
 from ..runtime.types import UNSET, Message
 from ..sessions.spec import describe_store
 from .defaults import defaults, reset_defaults
 from .live import escape_markdown
-from .options import SUBCOMMANDS, cell_spec, config_spec, parse
+from .options import (
+    SUBCOMMANDS,
+    cell_spec,
+    config_spec,
+    history_spec,
+    parse,
+    reset_spec,
+    sessions_spec,
+    usage_error,
+)
 from .runner import last_result, run_cell_sync
 from .status import format_status
+
+T = TypeVar("T")
 
 LINE_HELP = """Settings and sessions for ``%%stream`` (and ``Chat``).
 
@@ -37,11 +51,13 @@ LINE_HELP = """Settings and sessions for ``%%stream`` (and ``Chat``).
     %stream sessions                    list the sessions in the store
     %stream history [ID]                show a session (default: the last cell's session)
     %stream reset [ID]                  forget a session (default: the last cell's session)
+    %stream history ID --pipeline VAR   the same for a pipeline's store (also sessions, reset)
     %stream providers                   the providers you can use
     %stream last                        status line of the last %%stream cell
 
-``%stream config --help`` lists every setting. To ask a question, use the cell
-magic: ``%%stream`` on the first line, the prompt below (``%%stream --help``).
+``%stream config --help`` lists every setting (``%stream history --help``, ...).
+To ask a question, use the cell magic: ``%%stream`` on the first line, the
+prompt below (``%%stream --help``).
 """
 
 
@@ -75,6 +91,9 @@ class StreamMagics(Magics):
 
     def _config(self, rest: str) -> None:
         args = parse(config_spec, rest)
+        if args.help:
+            print(config_spec.__doc__)
+            return
         if args.reset:
             reset_defaults()
         changes: dict[str, Any] = {}
@@ -96,6 +115,8 @@ class StreamMagics(Magics):
             changes["timeout"] = args.timeout
         if args.idle_timeout is not UNSET:
             changes["idle_timeout"] = args.idle_timeout
+        if args.max_var_chars is not None:
+            changes["max_var_chars"] = args.max_var_chars
         settings = defaults()
         if changes:
             try:
@@ -104,22 +125,22 @@ class StreamMagics(Magics):
                 settings.update(**changes)
                 if "store" in changes:
                     settings.state_store()  # fail now, not in the next cell
-            except ConfigurationError as exc:
-                raise UsageError(redact(str(exc))) from None
+            except (ConfigurationError, PkNotebookError) as exc:
+                raise usage_error(exc) from None
         described = settings.describe()
         width = max(len(k) for k in described)
         lines = [f"{key:<{width}}  {_show(value)}" for key, value in described.items()]
         print("\n".join(lines))
 
     def _sessions(self, rest: str) -> None:
-        _no_arguments("sessions", rest)
-        store = defaults().state_store()
-        sessions = run_sync(store.list_sessions())
+        args = parse(sessions_spec, rest)
+        if args.help:
+            print(sessions_spec.__doc__)
+            return
+        store, where = self._store(args.pipeline)
+        sessions = _call_store(store.list_sessions(), where)
         if not sessions:
-            print(
-                f"no sessions in the {describe_store(defaults().store)} store yet "
-                "(start one with %%stream -s NAME)"
-            )
+            print(f"no sessions in {where} yet (start one with %%stream -s NAME)")
             return
         width = max(len(s.session_id) for s in sessions)
         rows = [f"{'session':<{width}}  messages  last used"]
@@ -129,10 +150,15 @@ class StreamMagics(Magics):
         print("\n".join(rows))
 
     def _history(self, rest: str) -> None:
-        session = self._session_arg("history", rest)
-        messages: list[Message] = run_sync(defaults().state_store().load(session))
+        args = parse(history_spec, rest)
+        if args.help:
+            print(history_spec.__doc__)
+            return
+        session = self._session_arg("history", args.session)
+        store, where = self._store(args.pipeline)
+        messages: list[Message] = _call_store(store.load(session), where)
         if not messages:
-            print(f"session {session!r} has no messages")
+            print(f"session {session!r} has no messages in {where}")
             return
         md, plain = [], []
         for message in messages:
@@ -144,8 +170,13 @@ class StreamMagics(Magics):
         )
 
     def _reset(self, rest: str) -> None:
-        session = self._session_arg("reset", rest)
-        existed = run_sync(defaults().state_store().delete(session))
+        args = parse(reset_spec, rest)
+        if args.help:
+            print(reset_spec.__doc__)
+            return
+        session = self._session_arg("reset", args.session)
+        store, where = self._store(args.pipeline)
+        existed = _call_store(store.delete(session), where)
         print(f"session {session!r} {'forgotten' if existed else 'did not exist'}")
 
     def _providers(self, rest: str) -> None:
@@ -177,19 +208,32 @@ class StreamMagics(Magics):
             return
         print(format_status(result))
 
-    def _session_arg(self, command: str, rest: str) -> str:
-        try:
-            words = shlex.split(rest)
-        except ValueError as exc:
-            raise UsageError(f"cannot read {rest!r}: {exc}") from None
-        if len(words) > 1:
-            raise UsageError(f"%stream {command} takes one session id, got {len(words)}: {rest}")
-        if words:
-            return words[0]
+    def _session_arg(self, command: str, session: str | None) -> str:
+        if session:
+            return session
         result = last_result()
         if result is None or result.session_id is None:
             raise UsageError(f"name the session: %stream {command} ID (see %stream sessions)")
         return result.session_id
+
+    def _store(self, pipeline: str | None) -> tuple[StateStore, str]:
+        """The store ``--pipeline VAR`` names (or the notebook's), and words for it."""
+        if pipeline is None:
+            settings = defaults()
+            try:
+                return settings.state_store(), f"the {describe_store(settings.store)} store"
+            except (ConfigurationError, PkNotebookError, OSError) as exc:
+                raise usage_error(exc) from None
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        if pipeline not in namespace:
+            raise UsageError(f"--pipeline {pipeline}: there is no variable {pipeline!r}")
+        value = namespace[pipeline]
+        if not isinstance(value, Pipeline):
+            raise UsageError(
+                f"--pipeline {pipeline}: expected a pk_notebook Pipeline, "
+                f"got {type(value).__name__}"
+            )
+        return value.state_store, f"{pipeline}'s store"
 
 
 StreamMagics.stream_cell.__doc__ = cell_spec.__doc__
@@ -199,6 +243,19 @@ StreamMagics.stream_line.__doc__ = LINE_HELP  # type: ignore[assignment]
 def _no_arguments(command: str, rest: str) -> None:
     if rest.strip():
         raise UsageError(f"%stream {command} takes no arguments, got {rest.strip()!r}")
+
+
+def _call_store(call: Coroutine[Any, Any, T], where: str) -> T:
+    """Run one store call; a store that is down or broken is one line, not a traceback."""
+    try:
+        return run_sync(call)
+    except (PkNotebookError, OSError) as exc:
+        hint = (
+            " Or use another store: %stream config --store memory"
+            if where.startswith("the ")
+            else ""
+        )
+        raise UsageError(usage_error(exc).args[0] + hint) from None
 
 
 def _check_provider(spec: str) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..runtime.errors import ConfigurationError
+from ..runtime.errors import ConfigurationError, redact
 from ..runtime.store import check_session_id
 from ..runtime.types import UNSET, ProviderConfig
-from .interpolate import RULE
+from .interpolate import DEFAULT_MAX_CHARS, RULE
 from .live import FORMATS, SURFACES
 
 SUBCOMMANDS = ("config", "sessions", "history", "reset", "providers", "last")
@@ -179,9 +179,54 @@ cell_spec.__doc__ = (cell_spec.__doc__ or "").replace("RULE_PLACEHOLDER", RULE)
     metavar="S",
     help="time limit without content ('none': no limit)",
 )
+@argument(
+    "--max-var-chars",
+    type=positive_int,
+    metavar="N",
+    help=f"cut each {{name}} value in a prompt after N characters (default {DEFAULT_MAX_CHARS})",
+)
 @argument("--reset", action="store_true", help="forget every setting (back to the defaults)")
+@argument("-h", "--help", action="store_true", help="show this help")
 def config_spec(line: str = "") -> None:
-    """Show (no options) or change the notebook's defaults for ``%%stream`` and ``Chat``."""
+    """Show (no options) or change the notebook's defaults for ``%%stream`` and ``Chat``.
+
+    ::
+
+        %stream config                                  show every setting
+        %stream config --provider openai:gpt-4o-mini -t 0.3
+        %stream config --store sqlite                   keep sessions across restarts
+        %stream config --reset                          back to the defaults
+    """
+
+
+_PIPELINE_HELP = (
+    "the Pipeline object in VAR (as in %%%%stream --pipeline VAR): its store, "
+    "instead of the notebook's"
+)
+_SESSION_HELP = "the session (default: the last %%%%stream cell's session)"
+
+
+@magic_arguments(name="stream sessions")
+@argument("--pipeline", type=identifier, metavar="VAR", help=_PIPELINE_HELP)
+@argument("-h", "--help", action="store_true", help="show this help")
+def sessions_spec(line: str = "") -> None:
+    """List the sessions in the store (``%stream config --store``, or a pipeline's)."""
+
+
+@magic_arguments(name="stream history")
+@argument("session", nargs="?", metavar="ID", help=_SESSION_HELP)
+@argument("--pipeline", type=identifier, metavar="VAR", help=_PIPELINE_HELP)
+@argument("-h", "--help", action="store_true", help="show this help")
+def history_spec(line: str = "") -> None:
+    """Show the messages of a session."""
+
+
+@magic_arguments(name="stream reset")
+@argument("session", nargs="?", metavar="ID", help=_SESSION_HELP)
+@argument("--pipeline", type=identifier, metavar="VAR", help=_PIPELINE_HELP)
+@argument("-h", "--help", action="store_true", help="show this help")
+def reset_spec(line: str = "") -> None:
+    """Forget a session: delete its messages from the store."""
 
 
 @dataclass(frozen=True)
@@ -217,10 +262,21 @@ def parse(spec: Any, line: str) -> argparse.Namespace:
     try:
         return spec.parser.parse_args(shlex.split(line))
     except UsageError as exc:
-        name = "%%stream" if spec is cell_spec else "%stream config"
+        name = "%%stream" if spec is cell_spec else f"%{spec.parser.prog}"
         raise UsageError(f"{exc} (see {name} --help)") from None
     except ValueError as exc:  # unbalanced quotes, from the shell-like splitter
         raise UsageError(f"cannot read the options {line!r}: {exc}") from None
+
+
+def usage_error(exc: BaseException) -> UsageError:
+    """``exc`` as IPython's ``UsageError``: one line, no traceback, no key.
+
+    IPython shows a traceback for every exception except ``UsageError`` itself
+    (not even a subclass), so the notebook layer turns a user's mistake or a
+    missing service into exactly that class at its boundary (magics, ``Chat()``).
+    """
+    text = " ".join(redact(str(exc)).split()) or type(exc).__name__
+    return UsageError(text)
 
 
 def parse_cell_options(line: str) -> CellOptions:

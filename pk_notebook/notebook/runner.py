@@ -23,7 +23,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -34,7 +34,7 @@ from ..runtime.stream import Stream
 from ..runtime.sync import run_sync
 from ..runtime.types import UNSET, Result, StreamStatus
 from .defaults import defaults
-from .interpolate import InterpolationError, interpolate
+from .interpolate import InterpolationError, Substitution, substitute
 from .live import LiveOutput, Note
 from .options import CellOptions, cell_spec, parse_cell_options
 from .status import format_status
@@ -68,6 +68,8 @@ class CellRun:
     live: LiveOutput | None = None
     result: Result | None = None
     stop_requested: bool = False
+    # What ``{name}`` placeholders put into the prompt (see interpolate.describe_substitutions).
+    substitutions: list[Substitution] = field(default_factory=list)
 
     # --- setup: everything that can be a usage error happens before any output ------
 
@@ -79,13 +81,15 @@ class CellRun:
             print_help()
             return None
         namespace = shell.user_ns if shell is not None else {}
+        substitutions: list[Substitution] = []
         if options.raw:
             prompt = cell
         else:
             try:
-                prompt = interpolate(cell, namespace)
+                interpolated = substitute(cell, namespace, max_chars=defaults().max_var_chars)
             except InterpolationError as exc:
                 raise UsageError(str(exc)) from None
+            prompt, substitutions = interpolated.text, interpolated.substitutions
         if not prompt.strip():
             raise UsageError(
                 "the cell has no prompt: write your question on the lines under %%stream"
@@ -99,7 +103,9 @@ class CellRun:
             if surface == "widget":
                 # A blocked cell cannot receive a button click: offer Interrupt only.
                 surface = "display"
-        return cls(shell, options, prompt.strip("\n"), pipeline, surface)
+        return cls(
+            shell, options, prompt.strip("\n"), pipeline, surface, substitutions=substitutions
+        )
 
     # --- the run ----------------------------------------------------------------------
 

@@ -177,9 +177,10 @@ def test_config_shows_and_sets_defaults(ip: Any, capsys: pytest.CaptureFixture[s
     )
     shown = capsys.readouterr().out
     assert (
-        "provider      mock" in shown
-        and "temperature   0.3" in shown
-        and "idle_timeout  -" in shown
+        "provider       mock" in shown
+        and "temperature    0.3" in shown
+        and "idle_timeout   -" in shown
+        and "max_var_chars  2000" in shown
     )
     settings = defaults_module.defaults()
     assert (
@@ -295,3 +296,108 @@ def test_config_store_redis_keeps_sessions_in_redis(
     stored = run_sync(other.load(session))
     run_sync(other.aclose())
     assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
+
+
+# --- issue 13: interpolation, one-line errors, --pipeline for the line commands ----------
+
+
+def test_config_help_lists_every_setting(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("stream", "config --help")
+    text = capsys.readouterr().out
+    for setting in defaults_module.defaults().describe():
+        assert "--" + setting.replace("_", "-") in text, setting
+    assert "--reset" in text and "--max-var-chars N" in text
+
+
+@pytest.mark.parametrize("command", ["sessions", "history", "reset"])
+def test_line_commands_have_help(ip: Any, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    ip.run_line_magic("stream", f"{command} --help")
+    assert "--pipeline VAR" in capsys.readouterr().out
+
+
+def test_cell_values_are_capped_and_the_limit_is_a_setting(ip: Any) -> None:
+    provider = MockProvider.scripted("ok", "ok")
+    ip.user_ns["pipe"] = Pipeline(ProviderMiddleware(provider))
+    ip.user_ns["table"] = "x" * 48_311
+    assert ip.run_cell("%%stream --pipeline pipe\nSummarise {table}").success
+    assert provider.calls[-1].request.prompt == (
+        "Summarise " + "x" * 2000 + "…[cut: 2,000 of 48,311 characters]"
+    )
+    ip.run_line_magic("stream", "config --max-var-chars 10")
+    assert defaults_module.defaults().max_var_chars == 10
+    assert ip.run_cell("%%stream --pipeline pipe\nSummarise {table}").success
+    assert provider.calls[-1].request.prompt == (
+        "Summarise xxxxxxxxxx…[cut: 10 of 48,311 characters]"
+    )
+    with pytest.raises(UsageError, match="must be at least 1"):
+        ip.run_line_magic("stream", "config --max-var-chars 0")
+
+
+def test_pasted_code_in_a_cell_is_sent_as_typed_and_prose_is_reported(ip: Any) -> None:
+    from pk_notebook.notebook.interpolate import describe_substitutions
+    from pk_notebook.notebook.runner import CellRun
+
+    provider = MockProvider.scripted("ok")
+    ip.user_ns.update(
+        pipe=Pipeline(ProviderMiddleware(provider)), name="Ada", i=3, df="frame", city="Rome"
+    )
+    cell = (
+        "In {city}, why does this fail?\n"
+        "```python\n"
+        'print(f"Hello {name}, row {i}: {df}")\n'
+        "```\n"
+        "and what does `{name!r}` or `{name}` print?\n"
+    )
+    assert ip.run_cell("%%stream --pipeline pipe\n" + cell).success
+    assert provider.calls[-1].request.prompt == "In Rome" + cell.strip("\n")[len("In {city}") :]
+    run = CellRun.prepare(ip, "--pipeline pipe", cell)
+    assert run is not None
+    assert describe_substitutions(run.substitutions) == "substituted {city} (4 chars)"
+    raw = CellRun.prepare(ip, "--pipeline pipe --raw", cell)
+    assert raw is not None and raw.substitutions == [] and raw.prompt == cell.strip("\n")
+
+
+def test_store_down_is_one_line_for_every_line_command(ip: Any) -> None:
+    ip.run_line_magic("stream", "config --store redis://127.0.0.1:1/0")
+    for command in ("sessions", "history some-session", "reset some-session"):
+        result = ip.run_cell(f"%stream {command}")
+        error = result.error_in_exec
+        assert type(error) is UsageError, (command, error)  # exactly: IPython shows no traceback
+        text = str(error)
+        assert "redis://127.0.0.1:1/0" in text and "\n" not in text
+        assert "%stream config --store memory" in text
+
+
+def test_line_commands_take_a_pipeline(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    provider = MockProvider.scripted("first answer")
+    ip.user_ns["pipe"] = Pipeline(ProviderMiddleware(provider))
+    assert ip.run_cell("%%stream --pipeline pipe -s side\nhello").success
+    capsys.readouterr()
+    ip.run_line_magic("stream", "sessions")
+    assert "no sessions in the memory store" in capsys.readouterr().out
+    ip.run_line_magic("stream", "sessions --pipeline pipe")
+    assert "side" in capsys.readouterr().out
+    ip.run_line_magic("stream", "history side --pipeline pipe")
+    assert "[assistant]\nfirst answer" in capsys.readouterr().out
+    ip.run_line_magic("stream", "history --pipeline pipe")  # the last cell's session
+    assert "[user]\nhello" in capsys.readouterr().out
+    ip.run_line_magic("stream", "reset side --pipeline pipe")
+    assert "forgotten" in capsys.readouterr().out
+    ip.run_line_magic("stream", "sessions --pipeline pipe")
+    assert "no sessions in pipe's store" in capsys.readouterr().out
+    ip.user_ns["notpipe"] = 42
+    with pytest.raises(UsageError, match="there is no variable 'nope'"):
+        ip.run_line_magic("stream", "sessions --pipeline nope")
+    with pytest.raises(UsageError, match="expected a pk_notebook Pipeline, got int"):
+        ip.run_line_magic("stream", "history x --pipeline notpipe")
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        ip.run_line_magic("stream", "reset a b")
+
+
+def test_chat_with_a_missing_key_is_one_line(ip: Any) -> None:
+    ip.run_line_magic("stream", "config --provider openai")
+    result = ip.run_cell("from pk_notebook import Chat\nchat = Chat()")
+    error = result.error_in_exec
+    assert type(error) is UsageError, error
+    assert "OPENAI_API_KEY" in str(error) and "\n" not in str(error)
+    assert "chat" not in ip.user_ns
