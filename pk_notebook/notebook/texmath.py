@@ -56,13 +56,17 @@ class MathSpan:
         return self.opener in ("\\(", "\\[")
 
 
-def _masked(text: str) -> str:
-    """``text`` with every ``$`` inside code replaced (same length), so code holds no math."""
+def _masked(text: str, latex: bool) -> str:
+    """``text`` with every ``$`` inside code replaced (same length), so code holds no math.
+
+    With ``latex`` backslashes in code are masked too (Jupyter masks only ``$``).
+    """
     if "`" not in text and "~~~" not in text:
         return text
+    table = str.maketrans("$\\", "~~") if latex else str.maketrans("$", "~")
 
     def blank(match: re.Match[str]) -> str:
-        return match.group(0).replace("$", "~")
+        return match.group(0).translate(table)
 
     return _CODE_SPAN.sub(blank, _FENCE.sub(blank, text))
 
@@ -80,7 +84,7 @@ def find_math(text: str, *, latex: bool = False) -> list[MathSpan]:
     end = ""
     last: re.Match[str] | None = None
     braces = 0
-    for token in _TOKENS.finditer(_masked(text)):
+    for token in _TOKENS.finditer(_masked(text, latex)):
         block = token.group(0)
         if block.startswith("@"):
             if start is None:
