@@ -28,8 +28,14 @@ in "math" is still harmless where math is not typeset (inside math the
 replacements are TeX's ``\\lt `` and ``\\lbrack ``, which typeset the same).
 After the escapes the answer is parsed again until nothing is found (escaping
 an HTML block's first ``<`` can reveal inline HTML on its next lines). Lastly a
-lenient net escapes any remaining tag-shaped ``<`` outside code, for renderers
-whose HTML grammar is looser than CommonMark's (JupyterLab uses marked).
+lenient net escapes any remaining tag-shaped ``<`` outside code and math, for
+renderers whose HTML grammar is looser than CommonMark's (JupyterLab uses marked).
+
+Cost: the live view re-renders the whole answer on every refresh, so each pass
+parses only what can matter (inline content holding ``<`` or ``[``; no
+emphasis). An answer without ``<`` or ``[`` is returned untouched without a
+parse; a 50 kB answer with links, code and math costs tens of milliseconds,
+about what the chat's full render costs.
 
 Math in the cell: Jupyter typesets ``$...$``, ``$$...$$``, ``\\\\(...\\\\)`` and
 ``\\\\[...\\\\]``, but shows LaTeX's single-backslash ``\\(x\\)`` as ``(x)``;
