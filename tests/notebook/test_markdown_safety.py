@@ -11,6 +11,7 @@ HTML is inspected as it is. URLs are judged after the decoding a browser does
 from __future__ import annotations
 
 import html
+import random
 import re
 import urllib.parse
 from html.parser import HTMLParser
@@ -295,3 +296,37 @@ def test_a_code_answer_cannot_smuggle_html_after_its_fence() -> None:
     answer = "```\nx\n```\n<img src=x onerror=alert(1)>"
     body = render_bundle(answer, format="code")["text/markdown"]
     assert_inert(permissive_html(body))
+
+
+# --- random markup ----------------------------------------------------------------------
+
+PIECES = [
+    "[", "]", "(", ")", "<", ">", "`", "``", "$", "$$", "\\", "\\(", "\\)", "\\[", "\\]", "!",
+    "\n", "\n\n", " ", "    ", "> ", "- ", "| ", "---", "```", "~~~", "#", "*", "_", ":", '"',
+    "javascript:", "JaVa&#9;script:", "&#106;avascript:", "data:", "vbscript:", "alert(1)",
+    "img src=x onerror=alert(1)", "a", "x", "1", "@@0@@", "<b>", "</b>", "<!--", "-->",
+    "[1]: ", "[x]", "(javascript:alert(1))", "<javascript:alert(1)>", "{", "}", "&lt;", "&",
+]  # fmt: skip
+
+
+def jupyter_view(markdown: str) -> str:
+    """The Markdown JupyterLab's parser reads: math cut out first (see texmath.py)."""
+    from pk_notebook.notebook.texmath import find_math
+
+    parts, last = [], 0
+    for i, span in enumerate(find_math(markdown)):
+        parts += [markdown[last : span.start], f"@@{i}@@"]
+        last = span.end
+    return "".join(parts) + markdown[last:]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_markup_is_always_inert_and_stable(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(400):
+        answer = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 25)))
+        body = safe_markdown(answer)
+        assert_inert(permissive_html(body))
+        assert_inert(permissive_html(jupyter_view(body)))
+        assert_inert(render_markdown(answer))
+        assert safe_markdown(body) == body, answer  # a second pass changes nothing
