@@ -185,6 +185,8 @@ class _Scan:
 
     def _block(self, token: Token) -> None:
         if token.map is None:
+            if token.type == "inline" and token.children:  # never seen; be safe, not sorry
+                raise LookupError("inline content without a source position")
             return
         first, last = token.map
         start = self.line_starts[first]
