@@ -330,3 +330,17 @@ def test_random_markup_is_always_inert_and_stable(seed: int) -> None:
         assert_inert(permissive_html(jupyter_view(body)))
         assert_inert(render_markdown(answer))
         assert safe_markdown(body) == body, answer  # a second pass changes nothing
+
+
+def test_if_the_analysis_fails_everything_is_escaped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pk_notebook.notebook import markdown
+
+    def broken(text: str) -> dict[int, str]:
+        raise LookupError("simulated")
+
+    monkeypatch.setattr(markdown, "_edits", broken)
+    body = safe_markdown("<b>x</b> [y](javascript:alert(1))")
+    assert body == "&lt;b>x&lt;/b> &#91;y](javascript:alert(1))"
+    assert "escaping it whole" in caplog.text
