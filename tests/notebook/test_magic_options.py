@@ -401,3 +401,49 @@ def test_chat_with_a_missing_key_is_one_line(ip: Any) -> None:
     assert type(error) is UsageError, error
     assert "OPENAI_API_KEY" in str(error) and "\n" not in str(error)
     assert "chat" not in ip.user_ns
+
+
+def test_transformer_reads_a_chain_of_wrapper_magics(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ast
+
+    from pk_notebook.notebook import transformer
+
+    monkeypatch.setattr(transformer, "can_await", lambda shell=None: True)
+    (line,) = rewrite_stream_cell(
+        ["%%time\n", "\n", "%%capture out --no-stderr\n", "%%stream -s trip\n", "Go {x}\n"]
+    )
+    call = ast.parse(line.strip()).body[0].value.value  # type: ignore[attr-defined]
+    assert call.func.attr == "run_wrapped"
+    assert [ast.literal_eval(a) for a in call.args] == [
+        [("time", ""), ("capture", "out --no-stderr")],
+        "-s trip",
+        "Go {x}\n",
+    ]
+    # A magic that owns its cell keeps the %%stream line as text.
+    kept = ["%%writefile notes.md\n", "%%stream\n", "hi\n"]
+    assert rewrite_stream_cell(kept) == kept
+    assert rewrite_stream_cell(["%%time\n", "x = 1\n"]) == ["%%time\n", "x = 1\n"]
+
+
+def test_timeit_above_stream_is_refused_without_a_kernel(ip: Any) -> None:
+    message = cell_error(ip, "%%timeit\n%%stream\nhi")
+    assert message.startswith("%%timeit would send the prompt") and "%%time" in message
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.0, "0 ns"),
+        (3.2e-7, "320 ns"),
+        (0.000412, "412 μs"),
+        (0.0123, "12.3 ms"),
+        (1.2345, "1.23 s"),
+        (125.0, "2min 5s"),
+        (3725.0, "1h 2min 5s"),
+        (3605.5, "1h 5s"),
+    ],
+)
+def test_time_is_shown_like_ipython_shows_it(seconds: float, shown: str) -> None:
+    from pk_notebook.notebook.transformer import format_seconds
+
+    assert format_seconds(seconds) == shown
