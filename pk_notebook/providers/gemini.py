@@ -10,15 +10,23 @@ never in the URL, so it cannot leak through a logged URL.
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from ..runtime.errors import ProtocolError, ProviderError, StreamError
+from ..runtime.errors import ProtocolError, ProviderError
 from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
 from . import _http
-from .base import HTTPProvider, parse_object
-from .sse import SSEDecoder
+from ._parse import (
+    TOOL_CALL_OVERHEAD,
+    Bad,
+    StreamParser,
+    count,
+    dump_json,
+    load_json,
+    mapping,
+    string,
+)
+from .base import HTTPProvider
 
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 
@@ -76,98 +84,126 @@ class GeminiProvider(HTTPProvider):
         return GeminiParser(self)
 
 
-class GeminiParser:
-    __slots__ = (
-        "_decoder",
-        "_provider",
-        "_tools",
-        "done",
-        "error",
-        "finish_reason",
-        "model",
-        "started",
-        "usage",
-    )
+class GeminiParser(StreamParser):
+    """Turns ``GenerateContentResponse`` events into Delta/Finish.
+
+    With several candidates the answer is the one whose ``index`` is 0 (an
+    absent index is 0). Values of the wrong type are a :class:`ProtocolError`
+    with the raw line.
+    """
+
+    __slots__ = ("_tools", "finish_reason", "model", "usage")
 
     def __init__(self, provider: HTTPProvider) -> None:
-        self._provider = provider
-        self._decoder = SSEDecoder()
+        super().__init__(provider)
         self._tools: list[ToolCall] = []
-        self.done = False
-        self.error: StreamError | None = None
         self.finish_reason: str | None = None
         self.model: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.started = False
+        self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> list[ProviderEvent]:
         out: list[ProviderEvent] = []
-        for data, name in self._decoder.feed_raw(chunk):
+        try:
+            events = self._decoder.feed_raw(chunk)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return out
+        for data, name in events:
+            text = data.decode("utf-8", "replace")
             try:
-                obj = parse_object(self._provider.name, data)
-            except ProtocolError as exc:
-                self.error = exc
+                obj = load_json(text)
+            except ValueError as exc:
+                self.fail_json(text, str(exc))
+                break
+            if type(obj) is not dict:
+                self.fail_shape(text, "not an object")
                 break
             if "error" in obj or name == b"error":
-                self.error = _http.error_in_stream(
-                    self._provider.name, obj, self._provider._api_key
-                )
+                self.fail(_http.error_in_stream(self._name, obj, self._secret))
                 break
             self.started = True
-            for candidate in obj.get("candidates") or ():
-                if candidate.get("index", 0) != 0:
-                    continue
-                for part in (candidate.get("content") or {}).get("parts") or ():
-                    text = part.get("text")
-                    if text:
-                        if part.get("thought"):
-                            out.append(Delta("", text))
-                        else:
-                            out.append(Delta(text))
-                    call = part.get("functionCall")
-                    if call:
-                        self._tools.append(
-                            ToolCall(
-                                call.get("id") or f"call_{len(self._tools)}",
-                                call.get("name", ""),
-                                json.dumps(call.get("args") or {}, ensure_ascii=False),
-                            )
+            try:
+                candidates = obj.get("candidates")
+                if candidates is not None and type(candidates) is not list:
+                    raise Bad("'candidates' is not a list")
+                for candidate in candidates or ():
+                    if type(candidate) is not dict:
+                        raise Bad("a candidate is not an object")
+                    index = candidate.get("index")
+                    if index:
+                        if type(index) is not int:
+                            raise Bad("a candidate's 'index' is not an integer")
+                        continue
+                    self._candidate(candidate, out)
+                feedback = mapping(obj.get("promptFeedback"), "'promptFeedback'")
+                blocked = string(feedback.get("blockReason"), "'blockReason'")
+                if blocked and not candidates:
+                    self.fail(
+                        ProviderError(
+                            f"gemini blocked the prompt ({blocked}); rephrase it",
+                            provider=self._name,
+                            code=blocked,
                         )
-                        out.append(Delta(activity=True))
-                reason = candidate.get("finishReason")
-                if reason:
-                    self.finish_reason = reason
-            feedback = obj.get("promptFeedback")
-            if feedback and feedback.get("blockReason") and not obj.get("candidates"):
-                self.error = ProviderError(
-                    f"gemini blocked the prompt ({feedback['blockReason']}); rephrase it",
-                    provider=self._provider.name,
-                    code=str(feedback["blockReason"]),
-                )
+                    )
+                    break
+                usage = obj.get("usageMetadata")
+                if usage:
+                    self.usage = usage_from_gemini(usage)
+                model = obj.get("modelVersion")
+                if model:
+                    self.model = string(model, "'modelVersion'")
+            except Bad as exc:
+                self.fail_shape(text, str(exc))
                 break
-            usage = obj.get("usageMetadata")
-            if usage:
-                self.usage = usage
-            if obj.get("modelVersion"):
-                self.model = obj["modelVersion"]
         return out
+
+    def _candidate(self, candidate: dict[str, Any], out: list[ProviderEvent]) -> None:
+        content = mapping(candidate.get("content"), "'content'")
+        parts = content.get("parts")
+        if parts is not None and type(parts) is not list:
+            raise Bad("'parts' is not a list")
+        for part in parts or ():
+            if type(part) is not dict:
+                raise Bad("a part is not an object")
+            text = string(part.get("text"), "a part's 'text'")
+            if text:
+                if part.get("thought"):
+                    self.emit(out, "", text)
+                else:
+                    self.emit(out, text)
+            call = part.get("functionCall")
+            if call is not None:
+                call = mapping(call, "'functionCall'")
+                name = string(call.get("name"), "a functionCall's 'name'")
+                call_id = string(call.get("id"), "a functionCall's 'id'")
+                arguments = dump_json(mapping(call.get("args"), "a functionCall's 'args'"))
+                self.charge_tools(TOOL_CALL_OVERHEAD + len(name) + len(call_id) + len(arguments))
+                self._tools.append(ToolCall(call_id or f"call_{len(self._tools)}", name, arguments))
+                out.append(Delta(activity=True))
+        reason = candidate.get("finishReason")
+        if reason is not None:
+            reason = string(reason, "'finishReason'")
+            if reason:
+                self.finish_reason = reason
 
     def end(self) -> Finish | None:
         if self.finish_reason is None:
             return None
-        return self._provider.finish(
-            self.finish_reason, usage_from_gemini(self.usage), tuple(self._tools), self.model
-        )
+        return self._provider.finish(self.finish_reason, self.usage, tuple(self._tools), self.model)
 
 
 def usage_from_gemini(usage: dict[str, Any] | None) -> Usage | None:
-    """Thinking tokens are billed as output, so ``output_tokens`` includes them."""
+    """Thinking tokens are billed as output, so ``output_tokens`` includes them.
+
+    Raises ``ValueError`` for counts that are not numbers.
+    """
     if not usage:
         return None
-    thoughts = int(usage.get("thoughtsTokenCount") or 0)
+    usage = mapping(usage, "'usageMetadata'")
+    thoughts = count(usage, "thoughtsTokenCount")
     return Usage(
-        input_tokens=int(usage.get("promptTokenCount") or 0),
-        output_tokens=int(usage.get("candidatesTokenCount") or 0) + thoughts,
+        input_tokens=count(usage, "promptTokenCount"),
+        output_tokens=count(usage, "candidatesTokenCount") + thoughts,
         reasoning_tokens=thoughts,
-        cached_tokens=int(usage.get("cachedContentTokenCount") or 0),
+        cached_tokens=count(usage, "cachedContentTokenCount"),
     )

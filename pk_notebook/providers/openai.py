@@ -19,11 +19,11 @@ from __future__ import annotations
 from json import loads
 from typing import Any, ClassVar
 
-from ..runtime.errors import StreamError
+from ..runtime.errors import ProtocolError
 from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
 from . import _http
-from .base import HTTPProvider, protocol_error, scan_json
-from .sse import SSEDecoder
+from ._parse import TOOL_CALL_OVERHEAD, Bad, StreamParser, count, mapping, scan_json, string
+from .base import HTTPProvider
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -99,40 +99,48 @@ class OpenAIProvider(HTTPProvider):
         return OpenAIParser(self, config)
 
 
-class OpenAIParser:
-    """Turns a Chat Completions event stream into Delta/Finish, one read at a time."""
+class OpenAIParser(StreamParser):
+    """Turns a Chat Completions event stream into Delta/Finish, one read at a time.
 
-    __slots__ = (
-        "_decoder",
-        "_provider",
-        "_tools",
-        "done",
-        "error",
-        "finish_reason",
-        "model",
-        "started",
-        "usage",
-    )
+    Shapes, and what becomes of them (``tests/providers/test_shapes.py``):
 
-    def __init__(self, provider: HTTPProvider, config: ProviderConfig) -> None:
-        self._provider = provider
-        self._decoder = SSEDecoder()
+    - With ``n > 1`` each chunk carries choices identified by their ``index``, not
+      by position: the answer is choice 0's; the other choices are ignored.
+    - ``delta.refusal`` (a model declining) is answer text: it is shown and saved
+      like any text, and the finish reason becomes ``"refusal"`` (the value
+      Anthropic uses) instead of the ``"stop"`` the server sends with it.
+    - ``delta.content`` may be a list of typed parts (Mistral's reasoning models):
+      ``text`` parts are text, ``thinking`` parts (a string or a list of text
+      parts) are reasoning, parts of other types carry no text and are skipped.
+    - A ``finish_reason`` that is not a string (or null), and any other value of
+      the wrong type where text, objects or token counts belong, is a
+      :class:`ProtocolError` with the raw line: such a server does not speak the
+      protocol, and guessing would report something it did not say.
+    """
+
+    __slots__ = ("_refused", "_tools", "finish_reason", "model", "usage")
+
+    def __init__(self, provider: HTTPProvider, config: ProviderConfig | None = None) -> None:
+        super().__init__(provider)
         self._tools: dict[int, list[Any]] | None = None
-        self.done = False
-        self.error: StreamError | None = None
+        self._refused = False
         self.finish_reason: str | None = None
         self.model: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.started = False
+        self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> list[ProviderEvent]:
         out: list[ProviderEvent] = []
-        for data, name in self._decoder.feed_raw(chunk):
+        try:
+            events = self._decoder.feed_raw(chunk)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return out
+        for data, name in events:
             if data == b"[DONE]":
                 out.append(self._finish())
                 self.done = True
                 break
-            # base.parse_object, inlined: this is the hot path of the most used provider,
+            # _parse.load_json, inlined: this is the hot path of the most used provider,
             # and one call less per chunk is measurable against the httpx-sse bar.
             text = data.decode("utf-8", "replace")
             try:
@@ -143,40 +151,62 @@ class OpenAIParser:
                 if end != len(text) and text[end:].strip():
                     raise ValueError(f"extra data after the JSON value (at {end})")
             except ValueError as exc:
-                self.error = protocol_error(self._provider.name, text, exc)
+                self.fail_json(text, str(exc))
+                break
+            except RecursionError:
+                self.fail_json(text, "nested too deeply")
                 break
             if type(obj) is not dict:
-                self.error = protocol_error(self._provider.name, data, TypeError("not an object"))
+                self.fail_shape(text, "not an object")
                 break
             if name == b"error" or "error" in obj:
-                self.error = _http.error_in_stream(
-                    self._provider.name, obj, self._provider._api_key
-                )
+                self.fail(_http.error_in_stream(self._name, obj, self._secret))
                 break
             self.started = True
-            choices = obj.get("choices")
-            if choices:
-                choice = choices[0]
-                delta = choice.get("delta")
-                if delta:
-                    content = delta.get("content")
-                    if content and len(delta) == 1:
-                        out.append(Delta(content))  # the common chunk: just text
-                    else:
-                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                        if content or reasoning:
-                            out.append(Delta(content or "", reasoning or ""))
-                        tool_calls = delta.get("tool_calls")
-                        if tool_calls:
-                            self._tool_fragments(tool_calls)
-                            out.append(Delta(activity=True))
-                reason = choice.get("finish_reason")
-                if reason:
-                    self.finish_reason = reason
-            if obj.get("usage"):
-                self.usage = obj["usage"]
-            if self.model is None and obj.get("model"):
-                self.model = obj["model"]
+            try:
+                choices = obj.get("choices")
+                if choices:
+                    if type(choices) is not list:
+                        raise Bad("'choices' is not a list")
+                    for choice in choices:
+                        if type(choice) is not dict:
+                            raise Bad("a choice is not an object")
+                        index = choice.get("index")
+                        if index:  # another of n choices: the answer is choice 0
+                            if type(index) is not int:
+                                raise Bad("a choice's 'index' is not an integer")
+                            continue
+                        delta = choice.get("delta")
+                        if delta:
+                            if type(delta) is not dict:
+                                raise Bad("'delta' is not an object")
+                            content = delta.get("content")
+                            if type(content) is str and len(delta) == 1:
+                                if content:  # the common chunk: just text
+                                    size = self._size + len(content)
+                                    if size > self._max_answer:
+                                        self.too_long()
+                                    self._size = size
+                                    self._parts.append(content)
+                                    out.append(Delta(content))
+                            else:
+                                self._delta(delta, out)
+                        reason = choice.get("finish_reason")
+                        if reason is not None:
+                            if type(reason) is not str:
+                                raise Bad("'finish_reason' is not a string")
+                            if reason:
+                                self.finish_reason = reason
+                usage = obj.get("usage")
+                if usage:
+                    self.usage = usage_from_openai(usage)
+                if self.model is None:
+                    model = obj.get("model")
+                    if model:
+                        self.model = string(model, "'model'")
+            except Bad as exc:
+                self.fail_shape(text, str(exc))
+                break
         return out
 
     def end(self) -> Finish | None:
@@ -185,22 +215,64 @@ class OpenAIParser:
             return None
         return self._finish()
 
-    def _tool_fragments(self, fragments: list[dict[str, Any]]) -> None:
+    def _delta(self, delta: dict[str, Any], out: list[ProviderEvent]) -> None:
+        """Every delta but the plain-text one: reasoning, refusals, parts, tool calls."""
+        content = delta.get("content")
+        reasoning = ""
+        if content is None or type(content) is str:
+            text = content or ""
+        elif type(content) is list:
+            text, reasoning = content_parts(content)
+        else:
+            raise Bad("'content' is neither a string nor a list of parts")
+        refusal = delta.get("refusal")
+        if refusal is not None:
+            refusal = string(refusal, "'refusal'")
+            if refusal:
+                text += refusal
+                self._refused = True
+        if not reasoning:
+            reasoning = string(delta.get("reasoning_content"), "'reasoning_content'") or string(
+                delta.get("reasoning"), "'reasoning'"
+            )
+        if text or reasoning:
+            self.emit(out, text, reasoning)
+        tool_calls = delta.get("tool_calls")
+        if tool_calls:
+            if type(tool_calls) is not list:
+                raise Bad("'tool_calls' is not a list")
+            self._tool_fragments(tool_calls)
+            out.append(Delta(activity=True))
+
+    def _tool_fragments(self, fragments: list[Any]) -> None:
         tools = self._tools
         if tools is None:
             tools = self._tools = {}
         for fragment in fragments:
-            index = fragment.get("index", len(tools))
+            if type(fragment) is not dict:
+                raise Bad("a tool call is not an object")
+            index = fragment.get("index")
+            if index is None:
+                index = len(tools)
+            elif type(index) is not int:
+                raise Bad("a tool call's 'index' is not an integer")
             slot = tools.get(index)
             if slot is None:
+                self.charge_tools(TOOL_CALL_OVERHEAD)
                 slot = tools[index] = ["", "", []]
-            if fragment.get("id"):
-                slot[0] = fragment["id"]
-            function = fragment.get("function") or {}
-            if function.get("name"):
-                slot[1] += function["name"]
-            if function.get("arguments"):
-                slot[2].append(function["arguments"])
+            call_id = string(fragment.get("id"), "a tool call's 'id'")
+            if call_id:
+                self.charge_tools(len(call_id))
+                slot[0] = call_id
+            function = mapping(fragment.get("function"), "a tool call's 'function'")
+            name = string(function.get("name"), "a tool call's name")
+            if name:
+                self.charge_tools(len(name))
+                slot[1] += name
+            arguments = string(function.get("arguments"), "a tool call's 'arguments'")
+            if arguments:
+                self.charge_tools(len(arguments))
+                slot[2].append(arguments)
 
     def _finish(self) -> Finish:
         tools: tuple[ToolCall, ...] = ()
@@ -209,20 +281,56 @@ class OpenAIParser:
                 ToolCall(slot[0], slot[1], "".join(slot[2]))
                 for _, slot in sorted(self._tools.items())
             )
-        return self._provider.finish(
-            self.finish_reason, usage_from_openai(self.usage), tools, self.model
-        )
+        reason = self.finish_reason
+        if self._refused and reason in (None, "stop"):
+            reason = "refusal"
+        return self._provider.finish(reason, self.usage, tools, self.model)
+
+
+def content_parts(parts: list[Any]) -> tuple[str, str]:
+    """``(text, reasoning)`` of a list-valued ``content`` (Mistral's reasoning models).
+
+    ``[{"type": "thinking", "thinking": [{"type": "text", "text": "..."}]},
+    {"type": "text", "text": "..."}]``; a ``thinking`` value may also be a string.
+    """
+    text: list[str] = []
+    reasoning: list[str] = []
+    for part in parts:
+        if type(part) is not dict:
+            raise Bad("a part of 'content' is not an object")
+        kind = part.get("type")
+        if kind == "text":
+            text.append(string(part.get("text"), "a text part's 'text'"))
+        elif kind == "thinking":
+            thinking = part.get("thinking")
+            if type(thinking) is list:
+                for inner in thinking:
+                    if type(inner) is not dict:
+                        raise Bad("a part of 'thinking' is not an object")
+                    if inner.get("type") == "text":
+                        reasoning.append(string(inner.get("text"), "a thinking part's 'text'"))
+            else:
+                reasoning.append(string(thinking, "'thinking'"))
+        # other part types (images, references) carry no text
+    return "".join(text), "".join(reasoning)
 
 
 def usage_from_openai(usage: dict[str, Any] | None) -> Usage | None:
-    """Map ``prompt_tokens``/``completion_tokens`` (+ details) onto :class:`Usage`."""
+    """Map ``prompt_tokens``/``completion_tokens`` (+ details) onto :class:`Usage`.
+
+    Raises ``ValueError`` (:class:`~pk_notebook.providers._parse.Bad`) for a usage
+    object of the wrong shape, such as a count of ``"many"``.
+    """
     if not usage:
         return None
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+    usage = mapping(usage, "'usage'")
+    prompt_details = mapping(usage.get("prompt_tokens_details"), "'prompt_tokens_details'")
+    completion_details = mapping(
+        usage.get("completion_tokens_details"), "'completion_tokens_details'"
+    )
     return Usage(
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
-        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
-        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        input_tokens=count(usage, "prompt_tokens"),
+        output_tokens=count(usage, "completion_tokens"),
+        reasoning_tokens=count(completion_details, "reasoning_tokens"),
+        cached_tokens=count(prompt_details, "cached_tokens"),
     )

@@ -29,15 +29,32 @@ httpx-sse alone already costs the whole bar, leaving nothing for the provider
 and the pipeline; with this decoder (one split per read, a fast path for the
 usual one-``data:``-line read, JSON scanned straight from it) the whole pipeline
 stays under it. Figures: ``benchmarks/RESULTS-providers.md``.
+
+Sizes are capped, because the bytes come from a server we do not control: a line
+longer than ``max_line_bytes`` or an event whose data exceeds ``max_event_bytes``
+raises :class:`~pk_notebook.runtime.errors.ProtocolError` as soon as the cap is
+crossed, so one endless line costs at most about twice the cap (the pieces and
+their join), never the whole stream. The defaults (16 MiB each) are twice the
+largest event the test suite parses (8 MiB) and far above any real event: a chat
+chunk is under 1 KiB, a Gemini event carrying an inline image a few MiB. The
+decoder is dead after raising; the caller abandons the stream.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+from ..runtime.errors import ProtocolError
+
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "DEFAULT_MAX_LINE_BYTES", "SSEDecoder", "ServerSentEvent"]
 
 _BOM = b"\xef\xbb\xbf"
+
+#: default caps; see the module docstring for why these values
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: longest ``retry`` value read: int() of thousands of digits is slow or refused
+_MAX_RETRY_DIGITS = 18
 
 
 class ServerSentEvent(NamedTuple):
@@ -54,13 +71,40 @@ class SSEDecoder:
 
     ``last_event_id`` and ``retry`` keep the stream's current values, as the spec
     asks a client to (for reconnecting; pk_notebook does not reconnect streams).
+    ``max_line_bytes`` and ``max_event_bytes`` bound what one line and one event's
+    data may hold (:class:`ProtocolError` beyond them).
     """
 
-    __slots__ = ("_data", "_event", "_partial", "_skip_lf", "_started", "last_event_id", "retry")
+    __slots__ = (
+        "_data",
+        "_data_size",
+        "_event",
+        "_fast_max",
+        "_max_event",
+        "_max_line",
+        "_partial",
+        "_partial_size",
+        "_skip_lf",
+        "_started",
+        "last_event_id",
+        "retry",
+    )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        if max_line_bytes < 1 or max_event_bytes < 1:
+            raise ValueError("max_line_bytes and max_event_bytes must be positive")
+        self._max_line = max_line_bytes
+        self._max_event = max_event_bytes
+        # the fast path's read is one line holding one event's data: both caps apply
+        self._fast_max = min(max_line_bytes, max_event_bytes)
         self._partial: list[bytes] = []  # pieces of a line whose end has not arrived
+        self._partial_size = 0  # their total length
         self._data: list[bytes] = []  # data lines of the event being built
+        self._data_size = 0  # their total length
         self._event: bytes | None = None
         self._skip_lf = False  # the last read ended in CR: an LF first in the next is its pair
         self._started = False
@@ -93,6 +137,7 @@ class SSEDecoder:
             and self._started
             and not (self._partial or self._data or self._skip_lf or self._event)
             and b"\r" not in chunk
+            and len(chunk) <= self._fast_max
         ):
             return [(chunk[6:-2], None)]
         if not self._started:
@@ -114,18 +159,30 @@ class SSEDecoder:
                 self._skip_lf = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         partial = self._partial
+        max_line = self._max_line
         if partial:
             end = chunk.find(b"\n")
             if end < 0:
                 partial.append(chunk)
+                self._partial_size += len(chunk)
+                if self._partial_size > max_line:
+                    self._too_long(partial[0])
                 return []
+            if self._partial_size + end > max_line:
+                self._too_long(partial[0])
             partial.append(chunk)
             chunk = b"".join(partial)  # once per completed line: linear overall
             partial.clear()
+            self._partial_size = 0
         lines = chunk.split(b"\n")
         tail = lines.pop()
+        if len(chunk) > max_line and (
+            len(tail) > max_line or any(len(line) > max_line for line in lines)
+        ):
+            self._too_long(chunk)
         if tail:
             partial.append(tail)
+            self._partial_size = len(tail)
         events: list[tuple[bytes, bytes | None]] = []
         data = self._data
         for line in lines:
@@ -137,6 +194,9 @@ class SSEDecoder:
                 continue
             if line[:6] == b"data: ":
                 data.append(line[6:])
+                self._data_size += len(line) - 6
+                if self._data_size > self._max_event:
+                    self._too_big()
                 continue
             self._field(line)
         return events
@@ -145,13 +205,35 @@ class SSEDecoder:
         """At the end of the stream: an unterminated event is *not* dispatched (per spec)."""
         self._partial.clear()
         self._data.clear()
+        self._partial_size = self._data_size = 0
         self._event = None
         return []
+
+    def _too_long(self, line: bytes) -> NoReturn:
+        head = line[:200]
+        self.flush()  # free the pieces at once: the stream is abandoned
+        raise ProtocolError(
+            f"the server sent an SSE line longer than {self._max_line} bytes "
+            "(max_line_bytes); the stream was abandoned. Raise StreamLimits.max_event_bytes "
+            "if such lines are expected.",
+            raw=head.decode("utf-8", "replace"),
+        )
+
+    def _too_big(self) -> NoReturn:
+        head = (self._data[0] if self._data else b"")[:200]
+        self.flush()
+        raise ProtocolError(
+            f"the server sent an SSE event with more than {self._max_event} bytes of data "
+            "(max_event_bytes); the stream was abandoned. Raise StreamLimits.max_event_bytes "
+            "if such events are expected.",
+            raw=head.decode("utf-8", "replace"),
+        )
 
     def _dispatch(self) -> tuple[bytes, bytes | None]:
         data = self._data
         raw = data[0] if len(data) == 1 else b"\n".join(data)
         data.clear()
+        self._data_size = 0
         name = self._event
         self._event = None
         return raw, name
@@ -164,12 +246,15 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._data_size += len(value)
+            if self._data_size > self._max_event:
+                self._too_big()
         elif name == b"event":
             self._event = value
         elif name == b"id":
             if b"\0" not in value:
                 self.last_event_id = value.decode("utf-8", "replace")
         elif name == b"retry":
-            if value and value.isdigit():
+            if value and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
                 self.retry = int(value)
         # any other field name is ignored, as the spec says

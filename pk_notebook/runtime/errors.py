@@ -33,6 +33,7 @@ was not handed the key, and :func:`scrub` cleans an already built error.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import Any, TypeVar
@@ -48,6 +49,7 @@ __all__ = [
     "ProtocolError",
     "ProviderError",
     "RateLimitError",
+    "RedactingFilter",
     "ServerError",
     "SessionBusy",
     "SessionError",
@@ -119,6 +121,35 @@ def redact(text: str, *secrets: str | None) -> str:
             text = pattern.sub("[REDACTED]", text)
     return text
 
+
+class RedactingFilter(logging.Filter):
+    """Removes registered secrets (and key-shaped text) from log records.
+
+    Installed on the ``pk_notebook`` logger, so a record from any module that logs
+    through it (providers, HTTP helpers, the pipeline) is clean before a handler
+    sees it, even if the code that logged it forgot :func:`redact`. The message is
+    formatted here once (``record.args`` then is empty) and so is a traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def _install_filter() -> None:
+    log = logging.getLogger("pk_notebook")
+    if not any(isinstance(f, RedactingFilter) for f in log.filters):
+        log.addFilter(RedactingFilter())
+
+
+_install_filter()
 
 _E = TypeVar("_E", bound=BaseException)
 

@@ -142,6 +142,15 @@ def _redact_headers(headers: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _request_key(headers: dict[str, str]) -> str:
+    """The API key a request carried, in whichever header its dialect uses."""
+    for name in ("x-api-key", "api-key", "x-goog-api-key"):
+        if headers.get(name):
+            return headers[name]
+    value = headers.get("authorization", "")
+    return value.split(" ", 1)[1] if " " in value else value
+
+
 def _dialect(path: str) -> str | None:
     if path.endswith("/chat/completions"):
         return "openai"
@@ -314,6 +323,8 @@ class _Connection(asyncio.Protocol):
                 )
                 return True
             script = self.server._next_script()
+            if script.echo_key:
+                script = script.with_key(_request_key(headers))
             model = _requested_model(dialect, path, record.json)
             keep = await self._play(script, dialect, model, record)
             if keep:
@@ -415,6 +426,13 @@ class _Connection(asyncio.Protocol):
                 await self._chunk(b"data: [DONE]\n\n")
             await self._write(b"0\r\n\r\n")
             return True
+        if fault == "endless_line":
+            await self._chunk(b'data: {"choices":[{"index":0,"delta":{"content":"')
+            filler = b"x" * 65536
+            while True:
+                await self._chunk(filler)
+                await asyncio.sleep(0)  # let the loop notice a disconnect
+                await self._sleep(0)
         if fault == "stall":
             await self._hold()
         if fault == "keepalive_stall":

@@ -14,9 +14,14 @@ usage), its pace, and optionally one *fault*:
 ``"keepalive_stall"``     after ``after`` pieces send only ``: keep-alive`` comments
 ``"no_close"``            send the whole answer and end marker, then never end the body
 ``"rate_limit"``          answer 429 with ``Retry-After: retry_after`` (and a JSON error)
+``"endless_line"``        after ``after`` pieces start a ``data:`` line and never end it
+                          (64 KiB writes until the client leaves: tests the line cap)
 ========================  ==================================================================
 
 ``body`` serves a recorded body byte for byte instead (conformance tests).
+``echo_key=True`` replaces ``{key}`` in ``error_message`` and ``body`` with the API
+key the request carried, as a careless upstream that echoes it would: a client
+under test must never show it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 FAULTS = (
@@ -38,6 +43,7 @@ FAULTS = (
     "keepalive_stall",
     "no_close",
     "rate_limit",
+    "endless_line",
 )
 DIALECTS = ("openai", "anthropic", "gemini")
 
@@ -67,6 +73,7 @@ class Script:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes | None = None
     content_type: str = "text/event-stream"
+    echo_key: bool = False
     _cache: dict[tuple[str, str], tuple[list[bytes], list[bytes], list[bytes]]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -107,6 +114,16 @@ class Script:
         if "tool_calls" in values:
             values["tool_calls"] = [tuple(t) for t in values["tool_calls"]]
         return cls(**values)
+
+    def with_key(self, key: str) -> Script:
+        """This script with ``{key}`` replaced by ``key`` (what ``echo_key`` does)."""
+        return replace(
+            self,
+            error_message=self.error_message.replace("{key}", key),
+            body=self.body.replace(b"{key}", key.encode()) if self.body is not None else None,
+            echo_key=False,
+            _cache={},
+        )
 
     # --- rendering ----------------------------------------------------------------------
 
