@@ -32,16 +32,14 @@ from ..runtime.errors import ConfigurationError, PkNotebookError, redact
 from ..runtime.pipeline import Pipeline
 from ..runtime.stream import Stream
 from ..runtime.sync import run_sync
-from ..runtime.types import UNSET, Result, StreamStatus
+from ..runtime.types import UNSET, Result
 from .defaults import defaults
 from .interpolate import InterpolationError, Substitution, substitute
-from .live import LiveOutput, Note
+from .live import LiveOutput
 from .options import CellOptions, cell_spec, parse_cell_options
-from .status import format_status
+from .status import format_status, notes_for
 
 logger = logging.getLogger("pk_notebook")
-
-STOPPED_NOTE = Note("■", "Stopped:", "partial answer; the rest was not generated.")
 
 _last: list[Result] = []  # the most recent cell's result, for ``%stream last``
 
@@ -168,54 +166,6 @@ class CellRun:
         if stream.ended:
             return format_status(stream.result)
         return format_status(stream, waiting=True)
-
-
-def notes_for(result: Result, error: BaseException | None = None) -> list[Note]:
-    """What to say under an answer that did not simply finish (deterministic text)."""
-    notes: list[Note] = []
-    status = result.status
-    failure = error or result.error
-    if status is StreamStatus.STOPPED:
-        if result.text:
-            notes.append(STOPPED_NOTE)
-        else:
-            notes.append(Note("■", "Stopped:", "before any text arrived."))
-    elif status is StreamStatus.TIMED_OUT:
-        notes.append(Note("⚠", "Timed out:", _message(failure)))
-    elif status is StreamStatus.TRUNCATED:
-        notes.append(Note("⚠", "Truncated:", _message(failure)))
-    elif status is StreamStatus.FAILED:
-        notes.append(Note("⚠", "Failed:", _message(failure)))
-    elif result.finish_reason == "length":
-        notes.append(
-            Note(
-                "⚠",
-                "Cut short:",
-                "the answer reached its token limit (finish reason: length); raise --max-tokens.",
-            )
-        )
-    elif result.finish_reason == "content_filter":
-        notes.append(
-            Note(
-                "⚠",
-                "Filtered:",
-                "the provider withheld the rest of the answer (finish reason: content_filter).",
-            )
-        )
-    for warning in result.warnings:
-        notes.append(Note("⚠", "Note:", redact(warning)))
-    return notes
-
-
-def _message(error: BaseException | None) -> str:
-    if error is None:
-        return "the answer did not finish."
-    if isinstance(error, PkNotebookError):
-        return redact(str(error))
-    return redact(
-        f"unexpected {type(error).__name__}: {error}. "
-        "This is a bug in pk_notebook; please report it."
-    )
 
 
 def _pick_pipeline(options: CellOptions, namespace: Any) -> Pipeline:
