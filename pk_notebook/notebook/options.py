@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import keyword
 import shlex
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,9 @@ def cell_spec(line: str = "", cell: str | None = None) -> None:
     """
 
 
-cell_spec.__doc__ = (cell_spec.__doc__ or "").replace("RULE_PLACEHOLDER", RULE)
+cell_spec.__doc__ = (cell_spec.__doc__ or "").replace(
+    "Variables: RULE_PLACEHOLDER", textwrap.fill("Variables: " + RULE, 80)
+)
 
 
 @magic_arguments(name="stream config")
