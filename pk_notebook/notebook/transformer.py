@@ -35,7 +35,9 @@ working):
   ``capture_output`` around the answer, ``VAR`` set to the captured output. With
   displays captured nobody sees a live view, so the answer gets none (``--live
   none`` unless the cell chose one) and the captured output is the final answer
-  alone.
+  alone. The capture swaps the shell's output streams for as long as the answer
+  streams, so output that other tasks on the kernel's loop write meanwhile (a
+  chat widget's reply) is captured too.
 
 ``%%timeit``, ``%%prun`` and ``%%debug`` above ``%%stream`` are refused with a
 one-line ``UsageError`` saying what to use instead: ``%%timeit`` would pay for
