@@ -6,12 +6,14 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: lab test test-fast lint bench clean
+.PHONY: lab test test-fast envs lint bench clean
 
+# One environment with both sides: the kernel side (`notebook`), the JupyterLab that `make lab`
+# runs (`lab`), and the test and lint tools (`dev`). Users split them (README, "Install").
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[notebook,lab,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -21,12 +23,17 @@ lab: $(STAMP)
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 ## The whole suite: unit, real kernels, real JupyterLab in headless Chromium, Redis, nbval.
-test: $(STAMP)
+test: $(STAMP) envs
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with nbval-sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 
 ## Everything except browser, kernel and notebook tests: quick feedback while coding.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not browser and not kernel" -p no:cacheprovider $(PYTEST_ARGS)
+
+## The extra environments of the setups users have (split JupyterLab servers, Colab's kernel;
+## tests/envs.py), built once into .venv-envs/ and reused while their pins are unchanged.
+envs: $(STAMP)
+	$(BIN)/python -m tests.envs
 
 lint: $(STAMP)
 	$(BIN)/ruff check pk_notebook tests benchmarks
@@ -37,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .venv-envs .pytest_cache test-artifacts

@@ -2,6 +2,10 @@
 
 ``JupyterLab`` starts ``jupyter lab`` on 127.0.0.1 with a fixed token and fresh
 config/data/runtime/workspace dirs, so no saved layout or pop-up gets in the way.
+By default the server and its kernel run this interpreter; ``python=`` runs the
+server from another environment and ``kernels=`` adds kernelspecs to its data dir,
+which is how split setups (JupyterHub: JupyterLab in one venv, the kernel in another)
+and older kernels are tested (tests/envs.py builds those environments).
 ``LabPage`` wraps a Playwright page with the few actions the tests need: open a
 notebook, run a cell, read outputs, take screenshots.
 
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +51,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """A kernelspec to install in a server's data dir: ``name`` runs ipykernel in the
+    environment of ``python``."""
+
+    name: str
+    python: str
+    display_name: str = "Python 3"
+
+
 class JupyterLab:
     """``jupyter lab`` (or, with ``app="notebook"``, Notebook 7) in a subprocess, serving
-    ``root``; stop() kills its process group."""
+    ``root``; stop() kills its process group.
+
+    ``python``: the interpreter the server runs in (default: this one). Its environment decides
+    which front-end extensions the page loads, as on a hub.
+    ``kernels``: kernelspecs written to the server's own data dir before it starts; the first
+    one's name is ``kernel_name``, the kernel ``notebook()`` puts in new notebooks. A kernel
+    named ``python3`` replaces the server environment's own (JUPYTER_PREFER_ENV_PATH=0).
+    Without ``kernels`` notebooks use ``python3`` from this interpreter's environment.
+    """
 
     def __init__(
-        self, root: Path, home: Path, env: dict[str, str] | None = None, app: str = "lab"
+        self,
+        root: Path,
+        home: Path,
+        env: dict[str, str] | None = None,
+        app: str = "lab",
+        *,
+        python: str = sys.executable,
+        kernels: tuple[Kernel, ...] = (),
     ) -> None:
         self.app = app
         self.root = root
         self.home = home
+        self.python = python
+        self.kernels = kernels
+        self.kernel_name = kernels[0].name if kernels else "python3"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -69,6 +102,15 @@ class JupyterLab:
         }
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
+        for kernel in self.kernels:
+            spec = dirs["data"] / "kernels" / kernel.name
+            spec.mkdir(parents=True, exist_ok=True)
+            argv = [kernel.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+            (spec / "kernel.json").write_text(
+                json.dumps(
+                    {"argv": argv, "display_name": kernel.display_name, "language": "python"}
+                )
+            )
         # Quiet the "news" and update pop-ups that would cover the notebook.
         settings = dirs["settings"] / "@jupyterlab" / "apputils-extension"
         settings.mkdir(parents=True, exist_ok=True)
@@ -78,6 +120,8 @@ class JupyterLab:
         env = {
             **os.environ,
             "JUPYTER_CONFIG_DIR": str(dirs["config"]),
+            # Its own data dir: the kernelspecs above, and none of the user's own.
+            "JUPYTER_DATA_DIR": str(dirs["data"]),
             "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
             "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]),
             "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]),
@@ -86,7 +130,7 @@ class JupyterLab:
             **self.extra_env,
         }
         cmd = [
-            sys.executable,
+            self.python,
             "-m",
             "jupyter",
             self.app,
@@ -133,6 +177,22 @@ class JupyterLab:
             method, f"{self.url}{path}", params={"token": TOKEN}, timeout=30, **kwargs
         )
 
+    def notebook(self, name: str, cells: list[str]) -> Path:
+        """Write notebook ``name`` in this server's root, on this server's ``kernel_name``."""
+        return write_notebook(self.root / name, cells, kernel=self.kernel_name)
+
+    def page_config(self) -> dict[str, Any]:
+        """The page config JupyterLab serves with /lab: which extensions the browser loads
+        (``federated_extensions``), as the page really gets it."""
+        html = self.api("GET", "/lab").text
+        start = html.index('id="jupyter-config-data"')
+        start = html.index(">", start) + 1
+        return dict(json.loads(html[start : html.index("</script>", start)]))
+
+    def labextensions(self) -> set[str]:
+        """Names of the prebuilt (federated) extensions this server gives the page."""
+        return {ext["name"] for ext in self.page_config().get("federated_extensions", [])}
+
     def notebook_url(self, name: str) -> str:
         if self.app == "notebook":
             return f"{self.url}/notebooks/{name}?token={TOKEN}"
@@ -156,8 +216,8 @@ class JupyterLab:
         self.proc = None
 
 
-def write_notebook(path: Path, cells: list[str]) -> Path:
-    """Write a notebook whose code cells are ``cells`` (no outputs)."""
+def write_notebook(path: Path, cells: list[str], kernel: str = "python3") -> Path:
+    """Write a notebook whose code cells are ``cells`` (no outputs), on kernelspec ``kernel``."""
     nb = {
         "cells": [
             {
@@ -170,7 +230,7 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
             for src in cells
         ],
         "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "kernelspec": {"display_name": kernel, "language": "python", "name": kernel},
             "language_info": {"name": "python"},
         },
         "nbformat": 4,

@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+# Colab's kernel (ipykernel 6.17.1) as fixtures: ipykernel6_env, ipykernel6_kernels, old_kernel.
+from ..envs import ipykernel6_env, ipykernel6_kernels, old_kernel  # noqa: F401
+
 KERNEL_NAME = "python3"
 SECRETS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
