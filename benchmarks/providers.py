@@ -1,6 +1,6 @@
 """Streaming-client benchmarks against the fake server in a separate process.
 
-``python -m benchmarks.providers [--chunks 100000] [--quick]``
+``python -m benchmarks.providers [--chunks 100000] [--streams 1000]``
 
 What is measured (CPU = this process's ``time.process_time``; the server runs in
 its own process so its work is not counted):
@@ -9,7 +9,7 @@ its own process so its work is not counted):
   parsing (the floor of any httpx client), httpx-sse + ``json.loads`` (the bar),
   the official openai SDK's ``AsyncStream``, and pk_notebook's ``OpenAIProvider``
   read through the whole ``Pipeline``/``Stream`` (what a user iterates), on its
-  default transport (aiohttp) and on ``transport="httpx"``.
+  default transport (aiohttp, used natively) and on ``transport="httpx"``.
 * per-chunk cost at 200k chunks against 25k (it must not grow with length).
 * time to first chunk on a warm connection, against raw httpx.
 * 1000 concurrent paced streams in one event loop: errors and event-loop lag, on
@@ -36,6 +36,9 @@ from pk_notebook import Pipeline, ProviderMiddleware, RetryPolicy
 from pk_notebook.providers import OpenAIProvider
 
 MESSAGES = [{"role": "user", "content": "go"}]
+#: the whole pipeline may cost at most this share of httpx-sse + json.loads per chunk
+#: (issue 12: a provider that parses must still be cheaper than a bare SSE reader)
+BAR_SHARE = 0.4
 BODY = {"model": "bench", "messages": MESSAGES, "stream": True}
 
 
@@ -230,6 +233,7 @@ async def concurrent(
 
     tick = asyncio.create_task(ticker())
     started = time.perf_counter()
+    cpu_started = time.process_time()
 
     async def one(index: int) -> Any:
         if ramp:
@@ -238,6 +242,7 @@ async def concurrent(
 
     outcomes = await asyncio.gather(*(one(i) for i in range(streams)), return_exceptions=True)
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     done.set()
     await tick
     await pipe.shutdown()
@@ -247,6 +252,8 @@ async def concurrent(
         "streams": streams,
         "errors": errors,
         "wall_s": wall,
+        # CPU is what a busy machine changes least: the lag depends on who else runs
+        "cpu_s": cpu,
         "lag_p50_ms": lags[len(lags) // 2] * 1000,
         "lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000,
         "lag_max_ms": lags[-1] * 1000,
@@ -274,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in cpu.items():
         print(f"{name:<42}{value * 1e6:>10.2f}{value / ours:>10.2f}")
     checks = [
-        ("pipeline <= httpx-sse + json.loads", ours <= bar, f"{ours / bar:.2f}x of the bar"),
+        (
+            f"pipeline <= {BAR_SHARE}x httpx-sse + json.loads",
+            ours <= BAR_SHARE * bar,
+            f"{ours / bar:.2f}x of the bar",
+        ),
     ]
     if "openai SDK AsyncStream" in cpu:
         sdk = cpu["openai SDK AsyncStream"]
@@ -301,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             conc["errors"] == 0 and conc["lag_p99_ms"] < 100,
             f"errors {conc['errors']}, p50 {conc['lag_p50_ms']:.1f} ms, p99 "
             f"{conc['lag_p99_ms']:.1f} ms, max {conc['lag_max_ms']:.1f} ms, "
-            f"wall {conc['wall_s']:.2f} s",
+            f"wall {conc['wall_s']:.2f} s, CPU {conc['cpu_s']:.2f} s",
         )
     )
     print(
@@ -309,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         f"errors {conc_httpx['errors']}, lag p50 {conc_httpx['lag_p50_ms']:.1f} ms, "
         f"p99 {conc_httpx['lag_p99_ms']:.1f} ms "
         f"({conc_httpx['lag_p99_ms'] / max(conc['lag_p99_ms'], 0.1):.1f}x the default's), "
-        f"max {conc_httpx['lag_max_ms']:.1f} ms"
+        f"max {conc_httpx['lag_max_ms']:.1f} ms, CPU {conc_httpx['cpu_s']:.2f} s"
     )
     print(
         f"(informational) {burst_start['streams']} streams started in one loop iteration: "

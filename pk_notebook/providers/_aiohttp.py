@@ -1,84 +1,66 @@
-"""aiohttp underneath httpx: the default way providers reach a server.
+"""The default backend: aiohttp's connection pool and C HTTP parser, used natively.
 
-Providers read an ``httpx.Response`` whatever the transport; here aiohttp's
-session sends the request and its C parser reads the body. This is the same
-plug-in the ``httpx-aiohttp`` package offers (and the official openai SDK uses),
-written out here for two reasons found while measuring 1000 paced streams:
+Measured on 1000 paced streams in one event loop (``benchmarks/providers.py``),
+what makes this path cheap:
 
 * the body is read with ``StreamReader.readany()`` called straight from the
-  provider's loop (:meth:`AiohttpBody.read`), with no async generator in between:
-  each layer of generator is an allocation and a hop per event, and at 20,000
-  events a second those are what makes the event loop lag;
-* aiohttp's errors are mapped onto httpx's by what happened (a dropped
-  connection is a ``RemoteProtocolError``, a stalled read a ``ReadTimeout``),
-  so messages say so; ``httpx-aiohttp`` maps any connection error to
-  ``ConnectTimeout``.
+  provider's loop (:meth:`AiohttpResponse.read`): each async generator between
+  the socket and the parser would be an allocation and a hop per event, and at
+  20,000 events a second those are what makes the event loop lag;
+* no ``httpx.Response`` is built around aiohttp's, and aiohttp's client layer is
+  asked for nothing it has to compute per request (no redirects, no
+  ``trust_env``: the proxy was read once, no automatic decompression: that is
+  :mod:`._decode`'s, under its limits).
+
+aiohttp's exceptions become the runtime's :class:`NetworkError` here and nowhere
+else (:func:`._http.network_error`, message named after aiohttp's exception: a
+dropped connection says ``ServerDisconnectedError``, a stalled read
+``SocketTimeoutError``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import httpx
 
-#: what each aiohttp failure is called in httpx's vocabulary (first match wins)
-_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
-    (aiohttp.ClientProxyConnectionError, httpx.ProxyError),
-    (aiohttp.ClientHttpProxyError, httpx.ProxyError),
-    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
-    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
-    (aiohttp.ClientConnectorError, httpx.ConnectError),
-    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
-    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
-    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
-    (asyncio.TimeoutError, httpx.PoolTimeout),  # ClientTimeout.connect: waiting for the pool
-)
+from ._decode import ACCEPT_ENCODING
+from ._http import Peer, network_error
+
+#: what aiohttp raises when a connection or a request fails (``connect`` timeouts
+#: included: aiohttp's timeout errors derive from ``ClientError`` and ``TimeoutError``)
+_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
-def as_httpx_error(exc: BaseException) -> httpx.TransportError:
-    """The httpx error for an aiohttp one (raise it ``from exc`` to keep the original)."""
-    for aiohttp_type, httpx_type in _ERRORS:
-        if isinstance(exc, aiohttp_type):
-            return httpx_type(str(exc) or type(exc).__name__)
-    return httpx.ReadError(str(exc) or type(exc).__name__)
+class AiohttpResponse:
+    """The status, headers and raw body of one aiohttp response."""
 
+    __slots__ = ("_content", "_peer", "headers", "status")
 
-class AiohttpBody(httpx.AsyncByteStream):
-    """A response body read from aiohttp's buffer."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+    def __init__(self, response: aiohttp.ClientResponse, peer: Peer) -> None:
+        self.status = response.status
+        self.headers = response.headers
         self._content = response.content
+        self._peer = peer
 
     async def read(self) -> bytes:
-        """The bytes that have arrived (waiting for some), ``b""`` at the end of the body."""
         try:
             return await self._content.readany()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise as_httpx_error(exc) from exc
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while piece := await self.read():
-            yield piece
-
-    async def aclose(self) -> None:
-        # An unfinished body cannot be reused: aiohttp closes such a connection on
-        # release and returns a finished one to the pool.
-        self._response.release()
+        except _FAILURES as exc:
+            raise network_error(self._peer, exc, started=True) from exc
 
 
-class AiohttpPool:
-    """One aiohttp session (bounded connection pool) for one provider on one event loop."""
+class AiohttpClient:
+    """One aiohttp session (a bounded connection pool) for one provider on one event loop."""
 
     def __init__(
         self,
         *,
+        peer: Peer,
         proxy: str | None,
         max_connections: int,
         timeout: httpx.Timeout,
@@ -86,6 +68,7 @@ class AiohttpPool:
         keepalive: float,
     ) -> None:
         self.max_connections = max_connections
+        self._peer = peer
         self._proxy = proxy
         self._tls = tls
         self._keepalive = keepalive
@@ -102,92 +85,48 @@ class AiohttpPool:
             sock_read=timeout.read,
         )
         self._session: aiohttp.ClientSession | None = None
-        self._closer: weakref.finalize[Any, Any] | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=self.max_connections, keepalive_timeout=self._keepalive, ssl=self._tls
         )
-        # trust_env=False: the proxy was read from the environment once, when the
-        # pool was made; aiohttp's trust_env reads it again on every request (0.5 ms).
-        session = aiohttp.ClientSession(connector=connector, trust_env=False)
-        self._closer = weakref.finalize(self, _close_forgotten, asyncio.get_running_loop(), session)
-        self._closer.atexit = False
-        self._session = session
-        return session
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,  # the proxy was read from the environment once (see client_factory)
+            auto_decompress=False,
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
+        )
+        return self._session
 
     @asynccontextmanager
     async def stream(
-        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
-    ) -> AsyncIterator[httpx.Response]:
+        self, url: str, *, headers: Mapping[str, str], content: bytes
+    ) -> AsyncIterator[AiohttpResponse]:
         session = self._session or self._open()
         try:
             response = await session.request(
-                method,
+                "POST",
                 url,
                 headers=headers,
                 data=content,
                 proxy=self._proxy,
                 timeout=self._timeout,
                 allow_redirects=False,
-                auto_decompress=False,  # httpx decodes, as it would for its own transport
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise as_httpx_error(exc) from exc
+        except _FAILURES as exc:
+            raise network_error(self._peer, exc, started=False) from exc
         try:
-            yield httpx.Response(
-                response.status,
-                headers=response.raw_headers,
-                stream=AiohttpBody(response),
-                extensions={"http_version": b"HTTP/1.1"},
-            )
+            yield AiohttpResponse(response, self._peer)
         finally:
+            # An unfinished body's connection is closed, a finished one goes back to the pool.
             response.release()
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is None:
             return
-        if self._closer is not None:
-            self._closer.detach()
         await session.close()
         # A connection closed on release (an unread error body, a stopped stream)
         # finishes closing its socket one loop iteration later; let it, so a loop
         # that ends right after this does not leave the socket open.
         await asyncio.sleep(0)
-
-
-def _close_forgotten(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:
-    """Close the connections of a pool dropped without ``aclose()``.
-
-    A pipeline that is never shut down (a notebook cell re-run, a script that
-    forgets) would otherwise make aiohttp report "Unclosed client session" and
-    "Unclosed connector" through the event loop's exception handler, which a
-    notebook shows as error output in whatever cell is running.
-    """
-    if session.closed:
-        return
-    connector = session.connector
-    session.detach()  # closed for the session's own check; the connector is ours now
-    if connector is None or connector.closed:
-        return
-    if not loop.is_closed():
-        try:
-            loop.call_soon_threadsafe(_close_connector_soon, connector)
-            return
-        except RuntimeError:  # closed in the meantime
-            pass
-    # The loop is gone and its sockets close as they are collected; only the
-    # connector's own report is left to silence, which aiohttp offers no public
-    # way to do without a running loop.
-    try:
-        connector._close()
-    except Exception:  # pragma: no cover - aiohttp internals changed
-        pass
-
-
-def _close_connector_soon(connector: aiohttp.BaseConnector) -> None:
-    async def close() -> None:
-        await connector.close()
-
-    asyncio.get_running_loop().create_task(close())

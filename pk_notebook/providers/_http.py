@@ -1,52 +1,71 @@
-"""What the HTTP providers share: keys, the connection pool, and turning HTTP trouble
-into the runtime's typed errors.
+"""How providers reach a server: one small client interface, two backends, typed errors.
 
-Providers speak httpx: they read an ``httpx.Response`` (status, headers, body,
-httpx's errors), and the connections underneath are chosen with the provider's
-``transport`` option:
+Decision (issue 12, "one HTTP path"): providers speak to a tiny interface of
+their own, :class:`Client` (``stream(url, headers, body)`` gives a
+:class:`Response`: status, headers, and ``read()`` returning the raw body bytes
+as they arrive, ``b""`` at the end; leaving the ``async with`` closes it), with
+two backends:
 
-``"aiohttp"`` (the default)
-    aiohttp's connection pool and C HTTP parser (:mod:`._aiohttp`), the plug-in
-    the official openai SDK also offers for speed. Reading one small SSE event
-    costs about a third of what it costs through httpcore, and sending a request
-    well under half; with 1000 paced streams in one event loop that is the
-    difference between a loop that keeps up and one that lags by a third of a
-    second (``benchmarks/providers.py`` has the figures). httpx's client layer
-    (cookies, redirects, auth flows) has no use for an API call and is skipped.
-    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as with
-    httpx, read once when the pool is made.
+``"aiohttp"`` (the default, :mod:`._aiohttp`)
+    aiohttp's connection pool and C HTTP parser, used natively: the body is read
+    with ``StreamReader.readany()`` called straight from the provider's loop, no
+    ``httpx.Response`` and no async generator in between. Reading one small SSE
+    event costs about a third of what it costs through httpcore + h11 + anyio;
+    with 1000 paced streams in one event loop that is the difference between a
+    loop that keeps up and one that lags by a third of a second (the figures are
+    in ``benchmarks/RESULTS-providers.md``).
 
-``"httpx"``
-    httpx's own transport (httpcore + h11). Its pool looks for a connection by
-    scanning every connection for every waiting request, so one pool holding 1000
-    connections spends its time scanning (httpcore issue 1035): requests are
-    spread over a few small httpx clients ("shards", at most :data:`SHARD_SIZE`
-    connections each), a new one opened only when all are full.
-
-an ``httpx.AsyncBaseTransport``
-    used as given, through one ``httpx.AsyncClient`` (``httpx.MockTransport`` in
-    a test, a transport with custom TLS or proxy settings); the provider's
+``"httpx"`` (:mod:`._httpx`)
+    httpx's own transport, spread over a few small clients (httpcore's pool scans
+    every connection for every waiting request, issue 1035). Also what a
+    :class:`httpx.AsyncBaseTransport` given as ``transport=`` is used through,
+    e.g. ``httpx.MockTransport(handler)`` in a user's tests; the provider's
     ``aclose()`` closes it.
 
-One pool per event loop: a connection belongs to the loop that opened it, and the
-sync facade runs calls on its own background loop, so a provider used from a
-notebook's loop and from the facade keeps one pool for each.
+Why not httpx on top of aiohttp (what this module did before): the provider
+only needs status, headers and bytes, so an ``httpx.Response`` around aiohttp's
+response bought nothing but a second translation of every error (aiohttp's into
+httpx's, then httpx's into ours) and a way back to aiohttp's buffer that had to
+look the glue module up in ``sys.modules``.
+
+Each backend translates its own library's exceptions exactly once, where it
+calls the library, into the runtime's typed errors (:func:`network_error`);
+nothing above a backend sees an aiohttp or httpx exception. HTTP statuses
+become :class:`ProviderError` subclasses in :func:`check_response`, the same
+for both. Compressed bodies are inflated by :mod:`._decode` under
+:class:`BodyLimits`, also the same for both (the backends hand over raw bytes).
+
+Proxies come from the environment (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``)
+on both built-in backends; a transport given as an object is used as it is.
+
+Lifetime: one client per event loop (a connection belongs to the loop that
+opened it, and the sync facade runs calls on its own background loop). Each
+client is tied to its loop by a suspended async generator (:func:`_lifetime`)
+whose ``finally`` closes it, so asyncio's own machinery closes a client nobody
+closed: ``asyncio.run()`` (``loop.shutdown_asyncgens()``) when the loop ends,
+and the loop's async-generator finalizer when the provider is garbage
+collected. Clients on a loop still alive at interpreter exit (the sync facade's)
+are closed by an ``atexit`` hook. A script that never calls
+``pipe.shutdown()`` therefore exits without aiohttp's "Unclosed client session"
+/ "Unclosed connector" reports, and without reaching into aiohttp's privates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import email.utils
 import json
 import logging
 import os
 import ssl
-import sys
 import time
 import urllib.request
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -60,8 +79,20 @@ from ..runtime.errors import (
     ProviderError,
     RateLimitError,
     ServerError,
+    StreamError,
     redact,
 )
+from ._decode import (
+    ACCEPT_ENCODING,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RATIO,
+    BodyLimits,
+    Reader,
+    decoded,
+)
+
+# re-exported: what base.py and the tests use from _decode
+__all__ = ["ACCEPT_ENCODING", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_RATIO", "BodyLimits", "decoded"]
 
 logger = logging.getLogger("pk_notebook")
 
@@ -73,36 +104,29 @@ DEFAULT_TRANSPORT = "aiohttp"
 #: every provider of a notebook or server at once, e.g. behind an unusual proxy)
 TRANSPORT_ENV = "PK_NOTEBOOK_HTTP_TRANSPORT"
 
-#: connections per httpx client; small enough that httpx's pool scans stay cheap
-SHARD_SIZE = 64
-#: idle connections kept per shard
-SHARD_KEEPALIVE = 16
 #: total connections a provider may open (per event loop)
 DEFAULT_MAX_CONNECTIONS = 1024
-#: idle connections kept open for reuse (aiohttp keeps every released one until expiry)
+#: idle connections kept open for reuse
 KEEPALIVE_SECONDS = 30.0
 #: bytes of an error body read to build the message
 ERROR_BODY_LIMIT = 64 * 1024
 #: after the end marker, how long the rest of the body may take to arrive (so the
 #: connection can be reused) before the connection is dropped instead
 DRAIN_SECONDS = 0.05
+#: at interpreter exit, how long closing the clients of a loop in another thread may take
+EXIT_WAIT_SECONDS = 2.0
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=60.0)
 
 _ssl_context: ssl.SSLContext | None = None
 
 
-def _shared_ssl_context() -> ssl.SSLContext:
+def shared_ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every provider (building one reads the CA bundle)."""
     global _ssl_context
     if _ssl_context is None:
         _ssl_context = httpx.create_ssl_context()
     return _ssl_context
-
-
-def _ssl_for(verify: bool | ssl.SSLContext) -> ssl.SSLContext | bool:
-    if verify is True:
-        return _shared_ssl_context()
-    return verify
 
 
 def default_transport() -> str:
@@ -140,15 +164,6 @@ def resolve_key(
     return None
 
 
-class ConnectionPool(Protocol):
-    """Bounded connections for one provider on one event loop."""
-
-    def stream(self, method: str, url: str, *, headers: Mapping[str, str], content: bytes) -> Any:
-        """An async context manager giving the ``httpx.Response`` (body not read yet)."""
-
-    async def aclose(self) -> None: ...
-
-
 def env_proxy(url: str) -> str | None:
     """The proxy the environment names for ``url`` (``HTTPS_PROXY``...), unless ``NO_PROXY``
     exempts its host."""
@@ -159,151 +174,180 @@ def env_proxy(url: str) -> str | None:
     return proxy
 
 
-class _Shard:
-    __slots__ = ("active", "client")
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-        self.active = 0
+# --- the client interface --------------------------------------------------------------
 
 
-class HttpxPool:
-    """Bounded connections through httpx's own transport, spread over small clients."""
+@dataclass(frozen=True)
+class Peer:
+    """Whom a client's connections serve: its errors name the provider and never the key."""
 
-    def __init__(
-        self,
-        *,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        verify: bool | ssl.SSLContext = True,
-    ) -> None:
-        self.max_connections = max(1, max_connections)
-        self.timeout = timeout
-        self.verify = verify
-        self._shards: list[_Shard] = []
-        self._max_shards = max(1, -(-self.max_connections // SHARD_SIZE))
+    provider: str
+    secret: str | None = field(default=None, repr=False)
+
+
+class Response(Protocol):
+    """A response whose body has not been read yet."""
 
     @property
-    def shards(self) -> int:
-        return len(self._shards)
+    def status(self) -> int: ...
 
-    def _new_shard(self) -> _Shard:
-        size = min(SHARD_SIZE, self.max_connections)
-        client = httpx.AsyncClient(
-            timeout=self.timeout,
-            limits=httpx.Limits(
-                max_connections=size,
-                max_keepalive_connections=min(SHARD_KEEPALIVE, size),
-                keepalive_expiry=KEEPALIVE_SECONDS,
-            ),
-            verify=_ssl_for(self.verify),
-            trust_env=True,
-        )
-        shard = _Shard(client)
-        self._shards.append(shard)
-        return shard
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive."""
+        ...
 
-    def _pick(self) -> _Shard:
-        best: _Shard | None = None
-        for shard in self._shards:
-            if best is None or shard.active < best.active:
-                best = shard
-        if best is None or (best.active >= SHARD_SIZE and len(self._shards) < self._max_shards):
-            best = self._new_shard()
-        return best
+    async def read(self) -> bytes:
+        """The raw body bytes that have arrived (waiting for some); ``b""`` at its end.
 
-    @asynccontextmanager
-    async def stream(
-        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
-    ) -> AsyncIterator[httpx.Response]:
-        shard = self._pick()
-        shard.active += 1
-        try:
-            async with shard.client.stream(
-                method, url, headers=headers, content=content
-            ) as response:
-                yield response
-        finally:
-            shard.active -= 1
-
-    async def aclose(self) -> None:
-        shards, self._shards = self._shards, []
-        for shard in shards:
-            await shard.client.aclose()
+        A call per read rather than an async iterator: every async generator
+        between the socket and the parser is an allocation and a hop per event,
+        which shows at thousands of events a second. Failures are
+        :class:`NetworkError`.
+        """
+        ...
 
 
-class ClientPool:
-    """A user's own httpx transport, used through one ``httpx.AsyncClient``."""
+class Client(Protocol):
+    """Bounded connections for one provider on one event loop."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, timeout: httpx.Timeout) -> None:
-        self._client = httpx.AsyncClient(transport=transport, timeout=timeout)
+    def stream(
+        self, url: str, *, headers: Mapping[str, str], content: bytes
+    ) -> AbstractAsyncContextManager[Response]:
+        """POST ``content``; the response once its head has arrived. Leaving the context
+        closes it: an unfinished body's connection is dropped, a finished one reused."""
+        ...
 
-    @asynccontextmanager
-    async def stream(
-        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
-    ) -> AsyncIterator[httpx.Response]:
-        async with self._client.stream(method, url, headers=headers, content=content) as response:
-            yield response
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+    async def aclose(self) -> None: ...
 
 
-def pool_factory(
+def client_factory(
     transport: Transport,
     *,
+    peer: Peer,
     base_url: str = "",
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     verify: bool | ssl.SSLContext = True,
-) -> Callable[[], ConnectionPool]:
-    """What :class:`PoolsByLoop` calls to open a pool on a new event loop."""
+) -> Callable[[], Client]:
+    """What :class:`ClientsByLoop` calls to open a client on a new event loop.
+
+    The environment's proxy is read here, once per provider: aiohttp's own
+    ``trust_env`` reads it on every request (about 0.5 ms each).
+    """
     transport = check_transport(transport)
+    max_connections = max(1, max_connections)
+    tls: ssl.SSLContext | bool = shared_ssl_context() if verify is True else verify
     if isinstance(transport, httpx.AsyncBaseTransport):
+        from ._httpx import TransportClient
+
         given = transport
-        return lambda: ClientPool(given, timeout)
+        return lambda: TransportClient(given, peer=peer, timeout=timeout)
     if transport == "aiohttp":
-        from ._aiohttp import AiohttpPool
+        from ._aiohttp import AiohttpClient
 
         proxy = env_proxy(base_url) if base_url else None
-        tls = _ssl_for(verify)
-        return lambda: AiohttpPool(
+        return lambda: AiohttpClient(
+            peer=peer,
             proxy=proxy,
-            max_connections=max(1, max_connections),
+            max_connections=max_connections,
             timeout=timeout,
             tls=tls,
             keepalive=KEEPALIVE_SECONDS,
         )
-    return lambda: HttpxPool(max_connections=max_connections, timeout=timeout, verify=verify)
+    from ._httpx import ShardedClient
+
+    return lambda: ShardedClient(
+        peer=peer,
+        max_connections=max_connections,
+        timeout=timeout,
+        tls=tls,
+        keepalive=KEEPALIVE_SECONDS,
+    )
 
 
-class PoolsByLoop:
-    """One connection pool per running event loop, created on first use."""
+async def _lifetime(client: Client) -> AsyncGenerator[None, None]:
+    """Suspended while ``client`` is in use; closing this generator closes the client.
 
-    def __init__(self, factory: Callable[[], ConnectionPool]) -> None:
+    The loop that first iterates it keeps track of it (PEP 525's hooks), which is
+    what lets asyncio close a client its owner forgot: ``shutdown_asyncgens()``
+    at the end of ``asyncio.run()``, or the loop's finalizer hook when it is
+    garbage collected while the loop still runs.
+    """
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+class ClientsByLoop:
+    """One client per running event loop, created on first use, each closed with its loop."""
+
+    def __init__(self, factory: Callable[[], Client]) -> None:
         self._factory = factory
-        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Client, AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
+        _open_sets.add(self)
 
-    def get(self) -> ConnectionPool:
+    async def get(self) -> Client:
         loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is None:
-            pool = self._pools[loop] = self._factory()
-        return pool
+        entry = self._clients.get(loop)
+        if entry is None:
+            client = self._factory()
+            guard = _lifetime(client)
+            entry = self._clients[loop] = (client, guard)
+            await guard.__anext__()  # runs to its yield at once; now the loop knows it
+        return entry[0]
 
     async def aclose(self) -> None:
-        """Close this loop's pool now; pools of other (running) loops are closed there."""
+        """Close this loop's client now; clients of other (running) loops are closed there."""
         current = asyncio.get_running_loop()
-        pools = list(self._pools.items())
-        self._pools = weakref.WeakKeyDictionary()
-        for loop, pool in pools:
+        entries = list(self._clients.items())
+        self._clients = weakref.WeakKeyDictionary()
+        for loop, entry in entries:
             if loop is current:
-                await pool.aclose()
-            elif loop.is_running() and not loop.is_closed():
-                asyncio.run_coroutine_threadsafe(pool.aclose(), loop)
-            # a pool of a stopped loop cannot be closed any more; its sockets go with it
+                await _close_guard(entry[1])
+            elif loop.is_closed():
+                pass  # its sockets went with it
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(_close_guard(entry[1]), loop)
+            else:  # stopped, not closed: used again later, or closed at exit
+                self._clients[loop] = entry
+
+    def close_at_exit(self) -> None:
+        """Close the clients of loops that outlive the program's code (see :func:`_at_exit`)."""
+        entries = list(self._clients.items())
+        self._clients = weakref.WeakKeyDictionary()
+        for loop, (_, guard) in entries:
+            if loop.is_closed():
+                continue
+            with contextlib.suppress(Exception):
+                if loop.is_running():  # another thread's, such as the sync facade's
+                    asyncio.run_coroutine_threadsafe(_close_guard(guard), loop).result(
+                        EXIT_WAIT_SECONDS
+                    )
+                else:
+                    loop.run_until_complete(_close_guard(guard))
+
+
+async def _close_guard(guard: AsyncGenerator[None, None]) -> None:
+    await guard.aclose()
+
+
+_open_sets: weakref.WeakSet[ClientsByLoop] = weakref.WeakSet()
+
+
+@atexit.register
+def _at_exit() -> None:
+    """Close clients whose loop is still alive when the interpreter exits.
+
+    ``asyncio.run()`` has closed its own by then; what is left are loops in other
+    threads (the sync facade's daemon thread, still running during ``atexit``) and
+    loops that were stopped but never closed. Without this, aiohttp reports their
+    open sessions on stderr while the interpreter tears down.
+    """
+    for clients in list(_open_sets):
+        clients.close_at_exit()
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -435,43 +479,56 @@ def error_in_stream(provider: str, payload: Any, secret: str | None) -> Provider
     return ProviderError(text, status_code=status, **kwargs)
 
 
-def network_error(
-    provider: str, exc: BaseException, secret: str | None, *, started: bool
-) -> NetworkError:
+def network_error(peer: Peer, exc: BaseException, *, started: bool) -> NetworkError:
+    """The typed error for a failed connection, named by the library's own exception.
+
+    Called by a backend where it catches its library's exception (raise it ``from
+    exc``): the one place a foreign error becomes ours. ``started``: the response
+    head had arrived.
+    """
     where = "in the middle of the stream" if started else "before the answer started"
-    detail = redact(str(exc) or type(exc).__name__, secret)
+    detail = redact(str(exc) or type(exc).__name__, peer.secret)
     return NetworkError(
-        f"the connection to {provider} failed {where} ({type(exc).__name__}: {detail}). "
+        f"the connection to {peer.provider} failed {where} ({type(exc).__name__}: {detail}). "
         "Check the network or base_url and retry."
     )
 
 
-async def read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> str:
-    """Up to ``limit`` bytes of a (non-streaming) body, decoded leniently."""
+async def read_limited(read: Reader, limit: int = ERROR_BODY_LIMIT) -> str:
+    """Up to ``limit`` bytes of a (non-streaming) body, decoded leniently.
+
+    Best effort: a body cut off or undecodable gives what was read, so an error
+    status is still reported as itself.
+    """
     parts: list[bytes] = []
     size = 0
-    async for piece in response.aiter_bytes():
-        parts.append(piece)
-        size += len(piece)
-        if size >= limit:
-            break
+    with contextlib.suppress(StreamError):
+        while size < limit:
+            piece = await read()
+            if not piece:
+                break
+            parts.append(piece)
+            size += len(piece)
     return b"".join(parts)[:limit].decode("utf-8", "replace")
 
 
-async def check_response(provider: str, response: httpx.Response, secret: str | None) -> None:
+async def check_response(
+    provider: str, response: Response, read: Reader, secret: str | None
+) -> None:
     """Raise the typed error unless ``response`` is a successful event stream.
 
     Status first (an error body is JSON, HTML or text, never SSE), then the
     content type: a 200 with an HTML page (a proxy's login page, a wrong base_url)
-    or a JSON error must not be fed to the SSE parser.
+    or a JSON error must not be fed to the SSE parser. ``read`` is the body's
+    (decompressing) reader.
     """
-    status = response.status_code
+    status = response.status
     if status >= 400:
-        body = await read_limited(response)
+        body = await read_limited(read)
         raise error_for_status(provider, status, response.headers, body, secret)
     content_type = response.headers.get("content-type", "")
     if status != 200 or (content_type and not content_type.startswith("text/event-stream")):
-        body = await read_limited(response)
+        body = await read_limited(read)
         message, code = error_details(body)
         if message is not None:
             raise ProviderError(
@@ -489,42 +546,16 @@ async def check_response(provider: str, response: httpx.Response, secret: str | 
         )
 
 
-def body_reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
-    """A coroutine function giving the next bytes of the body as read, ``b""`` at its end.
+def body_reader(provider: str, response: Response, limits: BodyLimits) -> Reader:
+    """The reader of ``response``'s body, decompressed within ``limits`` if it was compressed.
 
-    A call per read rather than an async iterator: every async generator between
-    the socket and the parser is an allocation and a hop per event, which shows at
-    thousands of events a second. An uncompressed body on the aiohttp transport is
-    read straight from aiohttp's buffer; on httpx's transport, from
-    ``response.stream`` (one re-chunking layer less than ``aiter_raw()``). A body
-    the server compressed goes through httpx's decoder. Transport errors are
-    httpx's either way.
+    An uncompressed body (every real provider's event stream) is read with the
+    backend's own ``read``, nothing in between.
     """
-    stream = response.stream
-    encoding = response.headers.get("content-encoding")
-    pieces: AsyncIterator[bytes]
-    if encoding and encoding.strip().lower() != "identity":
-        pieces = response.aiter_bytes()
-    else:
-        # loaded by the aiohttp pool that made this response, if it did
-        aiohttp_glue = sys.modules.get(f"{__package__}._aiohttp")
-        if aiohttp_glue is not None and isinstance(stream, aiohttp_glue.AiohttpBody):
-            return stream.read
-        if isinstance(stream, httpx.AsyncByteStream):
-            pieces = stream.__aiter__()
-        else:
-            pieces = response.aiter_raw()
-
-    async def read_next() -> bytes:
-        async for piece in pieces:
-            if piece:
-                return piece
-        return b""
-
-    return read_next
+    return decoded(response.read, response.headers.get("content-encoding"), limits, provider)
 
 
-async def drain(read: Callable[[], Awaitable[bytes]], seconds: float = DRAIN_SECONDS) -> None:
+async def drain(read: Reader, seconds: float = DRAIN_SECONDS) -> None:
     """Read what is left of the body for a moment, so the connection can be reused.
 
     Called after the end marker with the reader the body was being read with.
@@ -542,7 +573,7 @@ async def drain(read: Callable[[], Awaitable[bytes]], seconds: float = DRAIN_SEC
 
     try:
         await asyncio.wait_for(_read_rest(), seconds)
-    except (asyncio.TimeoutError, httpx.HTTPError, RuntimeError):
+    except (asyncio.TimeoutError, StreamError):
         pass
 
 

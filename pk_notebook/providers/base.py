@@ -50,6 +50,10 @@ class HTTPProvider(abc.ABC):
             (httpx's own transport), or an ``httpx.AsyncBaseTransport`` such as
             ``httpx.MockTransport``. Default: ``$PK_NOTEBOOK_HTTP_TRANSPORT``, else
             ``"aiohttp"``. See ``pk_notebook.providers._http``.
+        max_decompressed_bytes, max_compression_ratio: caps on a compressed
+            response body once inflated (default 256 MiB and 500x); past either
+            the stream ends in a ``ProtocolError`` keeping the partial text, so a
+            small "zip bomb" cannot fill the memory. See ``_decode.BodyLimits``.
         verify: TLS verification: True, False, or an ``ssl.SSLContext``.
         prices: a model -> :class:`Price` table (e.g. ``DEFAULT_PRICES``); with it,
             results carry ``cost``.
@@ -84,6 +88,8 @@ class HTTPProvider(abc.ABC):
         require_key: bool | None = None,
         transport: _http.Transport | None = None,
         verify: bool | ssl.SSLContext = True,
+        max_decompressed_bytes: int = _http.DEFAULT_MAX_BYTES,
+        max_compression_ratio: float = _http.DEFAULT_MAX_RATIO,
     ) -> None:
         if name is not None:
             self.name = name
@@ -121,9 +127,11 @@ class HTTPProvider(abc.ABC):
             timeout = _http.DEFAULT_TIMEOUT
         elif not isinstance(timeout, httpx.Timeout):
             timeout = httpx.Timeout(timeout)
-        self._pools = _http.PoolsByLoop(
-            _http.pool_factory(
+        self.body_limits = _http.BodyLimits(max_decompressed_bytes, max_compression_ratio)
+        self._clients = _http.ClientsByLoop(
+            _http.client_factory(
                 _http.default_transport() if transport is None else transport,
+                peer=_http.Peer(self.name, self._api_key),
                 base_url=base,
                 max_connections=max_connections,
                 timeout=timeout,
@@ -163,39 +171,34 @@ class HTTPProvider(abc.ABC):
         url, headers, body = self.build(request, config)
         parser = self.parser(config)
         secret = self._api_key
-        pool = self._pools.get()
-        try:
-            async with pool.stream("POST", url, headers=headers, content=body) as response:
-                await _http.check_response(self.name, response, secret)
-                read = _http.body_reader(response)
-                try:
-                    feed = parser.feed
-                    while raw := await read():
-                        events = feed(raw)
-                        for event in events:
-                            yield event
-                        if parser.done or parser.error is not None:
-                            break
-                    if parser.error is not None:
-                        raise parser.error
-                    if not parser.done:
-                        final = parser.end()
-                        if final is not None:
-                            yield final
-                finally:
-                    if parser.done and parser.error is None:
-                        # The end marker arrived: read the (usually already buffered)
-                        # rest so the connection goes back to the pool, briefly.
-                        await _http.drain(read)
-        except httpx.DecodingError as exc:
-            raise ProtocolError(
-                f"{self.name} sent a body that could not be decoded: {exc}", raw=None
-            ) from exc
-        except httpx.TransportError as exc:
-            raise _http.network_error(self.name, exc, secret, started=parser.started) from exc
+        client = await self._clients.get()
+        # Every failure below is already one of the runtime's typed errors: the
+        # client translated its library's exceptions where it called the library.
+        async with client.stream(url, headers=headers, content=body) as response:
+            read = _http.body_reader(self.name, response, self.body_limits)
+            await _http.check_response(self.name, response, read, secret)
+            try:
+                feed = parser.feed
+                while raw := await read():
+                    events = feed(raw)
+                    for event in events:
+                        yield event
+                    if parser.done or parser.error is not None:
+                        break
+                if parser.error is not None:
+                    raise parser.error
+                if not parser.done:
+                    final = parser.end()
+                    if final is not None:
+                        yield final
+            finally:
+                if parser.done and parser.error is None:
+                    # The end marker arrived: read the (usually already buffered)
+                    # rest so the connection goes back to the pool, briefly.
+                    await _http.drain(read)
 
     async def aclose(self) -> None:
-        await self._pools.aclose()
+        await self._clients.aclose()
 
     # --- helpers for subclasses -----------------------------------------------------
 

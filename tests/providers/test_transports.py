@@ -1,16 +1,21 @@
 """The ``transport`` option: which connections a provider uses, and what each choice
-does that a user can see (proxies, a test transport, clean-up, error messages)."""
+does that a user can see (proxies, a test transport, clean-up, error messages, exit)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+import pk_notebook
 from pk_notebook import (
     ConfigurationError,
     NetworkError,
@@ -115,3 +120,105 @@ async def test_a_connection_dropped_before_the_answer_says_so(
     message = str(caught.value)
     assert "Timeout" not in message  # nothing timed out: the server hung up
     assert "failed" in message and "Check the network or base_url" in message
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("transport", "library"),
+    [
+        pytest.param("aiohttp", "aiohttp", id="aiohttp"),
+        pytest.param("httpx", "httpx", id="httpx"),
+    ],
+)
+async def test_an_error_is_translated_once_from_the_transports_own_library(
+    fake_server: FakeProviderServer, transport: str, library: str
+) -> None:
+    """A dropped connection is a NetworkError raised straight from the library's exception:
+    no second library's error in between (the aiohttp path used to pass through httpx's)."""
+    fake_server.default = Script("one two three", fault="drop", after=1)
+    provider = OpenAIProvider("m", base_url=fake_server.base_url, transport=transport)
+    async with Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=1))) as pipe:
+        with pytest.raises(NetworkError) as caught:
+            await pipe.execute("user", "hi")
+    cause = caught.value.__cause__
+    assert cause is not None and type(cause).__module__.split(".")[0] == library
+    libraries = {type(e).__module__.split(".")[0] for e in _chain(cause)}
+    assert libraries <= {library, "asyncio", "builtins", "h11", "httpcore", "anyio"}
+    assert "in the middle of the stream" in str(caught.value)
+
+
+async def test_a_users_transport_that_fails_is_a_network_error() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    provider = OpenAIProvider(
+        "m", base_url="http://api.test/v1", transport=httpx.MockTransport(refuse)
+    )
+    async with Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=1))) as pipe:
+        with pytest.raises(NetworkError, match=r"before the answer started.*ConnectError"):
+            await pipe.execute("user", "hi")
+
+
+PACKAGE_ROOT = str(Path(pk_notebook.__file__).resolve().parent.parent)
+EXIT_SCRIPT = """
+import asyncio, sys
+from pk_notebook import Pipeline, ProviderMiddleware
+from pk_notebook.providers import OpenAIProvider
+
+base_url, how, transport = sys.argv[1:4]
+
+def pipeline():
+    provider = OpenAIProvider("m", base_url=base_url, transport=transport)
+    return Pipeline(ProviderMiddleware(provider))
+
+if how == "asyncio-run-global":  # still referenced when asyncio.run() closes the loop
+    async def main():
+        global pipe
+        pipe = pipeline()
+        results = await asyncio.gather(*(pipe.execute("user", "hi") for _ in range(5)))
+        print(results[0].text)
+    asyncio.run(main())
+elif how == "asyncio-run-local":  # dropped when main() returns
+    async def main():
+        pipe = pipeline()
+        print((await pipe.execute("user", "hi")).text)
+    asyncio.run(main())
+elif how == "sync":  # the facade's loop runs in a daemon thread until the very end
+    pipe = pipeline()
+    print(pipe.sync.execute("user", "hi").text)
+elif how == "loop-never-closed":
+    loop = asyncio.new_event_loop()
+    pipe = pipeline()
+    print(loop.run_until_complete(pipe.execute("user", "hi")).text)
+"""
+
+
+@pytest.mark.parametrize(
+    "how", ["asyncio-run-global", "asyncio-run-local", "sync", "loop-never-closed"]
+)
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_script_that_never_shuts_down_exits_quietly(
+    fake_server: FakeProviderServer, tmp_path: Path, how: str, transport: str
+) -> None:
+    """No "Unclosed client session" / "Unclosed connector" (or anything else) on stderr,
+    and the kept-alive connections are closed, not left to the operating system."""
+    script = tmp_path / "forgetful.py"
+    script.write_text(EXIT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), fake_server.base_url, how, transport],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        # the pk_notebook under test, wherever this script is
+        env={**os.environ, "PYTHONWARNINGS": "", "PYTHONPATH": PACKAGE_ROOT},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "Hello from the fake provider server."
+    assert done.stderr == ""
