@@ -222,3 +222,24 @@ def test_a_script_that_never_shuts_down_exits_quietly(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "Hello from the fake provider server."
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_read_timeout_is_a_retryable_network_error(
+    fake_server: FakeProviderServer, transport: str
+) -> None:
+    """The provider's own ``timeout.read`` (silence on the socket) is a NetworkError naming the
+    timeout, on both transports; the pipeline's idle timeout (a StreamTimeout) is another thing."""
+    fake_server.default = Script("one two three", fault="stall", after=1)
+    provider = OpenAIProvider(
+        "m",
+        base_url=fake_server.base_url,
+        transport=transport,
+        timeout=httpx.Timeout(5.0, read=0.3),
+    )
+    async with Pipeline(ProviderMiddleware(provider, retry=RetryPolicy(max_attempts=1))) as pipe:
+        stream = await pipe.execute_stream("user", "hi")
+        with pytest.raises(NetworkError, match=r"in the middle of the stream.*Timeout") as caught:
+            async for _ in stream:
+                pass
+    assert caught.value.retryable and caught.value.partial_text == "one"
