@@ -53,7 +53,7 @@ from ..runtime.stream import Stream
 from ..runtime.text import Throttle
 from ..runtime.types import Message, ProviderConfig, Result, StreamStatus, Usage
 from . import chat_view as view
-from .chat_input import ChatInput
+from .chat_input import MessageBox
 from .status import format_status
 
 logger = logging.getLogger("pk_notebook")
@@ -177,11 +177,12 @@ class Chat(widgets.VBox):
         )
         self._transcript.add_class("pk-chat-transcript")
 
-        self.input = ChatInput(layout=w.Layout(flex="1 1 auto", width="auto"))
-        self.input.on_submit(lambda text: self._schedule(lambda: self._turn(text)))
+        self._box = MessageBox(lambda text: self._schedule(lambda: self._turn(text)))
+        self.input = self._box.box  # the textarea: chat.input.value is the draft
         self._send_button = w.Button(
-            description="Send", button_style="primary", tooltip="Send the message (Enter)"
+            description="Send", button_style="primary", tooltip="Send the message"
         )
+        self._send_button.add_class("pk-chat-send")
         self._stop_button = w.Button(
             description="Stop", disabled=True, tooltip="Stop the reply; the text so far is kept"
         )
@@ -195,7 +196,15 @@ class Chat(widgets.VBox):
 
         self._footer = w.HTML(view.footer_html(self._summary()))
         self._footer.add_class("pk-chat-footer")
-        self.children = (style, header, self._transcript, composer, self._footer)
+        self.children = (
+            style,
+            header,
+            self._transcript,
+            composer,
+            self._box.hint,
+            self._box.hidden,
+            self._footer,
+        )
         self.add_class("pk-chat")
 
     @staticmethod
@@ -374,6 +383,7 @@ class Chat(widgets.VBox):
 
     def _on_send_click(self, _button: Any) -> None:
         text = self.input.value
+        self._box.received()  # whatever the front end showed as pending is now handled
         if not text.strip() or self.streaming:
             return
         self.input.value = ""
@@ -520,7 +530,10 @@ class Chat(widgets.VBox):
         self._stop_button.disabled = not value
         self._send_button.disabled = value
         self._new_button.disabled = value
-        self.input.busy = value
+        if value:
+            self.add_class("pk-chat-busy")  # the front end keeps a draft on Enter
+        else:
+            self.remove_class("pk-chat-busy")
         if value:
             self._update_footer("waiting for the first chunk…")
 

@@ -1,14 +1,19 @@
-"""The chat's message box: a textarea where Enter sends and Shift+Enter adds a line.
+"""The chat's message box: a plain textarea that works wherever widgets render,
+plus an optional keyboard enhancer (Enter sends, Shift+Enter adds a line).
 
-Why a custom widget: ``ipywidgets.Textarea`` swallows key events in the browser
-without reporting any of them (only ``Text`` reports Enter, and it holds a
-single line), so no combination of stock widgets can tell Enter from
-Shift+Enter. anywidget runs the few lines of JavaScript below as an ES module
-in JupyterLab, Notebook 7 and VS Code, with no bundle to build.
+Why two parts:
 
-The front end sends ``{"event": "submit", "text": ...}`` on Enter and clears
-itself; the draft is synced to ``value`` as it is typed, so a Send button on
-the Python side sends what is in the box.
+- ``ipywidgets.Textarea`` renders in every front end that renders widgets at
+  all (JupyterLab, Notebook 7, VS Code, hubs whose server lacks anywidget), so
+  the box can always be typed into and the Send button always works. It
+  reports no key events, though, so it cannot tell Enter from Shift+Enter.
+- :class:`KeyboardEnhancer` is a tiny anywidget module. When its front end
+  loads, it finds the textarea next to it in the page and makes Enter send; it
+  also shows a sent message as *pending* at once, while the kernel is busy with
+  another cell. When its front end is missing (anywidget not installed where
+  JupyterLab runs, an offline VS Code), the widget manager can only show an
+  error for it; it sits in a hidden box, so nothing broken is visible, and the
+  chat shows one line saying how to get Enter-to-send.
 """
 
 from __future__ import annotations
@@ -16,145 +21,201 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import anywidget
-import traitlets
+import ipywidgets as widgets
+
+try:  # the enhancer is optional: without anywidget the chat still works with Send
+    import anywidget
+    import traitlets
+
+    HAVE_ANYWIDGET = True
+except ImportError:  # pragma: no cover - exercised in an environment without anywidget
+    HAVE_ANYWIDGET = False
+
+#: the hint under the box until the enhancer reports that it runs
+HINT_NO_FRONT_END = (
+    "Enter adds a line; click Send to send. For Enter-to-send, install anywidget "
+    "where JupyterLab runs (pip install anywidget) and reload the page."
+)
+HINT_NO_PACKAGE = (
+    "Enter adds a line; click Send to send. For Enter-to-send, pip install anywidget "
+    "in this kernel's environment and where JupyterLab runs."
+)
+PLACEHOLDER_KEYS = "Message  (Enter sends, Shift+Enter adds a line)"
+PLACEHOLDER_PLAIN = "Message"
 
 _ESM = r"""
 function render({ model, el }) {
-  const box = document.createElement("textarea");
-  box.className = "pk-chat-input";
-  box.rows = 1;
-  box.spellcheck = true;
-  box.setAttribute("aria-label", "Message");
-  // JupyterLab must not treat keys typed here as notebook shortcuts.
-  box.setAttribute("data-lm-suppress-shortcuts", "true");
-  const maxRows = () => Math.max(1, model.get("max_rows"));
-  const fit = () => {
-    box.style.height = "auto";
-    const style = getComputedStyle(box);
-    const line = parseFloat(style.lineHeight) || 20;
-    const pad = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
-    const border = parseFloat(style.borderTopWidth) + parseFloat(style.borderBottomWidth);
-    const limit = line * maxRows() + pad + border;
-    box.style.height = Math.min(box.scrollHeight + border, limit) + "px";
-    box.style.overflowY = box.scrollHeight + border > limit ? "auto" : "hidden";
+  const root = el.closest(".pk-chat");
+  if (!root) return;
+  // Hide the "click Send" hint at once; the kernel confirms when it hears "ready".
+  root.classList.add("pk-chat-keys");
+  let box = null;
+  const busy = () => root.classList.contains("pk-chat-busy");
+  const addPending = (text) => {
+    const host = root.querySelector(".pk-chat-messages");
+    if (!host) return;
+    const item = document.createElement("div");
+    item.className = "pk-msg pk-chat-pending";
+    const bubble = document.createElement("div");
+    bubble.className = "pk-bubble";
+    bubble.textContent = text;  // text only, never HTML
+    const note = document.createElement("div");
+    note.className = "pk-chat-pending-note";
+    note.textContent = "pending: the kernel is busy; it is sent when the kernel is free";
+    item.append(bubble, note);
+    host.appendChild(item);
   };
-  const push = () => { model.set("value", box.value); model.save_changes(); };
-  const fromModel = () => {
-    if (box.value !== model.get("value")) { box.value = model.get("value"); fit(); }
-    box.placeholder = model.get("placeholder");
-    box.disabled = model.get("disabled");
+  const send = (text) => {
+    model.send({ event: "submit", text });
+    addPending(text);
   };
   const onKey = (event) => {
-    event.stopPropagation();
     if (event.key !== "Enter" || event.shiftKey || event.altKey || event.ctrlKey ||
         event.metaKey || event.isComposing) {
       return;  // Shift+Enter: the browser inserts the newline
     }
     event.preventDefault();
+    event.stopPropagation();
     const text = box.value;
-    if (!text.trim() || model.get("busy") || model.get("disabled")) return;
-    model.send({ event: "submit", text });
+    if (!text.trim() || busy()) return;
+    send(text);
     box.value = "";
-    push();
-    fit();
+    box.dispatchEvent(new Event("input", { bubbles: true }));  // the Textarea syncs ""
   };
-  const onInput = () => { push(); fit(); };
-  const onCustom = (msg) => { if (msg && msg.event === "focus") box.focus(); };
-  box.addEventListener("keydown", onKey);
-  box.addEventListener("keypress", (e) => e.stopPropagation());
-  box.addEventListener("input", onInput);
-  model.on("change:value", fromModel);
-  model.on("change:placeholder", fromModel);
-  model.on("change:disabled", fromModel);
+  const onClick = (event) => {
+    // The Send button's click reaches the kernel only when it is free: show it now.
+    if (box && event.target.closest && event.target.closest(".pk-chat-send") &&
+        box.value.trim() && !busy()) {
+      addPending(box.value);
+    }
+  };
+  const attach = () => {
+    const found = root.querySelector(".pk-chat-input textarea");
+    if (!found || found === box) return;
+    if (box) box.removeEventListener("keydown", onKey, true);
+    box = found;
+    box.setAttribute("data-lm-suppress-shortcuts", "true");
+    box.addEventListener("keydown", onKey, true);
+  };
+  const onCustom = (msg) => {
+    if (msg && msg.event === "received") {
+      root.querySelectorAll(".pk-chat-pending").forEach((node) => node.remove());
+    }
+  };
+  const observer = new MutationObserver(attach);
+  observer.observe(root, { childList: true, subtree: true });
+  root.addEventListener("click", onClick, true);
   model.on("msg:custom", onCustom);
-  fromModel();
-  el.classList.add("pk-chat-input-host");
-  el.appendChild(box);
-  requestAnimationFrame(fit);
+  attach();
+  model.send({ event: "ready" });
   return () => {
-    model.off("change:value", fromModel);
-    model.off("change:placeholder", fromModel);
-    model.off("change:disabled", fromModel);
+    observer.disconnect();
+    root.removeEventListener("click", onClick, true);
+    if (box) box.removeEventListener("keydown", onKey, true);
     model.off("msg:custom", onCustom);
   };
 }
 export default { render };
 """
 
-_CSS = r"""
-.pk-chat-input-host { display: flex; flex: 1 1 auto; min-width: 0; }
-.pk-chat-input {
-  flex: 1 1 auto;
-  box-sizing: border-box;
-  width: 100%;
-  resize: none;
-  margin: 0;
-  padding: 7px 10px;
-  font-family: var(--jp-ui-font-family);
-  font-size: var(--jp-ui-font-size1);
-  line-height: 1.45;
-  color: var(--jp-ui-font-color0);
-  background: var(--jp-input-background, var(--jp-layout-color1));
-  border: var(--jp-border-width, 1px) solid var(--jp-input-border-color, var(--jp-border-color1));
-  border-radius: 6px;
-  outline: none;
-}
-.pk-chat-input:focus {
-  border-color: var(--jp-input-active-border-color, var(--jp-brand-color1));
-  box-shadow: 0 0 0 1px var(--jp-input-active-border-color, var(--jp-brand-color1));
-}
-.pk-chat-input::placeholder { color: var(--jp-ui-font-color3); }
-.pk-chat-input:disabled { opacity: 0.6; }
-"""
+
+if HAVE_ANYWIDGET:
+
+    class KeyboardEnhancer(anywidget.AnyWidget):
+        """Enter-to-send and pending messages for the chat's textarea (see the module doc)."""
+
+        _esm = _ESM
+        ready = traitlets.Bool(False, help="The front end runs (it said so).")
+
+        def __init__(self, on_submit: Callable[[str], Any], on_ready: Callable[[], Any]) -> None:
+            super().__init__()
+            self._on_submit = on_submit
+            self._on_ready = on_ready
+            self.on_msg(self._on_front_end_msg)
+
+        def _on_front_end_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+            if not isinstance(content, dict):
+                return
+            event = content.get("event")
+            if event == "ready":
+                self.ready = True
+                self._on_ready()
+            elif event == "submit":
+                text = content.get("text")
+                if isinstance(text, str) and text.strip():
+                    self._on_submit(text)
+                self.received()
+
+        def received(self) -> None:
+            """Tell the front end its pending messages have reached the kernel."""
+            self.send({"event": "received"})
+
+        def __repr__(self) -> str:
+            return f"<KeyboardEnhancer ready={self.ready}>"
 
 
-class ChatInput(anywidget.AnyWidget):
-    """A multi-line message box: Enter submits, Shift+Enter inserts a newline."""
 
-    _esm = _ESM
-    _css = _CSS
+class MessageBox:
+    """The composer's input parts: the textarea, the hidden enhancer, and the hint line.
 
-    value = traitlets.Unicode("", help="The text in the box, synced as it is typed.").tag(sync=True)
-    placeholder = traitlets.Unicode(
-        "Message  (Enter sends, Shift+Enter adds a line)", help="Shown while the box is empty."
-    ).tag(sync=True)
-    disabled = traitlets.Bool(False, help="Refuse typing (e.g. no kernel loop to answer).").tag(
-        sync=True
-    )
-    busy = traitlets.Bool(False, help="A reply is streaming: Enter keeps the text in the box.").tag(
-        sync=True
-    )
-    max_rows = traitlets.Int(8, help="The box grows with its text up to this many lines.").tag(
-        sync=True
-    )
+    ``on_submit(text)`` is called for Enter (with the enhancer) and by :meth:`submit`;
+    the Send button is wired by the chat and reads :attr:`value`.
+    """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._submit_handlers: list[Callable[[str], Any]] = []
-        self.on_msg(self._on_front_end_msg)
+    def __init__(self, on_submit: Callable[[str], Any]) -> None:
+        self._on_submit = on_submit
+        self.box = widgets.Textarea(
+            placeholder=PLACEHOLDER_PLAIN,
+            rows=2,
+            continuous_update=True,
+            layout=widgets.Layout(flex="1 1 auto", width="auto"),
+        )
+        self.box.add_class("pk-chat-input")
+        self.hint = widgets.HTML(HINT_NO_FRONT_END if HAVE_ANYWIDGET else HINT_NO_PACKAGE)
+        self.hint.add_class("pk-chat-hint")
+        self.enhancer: Any = (
+            KeyboardEnhancer(self._submitted, self._keys_ready) if HAVE_ANYWIDGET else None
+        )
+        # A box that shows nothing: where the enhancer's front end is missing, the
+        # error placeholder the widget manager draws for it stays out of sight.
+        self.hidden = widgets.Box(
+            [self.enhancer] if self.enhancer is not None else [],
+            layout=widgets.Layout(display="none"),
+        )
 
-    def on_submit(self, callback: Callable[[str], Any], remove: bool = False) -> None:
-        """Call ``callback(text)`` when Enter is pressed (``remove=True`` unregisters it)."""
-        if remove:
-            self._submit_handlers.remove(callback)
-        else:
-            self._submit_handlers.append(callback)
+    @property
+    def value(self) -> str:
+        return str(self.box.value)
+
+    @value.setter
+    def value(self, text: str) -> None:
+        self.box.value = text
+
+    @property
+    def keys_ready(self) -> bool:
+        """True once Enter-to-send runs in the front end."""
+        return bool(self.enhancer is not None and self.enhancer.ready)
 
     def submit(self, text: str) -> None:
         """Act as if ``text`` had been typed and Enter pressed (tests, keyboard-free use)."""
-        self.value = ""
-        for callback in list(self._submit_handlers):
-            callback(text)
+        self._submitted(text)
 
-    def focus(self) -> None:
-        self.send({"event": "focus"})
+    def received(self) -> None:
+        if self.enhancer is not None:
+            self.enhancer.received()
 
-    def _on_front_end_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if isinstance(content, dict) and content.get("event") == "submit":
-            text = content.get("text")
-            if isinstance(text, str) and text.strip():
-                self.submit(text)
+    def widgets(self) -> list[widgets.Widget]:
+        return [self.box, self.hidden, self.hint]
 
-    def __repr__(self) -> str:
-        return f"<ChatInput chars={len(self.value)} busy={self.busy}>"
+    def close(self) -> None:
+        for part in (self.enhancer, self.hidden, self.hint, self.box):
+            if part is not None:
+                part.close()
+
+    def _submitted(self, text: str) -> None:
+        self.box.value = ""
+        self._on_submit(text)
+
+    def _keys_ready(self) -> None:
+        self.hint.layout.display = "none"
+        self.box.placeholder = PLACEHOLDER_KEYS

@@ -94,8 +94,8 @@ _CSS = """
   color: var(--jp-ui-font-color2);
   margin: 0 2px 3px 2px;
 }
-.pk-msg-user { align-items: flex-end; }
-.pk-msg-user .pk-bubble {
+.pk-msg-user, .pk-chat-pending { align-items: flex-end; }
+.pk-msg-user .pk-bubble, .pk-chat-pending .pk-bubble {
   max-width: 78%;
   padding: 8px 12px;
   border-radius: 12px 12px 3px 12px;
@@ -197,6 +197,31 @@ _CSS = """
   color: var(--jp-error-color1);
   background: var(--jp-layout-color1);
   box-shadow: inset 0 0 0 1px var(--jp-error-color1);
+}
+.pk-chat .pk-chat-input { flex: 1 1 auto; min-width: 0; margin: 0; }
+.pk-chat .pk-chat-input textarea {
+  box-sizing: border-box;
+  min-height: 34px;
+  max-height: 12em;
+  resize: vertical;
+  padding: 7px 10px;
+  font-family: var(--jp-ui-font-family);
+  font-size: var(--jp-ui-font-size1);
+  line-height: 1.45;
+  border-radius: 6px;
+}
+.pk-chat-hint {
+  padding: 0 14px 4px 14px;
+  font-size: var(--jp-ui-font-size0);
+  color: var(--jp-ui-font-color2);
+}
+/* the keyboard enhancer runs: Enter sends, so the "click Send" hint goes */
+.pk-chat.pk-chat-keys .pk-chat-hint { display: none !important; }
+.pk-chat-pending .pk-bubble { opacity: 0.6; }
+.pk-chat-pending-note {
+  font-size: var(--jp-ui-font-size0);
+  color: var(--jp-ui-font-color2);
+  margin-top: 2px;
 }
 
 /* footer */

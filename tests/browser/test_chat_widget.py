@@ -103,7 +103,7 @@ def test_chat_streams_stops_and_shares_the_session(lab_page: LabPage, lab_root: 
     lab_page.run_cell_and_wait(0)
     lab_page.run_cell_and_wait(1)
     first = page.locator(".pk-chat").first
-    box = first.locator("textarea.pk-chat-input")
+    box = first.locator(".pk-chat-input textarea")
     box.wait_for(state="visible", timeout=30_000)
     send = first.locator("button", has_text="Send")
     stop = first.locator("button", has_text="Stop")

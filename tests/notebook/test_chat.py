@@ -327,7 +327,8 @@ async def test_enter_and_send_button_schedule_the_turn_from_any_thread() -> None
     replies = reply_waiter(chat)
     # The front end's submit message, handled on another thread: returns at once.
     message = {"event": "submit", "text": "one"}
-    await asyncio.to_thread(chat.input._on_front_end_msg, chat.input, message, [])
+    keys = chat._box.enhancer
+    await asyncio.to_thread(keys._on_front_end_msg, keys, message, [])
     assert (await asyncio.wait_for(replies.get(), 10)).text == ANSWER
     chat.input.value = "two"
     await asyncio.to_thread(chat._send_button.click)
