@@ -80,6 +80,7 @@ class SSEDecoder:
         "_data_size",
         "_event",
         "_fast_max",
+        "_ids",
         "_max_event",
         "_max_line",
         "_partial",
@@ -105,6 +106,7 @@ class SSEDecoder:
         self._partial_size = 0  # their total length
         self._data: list[bytes] = []  # data lines of the event being built
         self._data_size = 0  # their total length
+        self._ids: list[tuple[str | None, int | None]] | None = None  # feed(): id, retry per event
         self._event: bytes | None = None
         self._skip_lf = False  # the last read ended in CR: an LF first in the next is its pair
         self._started = False
@@ -112,15 +114,28 @@ class SSEDecoder:
         self.retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        """Decode one read; return the events it completed (often none, often several)."""
+        """Decode one read; return the events it completed (often none, often several).
+
+        Each event carries the ``id``/``retry`` in force when it was dispatched, not
+        at the end of the read (an ``id:`` line after an event in the same read
+        belongs to the next one; found by the fuzz test).
+        """
+        ids: list[tuple[str | None, int | None]] = []
+        self._ids = ids
+        try:
+            raw = self.feed_raw(chunk)
+        finally:
+            self._ids = None
+        if len(ids) != len(raw):  # the fast path: one event, no field lines in the read
+            ids = [(self.last_event_id, self.retry)] * len(raw)
         return [
             ServerSentEvent(
                 data.decode("utf-8", "replace"),
                 name.decode("utf-8", "replace") if name else "message",
-                self.last_event_id,
-                self.retry,
+                event_id,
+                retry,
             )
-            for data, name in self.feed_raw(chunk)
+            for (data, name), (event_id, retry) in zip(raw, ids, strict=True)
         ]
 
     def feed_raw(self, chunk: bytes) -> list[tuple[bytes, bytes | None]]:
@@ -140,6 +155,8 @@ class SSEDecoder:
             and len(chunk) <= self._fast_max
         ):
             return [(chunk[6:-2], None)]
+        if not chunk:
+            return []  # an empty read must not consume a pending CR's LF (found by fuzzing)
         if not self._started:
             if self._partial:
                 chunk = b"".join(self._partial) + chunk
@@ -234,6 +251,8 @@ class SSEDecoder:
         raw = data[0] if len(data) == 1 else b"\n".join(data)
         data.clear()
         self._data_size = 0
+        if self._ids is not None:
+            self._ids.append((self.last_event_id, self.retry))
         name = self._event
         self._event = None
         return raw, name

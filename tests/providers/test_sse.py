@@ -39,6 +39,18 @@ def test_cr_at_end_of_read_then_lf_is_one_line_ending() -> None:
     assert [e.data for e in events] == ["x\ny"]
 
 
+def test_empty_read_between_cr_and_lf_changes_nothing() -> None:
+    # found by the fuzz test (test_fuzz.py): the empty read used to eat the pending LF
+    assert decode(b"data: x\r", b"", b"\n") == []
+    assert [e.data for e in decode(b"data: x\r", b"", b"\n\n")] == ["x"]
+
+
+def test_an_event_carries_the_id_in_force_when_it_was_dispatched() -> None:
+    # found by the fuzz test: an id after the event, in the same read, is the next one's
+    events = decode(b"id: 1\ndata: a\n\nid: 2\nretry: 5\ndata: b\n\nid: 3\n")
+    assert [(e.data, e.id, e.retry) for e in events] == [("a", "1", None), ("b", "2", 5)]
+
+
 def test_comments_produce_nothing() -> None:
     assert decode(b": keep-alive\n\n: OPENROUTER PROCESSING\n\n") == []
     assert [e.data for e in decode(b": c\ndata: a\n: c\n\n")] == ["a"]
