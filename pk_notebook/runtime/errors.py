@@ -155,14 +155,14 @@ _E = TypeVar("_E", bound=BaseException)
 
 
 def scrub(error: _E, *secrets: str | None) -> _E:
-    """Redact ``error``'s message and the text fields it shows (``raw``, ``body``), in place.
+    """Redact ``error``'s message and the text fields it shows (``raw``, ``body``, ``code``).
 
     For errors built by code that did not know the key: the provider that raises
     them does, and calls this at its boundary. ``partial_text`` is the model's
     answer and is left as it is. Returns ``error`` for ``raise scrub(exc, key)``.
     """
     error.args = tuple(redact(a, *secrets) if isinstance(a, str) else a for a in error.args)
-    for name in ("raw", "body"):
+    for name in ("raw", "body", "code"):
         value = getattr(error, name, None)
         if isinstance(value, str):
             setattr(error, name, redact(value, *secrets))

@@ -159,6 +159,17 @@ def test_parser_removes_its_key_from_raw_lines(dialect: str, make_key: Any) -> N
     assert_key_absent(key, outcome.error)
 
 
+@pytest.mark.parametrize("dialect", list(PROVIDERS))
+def test_in_stream_error_code_is_scrubbed_by_the_parser(dialect: str) -> None:
+    key = "k" + secrets.token_hex(8)
+    error = {"type": "error", "error": {"type": key, "code": key, "status": key, "message": key}}
+    body = HI[dialect] + b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+    outcome = parse(dialect, body, api_key=key)
+    assert isinstance(outcome.error, ProviderError) and outcome.error.partial_text == "Hi"
+    assert_key_absent(key, outcome.error)
+    assert key not in str(outcome.error.code)
+
+
 def test_in_stream_error_message_is_scrubbed_by_the_parser() -> None:
     key = azure_key()
     body = (
