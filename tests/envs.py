@@ -97,6 +97,9 @@ class EnvSpec:
             "spec": [self.name, self.requirements, self.project_extra, self.constraints],
         }
         if self.project_extra:
+            # The editable install points at this checkout: another checkout sharing
+            # PK_NOTEBOOK_ENVS_DIR must not reuse it.
+            parts["checkout"] = str(ROOT)
             try:
                 import tomllib
             except ImportError:  # Python 3.10: the whole file decides instead
