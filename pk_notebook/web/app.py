@@ -27,8 +27,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from ..runtime.pipeline import Pipeline
+from . import logs
 from .openai_compat import ChatCompletionsEndpoint
-from .security import Slots, WebError, check_host, check_origin, check_token
+from .security import (
+    Slots,
+    WebError,
+    check_host,
+    check_origin,
+    check_token,
+    pipeline_secrets,
+)
 from .settings import WebSettings
 from .sse import StreamEndpoint
 from .streaming import json_response_messages
@@ -68,6 +76,7 @@ class HostGuard:
             except WebError as exc:
                 start, body = json_response_messages(exc.status, {"error": exc.to_dict()})
                 if scope["type"] == "websocket":
+                    logs.quiet("refused a WebSocket handshake: %d %s", exc.status, exc.kind)
                     if "websocket.http.response" not in scope.get("extensions", {}):
                         await send({"type": "websocket.close", "code": 1008})
                         return
@@ -108,6 +117,9 @@ def create_app(
     if options:
         settings = replace(settings, **options)
     slots = Slots(settings.max_concurrent)
+    # uvicorn logs WebSocket URLs (with ?access_token=) whatever the access-log setting:
+    # its loggers get a filter that removes query strings, the token and the keys.
+    logs.install(pipeline_secrets(pipe, settings))
     pages = {name: _static(name) for name in _STATIC_TYPES}
 
     async def page(request: Request) -> Response:
@@ -167,6 +179,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logs.install()  # again: a server may have configured logging since create_app
         yield
         if close_pipeline:
             await pipe.shutdown()

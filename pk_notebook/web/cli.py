@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST",
-        help="a Host name the server answers to (repeatable; default: loopback names and --host)",
+        help="a Host name the server answers to (repeatable; default: loopback names and "
+        "--host, or with --host 0.0.0.0 this machine's names and addresses). '*' accepts "
+        "any, which lets any website you visit use the server through DNS rebinding",
     )
     serve.add_argument(
         "--max-concurrent",
@@ -96,6 +98,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between SSE keep-alive comments (default: %(default)s)",
     )
     serve.add_argument(
+        "--client-system",
+        choices=["refuse", "allow"],
+        default=DEFAULTS.client_system,
+        help="whether clients may send their own system prompt (/stream options.system, "
+        "/v1 system and developer messages); refused so no client can replace the "
+        "operator's (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--write-timeout",
+        type=float,
+        default=DEFAULTS.write_timeout,
+        help="seconds a write may wait for a client that does not read; then its stream "
+        "is stopped and its slot freed (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULTS.read_timeout,
+        help="seconds to wait for each piece of a request body (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULTS.request_timeout,
+        help="seconds a connection has to send a complete request, headers and body; "
+        "then it is closed (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=DEFAULTS.max_header_bytes,
+        help="largest accepted request header block (default: %(default)s)",
+    )
+    serve.add_argument(
         "--store",
         default="memory",
         help="session store, as in %%stream config --store: memory, sqlite (the default "
@@ -115,19 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Any:
     token = args.token or os.environ.get("PK_NOTEBOOK_TOKEN") or None
     hosts = list(args.allow_host)
-    if not hosts:
+    if "*" in hosts:
+        logger.warning(
+            "--allow-host '*' switches off the DNS-rebinding guard: any website opened in "
+            "a browser that can reach this server can use it (and spend its provider's "
+            "quota). List the names clients use instead."
+        )
+    elif not hosts:
+        hosts = [*LOOPBACK_HOSTS]
         if args.host in _WILDCARD_HOSTS:
-            hosts = ["*"]
-            if token is None:
-                logger.warning(
-                    "serving on all interfaces without a token: anyone who can reach port %d "
-                    "can spend this provider's quota. Set PK_NOTEBOOK_TOKEN.",
-                    args.port,
-                )
+            # Not '*': then any page a user visits could point a name it controls at this
+            # machine (DNS rebinding) and use the server from the user's browser.
+            from .server import machine_hosts
+
+            hosts += machine_hosts()
+            logger.warning(
+                "serving on all interfaces: this server answers to loopback, to this "
+                "machine's addresses and to the names %s. Add the names clients use with "
+                "--allow-host NAME; never '*', which would let any website a user visits "
+                "use the server through DNS rebinding.",
+                ", ".join(h for h in hosts if h not in LOOPBACK_HOSTS) or "(none found)",
+            )
         else:
-            hosts = [*LOOPBACK_HOSTS, args.host]
-    elif token is None and args.host not in LOOPBACK_HOSTS:
-        logger.warning("serving beyond loopback without a token; set PK_NOTEBOOK_TOKEN")
+            hosts.append(args.host)
+    if token is None and args.host not in LOOPBACK_HOSTS:
+        logger.warning(
+            "serving beyond loopback without a token: anyone who can reach port %d can "
+            "spend this provider's quota. Set PK_NOTEBOOK_TOKEN.",
+            args.port,
+        )
     return WebSettings(
         token=token,
         allowed_origins=tuple(args.allow_origin) or None,
@@ -136,6 +188,11 @@ def _settings(args: argparse.Namespace) -> Any:
         max_prompt_chars=args.max_prompt_chars,
         max_body_bytes=args.max_body_bytes,
         heartbeat=args.heartbeat if args.heartbeat > 0 else None,
+        client_system=args.client_system,
+        write_timeout=args.write_timeout,
+        read_timeout=args.read_timeout,
+        request_timeout=args.request_timeout,
+        max_header_bytes=args.max_header_bytes,
     )
 
 
@@ -147,6 +204,7 @@ async def _serve(args: argparse.Namespace, settings: Any) -> None:
     from ..runtime.pipeline import Pipeline
     from ..sessions.spec import describe_store, open_store
     from .app import create_app
+    from .server import server_config
 
     store = open_store(args.store)  # the same specs as %stream config --store
     logger.info("sessions: %s", describe_store(args.store))
@@ -155,15 +213,13 @@ async def _serve(args: argparse.Namespace, settings: Any) -> None:
         # The lifespan closes the pipeline and the store while the loop still runs:
         # uvicorn re-raises SIGINT/SIGTERM after serving, which may end the process.
         app = create_app(pipe, settings, close_pipeline=True)
-        config = uvicorn.Config(
+        config = server_config(
             app,
+            settings,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
             access_log=args.access_log,
-            ws_max_size=settings.max_body_bytes + 1024,
-            server_header=False,
-            proxy_headers=False,
         )
         await uvicorn.Server(config).serve()
     finally:

@@ -13,8 +13,8 @@ ignored, ``n`` other than 1 and tools are refused.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
+from secrets import token_hex
 from typing import Any
 
 from ..runtime.errors import (
@@ -36,11 +36,12 @@ from .security import (
     error_headers,
     log_unexpected,
     parse_json_body,
+    pipeline_secrets,
     read_body,
     status_for,
 )
 from .settings import WebSettings
-from .sse import parse_options
+from .sse import check_client_system, parse_options
 from .streaming import DONE, dumps, run_sse, send_json, sse_event, watch_disconnect
 
 _FINISH_REASONS = {
@@ -55,9 +56,9 @@ _FINISH_REASONS = {
 }
 
 
-def openai_error(exc: BaseException) -> dict[str, Any]:
+def openai_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
     """An OpenAI-shaped error body; ``pk_notebook`` holds our typed payload."""
-    detail = error_dict(exc)
+    detail = error_dict(exc, secrets)
     status = status_for(exc)
     if isinstance(exc, WebError) and status == 401:
         kind = "authentication_error"
@@ -143,6 +144,8 @@ def parse_chat_request(
         role = "system" if role == "developer" else role
         if role not in ("system", "user", "assistant"):
             raise WebError(422, "InvalidRequest", f"messages[{i}]: unsupported role {role!r}")
+        if role == "system":
+            check_client_system(settings)  # the same rule as /stream's options.system
         text = _text_of(item.get("content"), f"messages[{i}]")
         if len(text) > settings.max_prompt_chars:
             check_prompt(text, settings, f"messages[{i}].content")
@@ -174,8 +177,9 @@ class ChunkEncoder:
     """``chat.completion.chunk`` events: a role chunk, content chunks, a finish chunk,
     an optional usage chunk, then ``[DONE]``."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.id = "chatcmpl-" + secrets.token_hex(12)
+    def __init__(self, model: str, include_usage: bool, secrets: tuple[str, ...] = ()) -> None:
+        self.secrets = secrets
+        self.id = "chatcmpl-" + token_hex(12)
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -212,7 +216,7 @@ class ChunkEncoder:
         return out + DONE
 
     def error_body(self, exc: BaseException) -> Any:
-        body = openai_error(exc)
+        body = openai_error(exc, self.secrets)
         partial = getattr(exc, "partial_text", None)
         if partial:
             body["error"]["partial_text"] = partial
@@ -224,7 +228,7 @@ def completion_dict(model: str, result: Result) -> dict[str, Any]:
     if result.reasoning:
         message["reasoning_content"] = result.reasoning
     return {
-        "id": "chatcmpl-" + secrets.token_hex(12),
+        "id": "chatcmpl-" + token_hex(12),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -248,13 +252,14 @@ class ChatCompletionsEndpoint:
         self.pipe = pipe
         self.settings = settings
         self.slots = slots
+        self.secrets = pipeline_secrets(pipe, settings)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.settings
         try:
             check_origin(scope, settings)
             check_token(scope, settings, query_ok=False)
-            body = await read_body(scope, receive, settings.max_body_bytes)
+            body = await read_body(scope, receive, settings.max_body_bytes, settings.read_timeout)
             data = parse_json_body(scope, body)
             model, prompt, history, config, streaming, include_usage = parse_chat_request(
                 data, settings
@@ -266,7 +271,9 @@ class ChatCompletionsEndpoint:
                 await send_json(send, exc.status, openai_error(exc), exc.headers)
             return
         except PkNotebookError as exc:  # the pipeline is shutting down
-            await send_json(send, status_for(exc), openai_error(exc), error_headers(exc))
+            await send_json(
+                send, status_for(exc), openai_error(exc, self.secrets), error_headers(exc)
+            )
             return
         try:
             if streaming:
@@ -274,8 +281,9 @@ class ChatCompletionsEndpoint:
                     send,
                     receive,
                     stream,
-                    ChunkEncoder(model, include_usage),
+                    ChunkEncoder(model, include_usage, self.secrets),
                     heartbeat=settings.heartbeat,
+                    write_timeout=settings.write_timeout,
                 )
             else:
                 await self._complete(send, receive, stream, model)
@@ -302,13 +310,15 @@ class ChatCompletionsEndpoint:
                 result = task.result()
             except Exception as exc:
                 log_unexpected(exc, "a chat completion")
-                await send_json(send, status_for(exc), openai_error(exc), error_headers(exc))
+                await send_json(
+                    send, status_for(exc), openai_error(exc, self.secrets), error_headers(exc)
+                )
                 return
             if not result.complete:
                 error = result.error or WebError(
                     503, "Stopped", "the server stopped the answer (it is shutting down)"
                 )
-                body = openai_error(error)
+                body = openai_error(error, self.secrets)
                 body["error"]["partial_text"] = result.text
                 await send_json(send, status_for(error), body, error_headers(error))
                 return

@@ -9,6 +9,7 @@ status, and never contain a stack trace or a key.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..runtime.errors import (
+    MIN_REGISTERED_SECRET,
     AuthenticationError,
     ConfigurationError,
     MissingAPIKey,
@@ -27,6 +29,7 @@ from ..runtime.errors import (
     RateLimitError,
     SessionBusy,
     SessionError,
+    StoreUnavailable,
     StreamTimeout,
     TruncatedStream,
     UsageError,
@@ -92,13 +95,33 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _own_address(scope: Mapping[str, Any]) -> str | None:
+    """The IP address the connection arrived on, as a ``Host`` header would spell it."""
+    server = scope.get("server")
+    if not server or not isinstance(server[0], str):
+        return None
+    address = server[0].lower()
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]  # an IPv4 client on a dual-stack socket
+    return f"[{address}]" if ":" in address else address
+
+
 def check_host(scope: Mapping[str, Any], settings: WebSettings) -> None:
-    """Refuse a ``Host`` the server does not answer to (a DNS-rebinding attack)."""
+    """Refuse a ``Host`` the server does not answer to (a DNS-rebinding attack).
+
+    The address the connection arrived on is always accepted: a browser sends an
+    IP address as ``Host`` only when the page's own URL names that address, which
+    no DNS answer can fake. So a server bound to all interfaces answers to each of
+    its addresses without enumerating them; names must still be listed.
+    """
     allowed = settings.allowed_hosts
     if "*" in allowed:
         return
     host = header(scope, b"host")
-    if host is None or _host_name(host) not in {h.lower() for h in allowed}:
+    name = _host_name(host) if host is not None else None
+    if name is None or (
+        name not in {h.lower() for h in allowed} and name != _own_address(scope)
+    ):
         raise WebError(
             400,
             "InvalidHost",
@@ -203,8 +226,14 @@ class Slots:
 # --- bodies ------------------------------------------------------------------------
 
 
-async def read_body(scope: Mapping[str, Any], receive: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+async def read_body(
+    scope: Mapping[str, Any], receive: Any, limit: int, timeout: float | None = None
+) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``.
+
+    Each piece must arrive within ``timeout`` seconds (else 408): a client that
+    sends half a body would otherwise hold the request, and its connection, open.
+    """
     too_big = WebError(
         413,
         "RequestTooLarge",
@@ -216,7 +245,15 @@ async def read_body(scope: Mapping[str, Any], receive: Any, limit: int) -> bytes
     parts: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
+            raise WebError(
+                408,
+                "RequestTimeout",
+                f"the request body did not arrive within {timeout:g} s",
+                headers={"Connection": "close"},
+            ) from None
         if message["type"] == "http.disconnect":
             raise WebError(499, "ClientDisconnected", "the client went away")
         body = message.get("body", b"")
@@ -228,6 +265,21 @@ async def read_body(scope: Mapping[str, Any], receive: Any, limit: int) -> bytes
             return b"".join(parts)
 
 
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` with every failure a 400 ``InvalidJSON``.
+
+    Deep nesting (``[[[[...`` in a 2 KB body) makes the parser raise
+    ``RecursionError``, which is not a ``ValueError``: uncaught it was a 500 and a
+    traceback in the log for any client that sent it.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise WebError(400, "InvalidJSON", "the JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WebError(400, "InvalidJSON", f"the request body is not valid JSON: {exc}") from None
+
+
 def parse_json_body(scope: Mapping[str, Any], body: bytes) -> dict[str, Any]:
     content_type = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/json":
@@ -236,10 +288,7 @@ def parse_json_body(scope: Mapping[str, Any], body: bytes) -> dict[str, Any]:
             "UnsupportedMediaType",
             "send the request as JSON with 'Content-Type: application/json'",
         )
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WebError(400, "InvalidJSON", f"the request body is not valid JSON: {exc}") from None
+    data = loads_json(body)
     if not isinstance(data, dict):
         raise WebError(422, "InvalidRequest", "the JSON body must be an object")
     return data
@@ -288,13 +337,79 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
-def error_dict(exc: BaseException) -> dict[str, Any]:
-    """A JSON-safe description of ``exc``: its ``to_dict()``, never a traceback or key."""
+def pipeline_secrets(pipe: Any, settings: WebSettings | None = None) -> tuple[str, ...]:
+    """The exact secrets a response must never carry: every provider's key, the token.
+
+    Providers redact what they raise, by pattern and by their exact key; the web
+    layer does it again at its one output boundary (:func:`error_dict`), for every
+    provider of the pipeline, so that a key of a shape no pattern knows (an Azure
+    hex key, a vLLM ``--api-key``) cannot reach a client through an error built by
+    code that was never handed the key (a middleware, a custom provider). A
+    provider's key is its ``api_key`` or ``_api_key`` string attribute (the HTTP
+    providers keep it in the latter). Keys shorter than ``MIN_REGISTERED_SECRET``
+    are placeholders (``EMPTY``, ``ollama``), not secrets.
+    """
+    found: list[str] = []
+    for link in getattr(pipe, "middleware", ()):
+        provider = getattr(link, "provider", None)
+        for name in ("api_key", "_api_key"):
+            key = getattr(provider, name, None)
+            if isinstance(key, str):
+                found.append(key)
+    if settings is not None and settings.token:
+        found.append(settings.token)
+    unique = {key for key in found if len(key) >= MIN_REGISTERED_SECRET}
+    return tuple(sorted(unique, key=len, reverse=True))  # a key containing another goes whole
+
+
+def _redacted(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact(value, *secrets)
+    if isinstance(value, dict):
+        return {k: v if k == "partial_text" else _redacted(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v, secrets) for v in value]
+    return value
+
+
+#: what a web client is told when the session store fails (the log has the detail)
+STORE_MESSAGES = {
+    StoreUnavailable: "the session store is unavailable; try again later (the server log "
+    "has the details)",
+    SessionError: "the session store failed (the server log has the details)",
+}
+
+
+def error_dict(exc: BaseException, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON-safe description of ``exc``: its ``to_dict()``, never a traceback or key.
+
+    Every text in it (message, ``raw`` line, codes) is redacted by pattern and with
+    ``secrets`` exactly (see :func:`pipeline_secrets`); ``partial_text`` is the
+    model's answer, already sent as chunks, and stays as it is. A store failure is
+    told by what failed, without its detail: the messages of the stores name the
+    SQLite file or the Redis host, which are the operator's business, not a
+    client's; the detail goes to the server log instead. ``SessionBusy`` names
+    only the client's own session and passes through.
+    """
+    if isinstance(exc, SessionError) and not isinstance(exc, SessionBusy):
+        kind = StoreUnavailable if isinstance(exc, StoreUnavailable) else SessionError
+        logger.warning("session store error (a client was told only that it failed): %s", exc)
+        return {"type": type(exc).__name__, "message": STORE_MESSAGES[kind]}
     if isinstance(exc, (WebError, PkNotebookError)):
-        data = exc.to_dict()
-        data["message"] = redact(str(data.get("message", "")))
+        data = _redacted(exc.to_dict(), secrets)
+        assert isinstance(data, dict)
         return data
     return {"type": "InternalError", "message": "internal server error; see the server log"}
+
+
+def client_warnings(warnings: Iterable[str], secrets: tuple[str, ...] = ()) -> list[str]:
+    """A result's warnings as a client may see them: what happened, not the detail.
+
+    The end path writes warnings as ``"<what happened>: <detail>"`` (for example
+    ``"the turn was not saved to the session store: <the store's error>"``) and logs
+    them; the detail can name a file or a host, so a client gets the first part.
+    """
+    return [redact(warning.split(": ", 1)[0], *secrets) for warning in warnings]
 
 
 def error_headers(exc: BaseException) -> dict[str, str]:

@@ -15,10 +15,13 @@ from ..runtime.errors import ConfigurationError
 LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 #: sampling options a client may set per request by default. Not ``model`` (the
-#: server decides which model runs, and so what it costs) and not ``system`` (it
-#: would replace the operator's system prompt); both can be allowed explicitly.
+#: server decides which model runs, and so what it costs), which can be allowed
+#: explicitly. A client's system prompt is governed by ``client_system`` instead,
+#: because it arrives two ways (``/stream``'s ``options.system``, ``/v1``'s
+#: ``system``/``developer`` messages) and one rule must hold for both.
 CLIENT_OPTIONS: frozenset[str] = frozenset({"max_tokens", "temperature", "top_p", "stop"})
-_ALLOWABLE_OPTIONS = CLIENT_OPTIONS | {"model", "system"}
+_ALLOWABLE_OPTIONS = CLIENT_OPTIONS | {"model"}
+_CLIENT_SYSTEM = ("refuse", "allow")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,26 @@ class WebSettings:
         do not close an idle-looking stream. ``None`` disables them.
     client_options:
         the ``ProviderConfig`` fields a request may set (see ``CLIENT_OPTIONS``).
+    client_system:
+        ``"refuse"`` (the default): a client may not send a system prompt, on any
+        endpoint (``/stream`` and ``/ws`` ``options.system``, ``/v1`` ``system`` and
+        ``developer`` messages get 422), so no client can replace the operator's.
+        ``"allow"``: they are used (``/v1`` sends them as history messages).
+    write_timeout:
+        seconds one write to a client may wait for it to read. A client that stops
+        reading is treated as gone when it expires: its turn is stopped (the partial
+        answer saved as stopped) and its stream slot freed. Generous because only a
+        full socket buffer (megabytes unread) makes a write wait at all.
+    read_timeout:
+        seconds to wait for each piece of a request body (then 408), so a client
+        that sends half a body does not hold a request open.
+    request_timeout / max_header_bytes:
+        used by ``pk-notebook serve`` (:func:`pk_notebook.web.server.server_config`):
+        the seconds a connection has to deliver a complete request, its headers and
+        body, counted from when it opens or its previous response ended (then it is
+        closed: half-open sockets do not pile up), and the largest header block
+        accepted (more: 400 and the connection closed). Under another server, set its
+        own equivalents.
     """
 
     token: str | None = None
@@ -58,6 +81,11 @@ class WebSettings:
     max_messages: int = 200
     heartbeat: float | None = 15.0
     client_options: frozenset[str] = field(default=CLIENT_OPTIONS)
+    client_system: str = "refuse"
+    write_timeout: float = 60.0
+    read_timeout: float = 30.0
+    request_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 8:
@@ -68,15 +96,31 @@ class WebSettings:
             "max_body_bytes",
             "max_prompt_chars",
             "max_messages",
+            "max_header_bytes",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
         if self.heartbeat is not None and not self.heartbeat > 0:
             raise ConfigurationError("heartbeat must be a positive number of seconds or None")
+        for name in ("write_timeout", "read_timeout", "request_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
+        if self.client_system not in _CLIENT_SYSTEM:
+            raise ConfigurationError(
+                f"client_system must be 'refuse' or 'allow', got {self.client_system!r}"
+            )
         if isinstance(self.allowed_origins, str) or isinstance(self.allowed_hosts, str):
             raise ConfigurationError("allowed_origins and allowed_hosts are tuples of strings")
         unknown = set(self.client_options) - _ALLOWABLE_OPTIONS
+        if "system" in unknown:
+            raise ConfigurationError(
+                "a client's system prompt is allowed with client_system='allow', "
+                "not with client_options"
+            )
         if unknown:
             raise ConfigurationError(
                 f"client_options may only name ProviderConfig fields: {unknown}"

@@ -30,6 +30,7 @@ from .security import (
     check_token,
     error_headers,
     parse_json_body,
+    pipeline_secrets,
     query_params,
     read_body,
     status_for,
@@ -38,13 +39,33 @@ from .settings import WebSettings
 from .streaming import NativeEncoder, run_sse, send_json
 
 
+def check_client_system(settings: WebSettings) -> None:
+    """Refuse a client's system prompt unless the operator allowed it.
+
+    The one rule for every endpoint (``/stream`` and ``/ws`` ``options.system``,
+    ``/v1`` ``system``/``developer`` messages): a client that could send its own
+    system prompt could replace the operator's.
+    """
+    if settings.client_system != "allow":
+        raise WebError(
+            422,
+            "SystemPromptNotAllowed",
+            "this server does not accept a system prompt from clients (the operator's "
+            "applies); remove it, or start the server with --client-system allow "
+            "(WebSettings(client_system='allow'))",
+        )
+
+
 def parse_options(options: Any, settings: WebSettings) -> ProviderConfig | None:
     """Per-request sampling options, limited to ``settings.client_options``."""
     if options is None:
         return None
     if not isinstance(options, Mapping):
         raise WebError(422, "InvalidRequest", "'options' must be a JSON object")
-    unknown = sorted(set(options) - settings.client_options)
+    if "system" in options:
+        check_client_system(settings)
+    allowed = settings.client_options | {"system"}
+    unknown = sorted(set(options) - allowed)
     if unknown:
         raise WebError(
             422,
@@ -94,7 +115,7 @@ class StreamEndpoint:
         self.pipe = pipe
         self.settings = settings
         self.slots = slots
-        self.encoder = NativeEncoder()
+        self.encoder = NativeEncoder(pipeline_secrets(pipe, settings))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.settings
@@ -117,7 +138,9 @@ class StreamEndpoint:
                     name: values[0] for name in ("prompt", "session") if (values := query.get(name))
                 }
             else:
-                body = await read_body(scope, receive, settings.max_body_bytes)
+                body = await read_body(
+                    scope, receive, settings.max_body_bytes, settings.read_timeout
+                )
                 data = parse_json_body(scope, body)
             prompt = check_prompt(data.get("prompt"), settings)
             session = parse_session(data.get("session", data.get("session_id")))
@@ -132,6 +155,13 @@ class StreamEndpoint:
             await send_json(send, status_for(exc), self.encoder.error_body(exc), error_headers(exc))
             return
         try:
-            await run_sse(send, receive, stream, self.encoder, heartbeat=settings.heartbeat)
+            await run_sse(
+                send,
+                receive,
+                stream,
+                self.encoder,
+                heartbeat=settings.heartbeat,
+                write_timeout=settings.write_timeout,
+            )
         finally:
             self.slots.release()

@@ -17,7 +17,11 @@ to one HTTP response:
   first chunk, or after one heartbeat interval without one, so that a slow first
   token does not leave a proxy waiting for headers;
 * comment lines (``: ping``) are sent whenever nothing else was written for a
-  heartbeat interval.
+  heartbeat interval;
+* each write waits at most ``write_timeout`` seconds for the client to read: a
+  client that stops reading is treated as gone (the turn is stopped, its partial
+  answer saved as stopped, its stream slot freed) instead of holding the slot for
+  as long as it keeps the socket open.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any, Protocol
 from ..runtime.errors import PkNotebookError
 from ..runtime.stream import Stream
 from ..runtime.types import Chunk, Result
-from .security import error_dict, error_headers, log_unexpected, status_for
+from . import logs
+from .security import client_warnings, error_dict, error_headers, log_unexpected, status_for
 
 logger = logging.getLogger("pk_notebook")
 
@@ -105,19 +110,38 @@ class Encoder(Protocol):
 
 
 class _Writer:
-    """Serialises writes (chunks and heartbeats come from two tasks)."""
+    """Serialises writes (chunks and heartbeats come from two tasks), each bounded.
 
-    def __init__(self, send: Any) -> None:
+    A write that waits longer than ``timeout`` (the client stopped reading and the
+    socket buffer is full) marks the writer broken and ``timed_out``, and calls
+    ``on_timeout`` (which stops the turn): the same outcome as a disconnect.
+    """
+
+    def __init__(self, send: Any, timeout: float | None = None, on_timeout: Any = None) -> None:
         self._send = send
+        self._timeout = timeout
+        self._on_timeout = on_timeout
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         self.last = self._loop.time()
         self.started = False
         self.broken = False
+        self.timed_out = False
+
+    async def _put(self, message: dict[str, Any]) -> None:
+        async with self._lock:
+            if self.broken:
+                return
+            try:
+                await asyncio.wait_for(self._send(message), self._timeout)
+            except asyncio.TimeoutError:
+                self.broken = self.timed_out = True
+                if self._on_timeout is not None:
+                    self._on_timeout()
 
     async def start(self, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.started = True
-        await self._send(
+        await self._put(
             {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *extra]}
         )
         self.last = self._loop.time()
@@ -125,14 +149,12 @@ class _Writer:
     async def write(self, data: bytes) -> None:
         if self.broken:
             return
-        async with self._lock:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._put({"type": "http.response.body", "body": data, "more_body": True})
         self.last = self._loop.time()
 
     async def finish(self) -> None:
         if not self.broken:
-            async with self._lock:
-                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._put({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def heartbeat(self, interval: float) -> None:
         while True:
@@ -158,10 +180,11 @@ async def run_sse(
     encoder: Encoder,
     *,
     heartbeat: float | None,
+    write_timeout: float | None = None,
     extra_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     """Run one turn (not yet opened) as an SSE response (see the module docstring)."""
-    writer = _Writer(send)
+    writer = _Writer(send, write_timeout, stream.stop)
     gone: asyncio.Task[None] = asyncio.ensure_future(watch_disconnect(receive))
     # The client leaving stops the turn in whatever phase it is (lock, call, stream).
     gone.add_done_callback(lambda _: stream.stop())
@@ -216,6 +239,14 @@ async def run_sse(
     except OSError:
         writer.broken = True
     finally:
+        if writer.timed_out:
+            # Said once, here, in the request's own task: uvicorn's ERROR about the
+            # response left incomplete (it comes from this task too) is dropped.
+            logs.quiet(
+                "a client read nothing for %g s; its stream was stopped and the "
+                "connection closed",
+                write_timeout,
+            )
         stream.stop()  # a no-op once it has ended
         for task in (beat, gone):
             if task is not None:
@@ -232,7 +263,13 @@ def encoder_error(encoder: Encoder, exc: BaseException) -> bytes:
 
 class NativeEncoder:
     """The ``/stream`` format: ``event: chunk`` per chunk, ``event: error`` if the stream
-    failed, ``event: result`` with the :class:`Result`, then ``data: [DONE]``."""
+    failed, ``event: result`` with the :class:`Result`, then ``data: [DONE]``.
+
+    ``secrets``: exact strings no payload may carry (see ``security.pipeline_secrets``).
+    """
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self.secrets = secrets
 
     def chunk(self, chunk: Chunk) -> bytes:
         payload: dict[str, Any] = {"index": chunk.index, "content": chunk.content}
@@ -241,18 +278,21 @@ class NativeEncoder:
         return sse_event(dumps(payload), "chunk")
 
     def end(self, result: Result) -> bytes:
-        data = result_dict(result)
+        data = result_dict(result, self.secrets)
         out = b""
         if result.error is not None:
             out += sse_event(dumps({"error": data["error"]}), "error")
         return out + sse_event(dumps(data), "result") + DONE
 
     def error_body(self, exc: BaseException) -> Any:
-        return {"error": error_dict(exc)}
+        return {"error": error_dict(exc, self.secrets)}
 
 
-def result_dict(result: Result) -> dict[str, Any]:
-    """``Result.to_dict()`` with a client-safe error (no traceback, no key)."""
+def result_dict(result: Result, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``Result.to_dict()`` as a client may see it: the error through
+    :func:`~pk_notebook.web.security.error_dict` (no traceback, key, path or host),
+    the warnings without their detail (:func:`~pk_notebook.web.security.client_warnings`)."""
     data = result.to_dict()
-    data["error"] = error_dict(result.error) if result.error is not None else None
+    data["error"] = error_dict(result.error, secrets) if result.error is not None else None
+    data["warnings"] = client_warnings(result.warnings, secrets)
     return data

@@ -16,6 +16,13 @@ A prompt ends with its ``result``, or with an ``error`` whose ``final`` is true
 when it failed before its first chunk (or was refused). Prompts on a connection
 run one at a time; one sent while another runs is refused (``"type": "Busy"``).
 
+A JSON message nested too deeply to parse closes the connection with code 1007
+(invalid payload data), after an error message saying why (other text that is
+not JSON, ``{like this``, is a plain-text prompt). A client that stops reading is
+treated as gone once a message has waited ``write_timeout`` seconds: its answer is
+stopped (the partial text saved as stopped), its stream slot freed, the
+connection closed.
+
 The handshake is checked before it is accepted: the page's ``Origin`` must be
 allowed (cross-site WebSocket hijacking is the classic hole: an upgrader that
 accepts every origin lets any page drive the server) and the token, if any,
@@ -32,6 +39,7 @@ from typing import Any
 from ..runtime.errors import PkNotebookError
 from ..runtime.pipeline import Pipeline
 from ..runtime.stream import Stream
+from . import logs
 from .security import (
     Slots,
     WebError,
@@ -40,12 +48,18 @@ from .security import (
     check_token,
     error_dict,
     log_unexpected,
+    pipeline_secrets,
 )
 from .settings import WebSettings
 from .sse import parse_options, parse_session
 from .streaming import dumps, json_response_messages, result_dict
 
 logger = logging.getLogger("pk_notebook")
+
+
+def _client(scope: Any) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "an unknown client"
 
 
 class _Connection:
@@ -57,14 +71,55 @@ class _Connection:
         self.count = 0
         self.task: asyncio.Task[None] | None = None
         self.stream: Stream | None = None  # the running turn, built before its task starts
+        self.secrets = endpoint.secrets
+        #: set when a send timed out: the receive loop stops waiting for the client
+        self.gone = asyncio.Event()
+        self._receiving: asyncio.Task[Any] | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.broken:
             return
         try:
-            await self._send({"type": "websocket.send", "text": dumps(message)})
+            await asyncio.wait_for(
+                self._send({"type": "websocket.send", "text": dumps(message)}),
+                self.settings.write_timeout,
+            )
         except OSError:
             self.broken = True  # the client is gone; the receive loop will see it
+        except asyncio.TimeoutError:
+            self.broken = True
+            logs.logger.warning(
+                "a WebSocket client read nothing for %g s; its answer was stopped and "
+                "the connection closed",
+                self.settings.write_timeout,
+            )
+            self.stop()
+            self.gone.set()
+
+    async def next_message(self, receive: Any) -> dict[str, Any] | None:
+        """The client's next message, or None once a send timed out (the client is
+        not reading, and may never send again: waiting on it would hold the
+        connection forever). The pending receive is kept across calls, and
+        cancelled by :meth:`close`."""
+        if self._receiving is None:
+            self._receiving = asyncio.ensure_future(receive())
+        gone = asyncio.ensure_future(self.gone.wait())
+        try:
+            await asyncio.wait({self._receiving, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            await asyncio.gather(gone, return_exceptions=True)
+        if not self._receiving.done():
+            return None
+        receiving, self._receiving = self._receiving, None
+        message: dict[str, Any] = receiving.result()
+        return message
+
+    async def close(self) -> None:
+        if self._receiving is not None:
+            self._receiving.cancel()
+            await asyncio.gather(self._receiving, return_exceptions=True)
+            self._receiving = None
 
     def stop(self) -> None:
         if self.stream is not None:
@@ -85,8 +140,11 @@ class _Connection:
         if text.lstrip().startswith("{"):
             try:
                 parsed = json.loads(text)
+            except RecursionError:
+                # Not a prompt that happens to start with "{": the caller closes with 1007.
+                raise WebError(400, "InvalidJSON", "the JSON is nested too deeply") from None
             except ValueError:
-                parsed = None
+                parsed = None  # "{not json": taken as a plain-text prompt
             if isinstance(parsed, dict):
                 data = parsed
         if data is None:
@@ -120,8 +178,10 @@ class _Connection:
             await self.refuse(exc, id=self.count)
             return
         except PkNotebookError as exc:  # the pipeline is shutting down
-            await self.send({"type": "error", "id": self.count, "final": True,
-                             "error": error_dict(exc)})
+            await self.send(
+                {"type": "error", "id": self.count, "final": True,
+                 "error": error_dict(exc, self.secrets)}
+            )
             return
         self.stream = stream
         self.task = asyncio.ensure_future(self.run(self.count, stream))
@@ -136,7 +196,8 @@ class _Connection:
             except Exception as exc:
                 log_unexpected(exc, "opening a WebSocket stream")
                 await self.send(
-                    {"type": "error", "id": id, "final": True, "error": error_dict(exc)}
+                    {"type": "error", "id": id, "final": True,
+                     "error": error_dict(exc, self.secrets)}
                 )
                 return
             await self.send({"type": "start", "id": id})
@@ -159,7 +220,7 @@ class _Connection:
                 pass  # on stream.result
             except Exception as exc:
                 log_unexpected(exc, "a WebSocket stream")
-            data = result_dict(await stream.wait_closed())
+            data = result_dict(await stream.wait_closed(), self.secrets)
             if data["error"] is not None:
                 await self.send({"type": "error", "id": id, "final": False, "error": data["error"]})
             await self.send({"type": "result", "id": id, "result": data})
@@ -177,8 +238,17 @@ class WebSocketEndpoint:
         self.settings = settings
         self.slots = slots
         self.connections = 0
+        self.secrets = pipeline_secrets(pipe, settings)
 
     async def deny(self, scope: Any, send: Any, exc: WebError) -> None:
+        # One WARNING, without the query string (it may hold a token); uvicorn's
+        # own lines about this handshake, one of them an ERROR, are dropped.
+        logs.quiet(
+            "refused a WebSocket handshake from %s: %d %s",
+            _client(scope),
+            exc.status,
+            exc.kind,
+        )
         if "websocket.http.response" in scope.get("extensions", {}):
             start, body = json_response_messages(exc.status, {"error": exc.to_dict()}, exc.headers)
             start["type"] = "websocket.http.response.start"
@@ -210,7 +280,9 @@ class WebSocketEndpoint:
         try:
             await send({"type": "websocket.accept"})
             while True:
-                message = await receive()
+                message = await connection.next_message(receive)
+                if message is None:
+                    break  # the client stopped reading: leave without waiting for it
                 kind = message["type"]
                 if kind == "websocket.disconnect":
                     break
@@ -224,13 +296,19 @@ class WebSocketEndpoint:
                         )
                     )
                     continue
-                await connection.handle(text)
+                try:
+                    await connection.handle(text)
+                except WebError as exc:  # the message cannot be parsed at all
+                    await connection.refuse(exc)
+                    await send({"type": "websocket.close", "code": 1007, "reason": exc.kind})
+                    break
         except OSError:
             pass  # the client went away
         finally:
             self.connections -= 1
             connection.broken = True
             connection.stop()
+            await connection.close()
             if connection.task is not None:
                 try:
                     await connection.task

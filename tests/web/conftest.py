@@ -21,6 +21,7 @@ import uvicorn
 from pk_notebook.providers import MockProvider, Scenario
 from pk_notebook.runtime import Pipeline, ProviderMiddleware, RetryPolicy
 from pk_notebook.web import create_app
+from pk_notebook.web.server import server_config
 
 T = TypeVar("T")
 
@@ -31,7 +32,11 @@ TRICKY = (
 
 
 class LiveServer:
-    def __init__(self, pipe: Pipeline, **settings: Any) -> None:
+    """The app served as ``pk-notebook serve`` serves it (:func:`server_config`: h11,
+    bounded headers, request deadline, write-stall abort), or with uvicorn's plain
+    defaults when ``plain=True`` (what a user's own ``uvicorn module:app`` gives)."""
+
+    def __init__(self, pipe: Pipeline, *, plain: bool = False, **settings: Any) -> None:
         self.pipe = pipe
         self.app = create_app(pipe, close_pipeline=True, **settings)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -40,14 +45,17 @@ class LiveServer:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self._sock = sock
-        config = uvicorn.Config(
-            self._asgi,
-            log_level="warning",
-            lifespan="on",
-            interface="asgi3",
-            timeout_graceful_shutdown=3,
-            ws_ping_interval=None,
-        )
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "on",
+            "interface": "asgi3",
+            "timeout_graceful_shutdown": 3,
+            "ws_ping_interval": None,
+        }
+        if plain:
+            config = uvicorn.Config(self._asgi, **options)
+        else:
+            config = server_config(self._asgi, self.app.state.settings, **options)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn"
@@ -109,9 +117,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 def serve() -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
-    def start(target: Any, **settings: Any) -> LiveServer:
+    def start(target: Any, *, plain: bool = False, **settings: Any) -> LiveServer:
         pipe = target if isinstance(target, Pipeline) else make_pipeline(target)
-        live = LiveServer(pipe, **settings)
+        live = LiveServer(pipe, plain=plain, **settings)
         servers.append(live)
         return live.start()
 

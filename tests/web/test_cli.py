@@ -39,6 +39,10 @@ def test_help_lists_the_options() -> None:
         "--allow-origin",
         "--max-concurrent",
         "--store",
+        "--client-system",
+        "--write-timeout",
+        "--request-timeout",
+        "--max-header-bytes",
     ):
         assert option in out
     assert "127.0.0.1" in out
@@ -138,3 +142,8 @@ def test_the_command_line_defaults_are_the_settings_defaults() -> None:
     assert args.max_prompt_chars == defaults.max_prompt_chars
     assert args.max_body_bytes == defaults.max_body_bytes
     assert args.heartbeat == defaults.heartbeat
+    assert args.client_system == defaults.client_system
+    assert args.write_timeout == defaults.write_timeout
+    assert args.read_timeout == defaults.read_timeout
+    assert args.request_timeout == defaults.request_timeout
+    assert args.max_header_bytes == defaults.max_header_bytes

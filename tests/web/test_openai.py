@@ -67,7 +67,10 @@ async def test_streaming_completion_with_usage(serve: Any) -> None:
 
 async def test_messages_become_history(serve: Any) -> None:
     # The scripted mock answers the n-th user turn with the n-th response.
-    live = serve(MockProvider.scripted("first answer", "second answer", "third answer"))
+    live = serve(
+        MockProvider.scripted("first answer", "second answer", "third answer"),
+        client_system="allow",  # refused by default: test_limits_and_logs covers that
+    )
     messages = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "q1"},

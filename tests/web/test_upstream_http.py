@@ -61,10 +61,11 @@ async def test_sse_text_matches_and_disconnect_reaches_the_upstream(
     record = upstream.requests[1]
     assert record.wait_ended(3.0), "the upstream response was not closed"
     assert record.disconnected and not record.completed
+    # The turn is saved after the upstream response is closed: wait for its end.
+    assert wait_for(lambda: live.pipe.active_streams == 0)
     history = live.call(live.pipe.state_store.load("up"))
     assert history[-1].status == "stopped"
     assert history[-1].content.startswith(received) and len(history[-1].content) < 600
-    assert wait_for(lambda: live.pipe.active_streams == 0)
     # The upstream key never reaches the client, even in error payloads.
     upstream.enqueue(
         Script(fault="json_error", status=401, error_message=f"bad key {SK}test-upstream-key-0000")
