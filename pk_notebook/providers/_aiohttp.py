@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 
 import aiohttp
 import httpx
@@ -52,6 +51,51 @@ class AiohttpResponse:
             return await self._content.readany()
         except _FAILURES as exc:
             raise network_error(self._peer, exc, started=True) from exc
+
+
+class _Exchange:
+    """One request: entering sends it and gives the response, leaving releases it.
+
+    A class rather than ``@asynccontextmanager``: ``asyncio.run()`` closes every
+    suspended async generator at its end, all at once, so a generator-based
+    context manager can be closed by asyncio while the provider's stream that
+    uses it is closing it too ("athrow(): asynchronous generator is already
+    running" on stderr).
+    """
+
+    __slots__ = ("_client", "_content", "_headers", "_response", "_url")
+
+    def __init__(
+        self, client: AiohttpClient, url: str, headers: Mapping[str, str], content: bytes
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._headers = headers
+        self._content = content
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> AiohttpResponse:
+        client = self._client
+        session = client._session or client._open()
+        try:
+            response = await session.request(
+                "POST",
+                self._url,
+                headers=self._headers,
+                data=self._content,
+                proxy=client._proxy,
+                timeout=client._timeout,
+                allow_redirects=False,
+            )
+        except _FAILURES as exc:
+            raise network_error(client._peer, exc, started=False) from exc
+        self._response = response
+        return AiohttpResponse(response, client._peer)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # An unfinished body's connection is closed, a finished one goes back to the pool.
+        if self._response is not None:
+            self._response.release()
 
 
 class AiohttpClient:
@@ -98,28 +142,8 @@ class AiohttpClient:
         )
         return self._session
 
-    @asynccontextmanager
-    async def stream(
-        self, url: str, *, headers: Mapping[str, str], content: bytes
-    ) -> AsyncIterator[AiohttpResponse]:
-        session = self._session or self._open()
-        try:
-            response = await session.request(
-                "POST",
-                url,
-                headers=headers,
-                data=content,
-                proxy=self._proxy,
-                timeout=self._timeout,
-                allow_redirects=False,
-            )
-        except _FAILURES as exc:
-            raise network_error(self._peer, exc, started=False) from exc
-        try:
-            yield AiohttpResponse(response, self._peer)
-        finally:
-            # An unfinished body's connection is closed, a finished one goes back to the pool.
-            response.release()
+    def stream(self, url: str, *, headers: Mapping[str, str], content: bytes) -> _Exchange:
+        return _Exchange(self, url, headers, content)
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

@@ -57,6 +57,12 @@ collected. Clients on a loop still alive at interpreter exit (the sync facade's)
 are closed by an ``atexit`` hook. A script that never calls
 ``pipe.shutdown()`` therefore exits without aiohttp's "Unclosed client session"
 / "Unclosed connector" reports, and without reaching into aiohttp's privates.
+The backends' request context managers are classes, not ``@asynccontextmanager``
+generators, for the same reason: ``shutdown_asyncgens()`` closes every suspended
+generator at once and would close those while the provider's stream closes them
+too. (One case is left: on the httpx backend, a stream still unfinished when
+``asyncio.run()`` ends can make asyncio report "aclose(): asynchronous generator
+is already running", because closing an unfinished httpx response has to wait.)
 """
 
 from __future__ import annotations

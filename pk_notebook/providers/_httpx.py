@@ -13,8 +13,7 @@ else (:func:`._http.network_error`).
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
 
@@ -53,22 +52,63 @@ class HttpxResponse:
         return b""
 
 
-@asynccontextmanager
-async def _post(
-    client: httpx.AsyncClient, peer: Peer, url: str, headers: Mapping[str, str], content: bytes
-) -> AsyncIterator[HttpxResponse]:
-    try:
-        request = client.build_request("POST", url, headers=headers, content=content)
-        response = await client.send(request, stream=True)
-    except httpx.TransportError as exc:
-        raise network_error(peer, exc, started=False) from exc
-    try:
-        yield HttpxResponse(response, peer)
-    finally:
+class _Exchange:
+    """One request: entering sends it and gives the response, leaving closes it.
+
+    A class rather than ``@asynccontextmanager`` (and ``client.send(stream=True)``
+    rather than httpx's ``client.stream()``, which is one): ``asyncio.run()``
+    closes every suspended async generator at its end, all at once, so a
+    generator-based context manager can be closed by asyncio while the
+    provider's stream that uses it is closing it too ("athrow(): asynchronous
+    generator is already running" on stderr).
+    """
+
+    __slots__ = ("_client", "_content", "_done", "_headers", "_peer", "_response", "_url")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        peer: Peer,
+        url: str,
+        headers: Mapping[str, str],
+        content: bytes,
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._peer = peer
+        self._url = url
+        self._headers = headers
+        self._content = content
+        self._done = done
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> HttpxResponse:
         try:
-            await response.aclose()
+            request = self._client.build_request(
+                "POST", self._url, headers=self._headers, content=self._content
+            )
+            self._response = await self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            self._finish()
+            raise network_error(self._peer, exc, started=False) from exc
+        except BaseException:
+            self._finish()
+            raise
+        return HttpxResponse(self._response, self._peer)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._response is not None:
+                await self._response.aclose()
         except httpx.TransportError:
             pass  # closing a broken connection: it is dropped either way
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
 
 
 class _Shard:
@@ -77,6 +117,9 @@ class _Shard:
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
         self.active = 0
+
+    def release(self) -> None:
+        self.active -= 1
 
 
 class ShardedClient:
@@ -134,17 +177,10 @@ class ShardedClient:
             best = self._new_shard()
         return best
 
-    @asynccontextmanager
-    async def stream(
-        self, url: str, *, headers: Mapping[str, str], content: bytes
-    ) -> AsyncIterator[HttpxResponse]:
+    def stream(self, url: str, *, headers: Mapping[str, str], content: bytes) -> _Exchange:
         shard = self._pick()
         shard.active += 1
-        try:
-            async with _post(shard.client, self._peer, url, headers, content) as response:
-                yield response
-        finally:
-            shard.active -= 1
+        return _Exchange(shard.client, self._peer, url, headers, content, shard.release)
 
     async def aclose(self) -> None:
         shards, self._shards = self._shards, []
@@ -163,10 +199,8 @@ class TransportClient:
             transport=transport, timeout=timeout, headers={"accept-encoding": ACCEPT_ENCODING}
         )
 
-    def stream(
-        self, url: str, *, headers: Mapping[str, str], content: bytes
-    ) -> AbstractAsyncContextManager[HttpxResponse]:
-        return _post(self._client, self._peer, url, headers, content)
+    def stream(self, url: str, *, headers: Mapping[str, str], content: bytes) -> _Exchange:
+        return _Exchange(self._client, self._peer, url, headers, content)
 
     async def aclose(self) -> None:
         await self._client.aclose()

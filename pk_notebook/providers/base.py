@@ -177,6 +177,7 @@ class HTTPProvider(abc.ABC):
         async with client.stream(url, headers=headers, content=body) as response:
             read = _http.body_reader(self.name, response, self.body_limits)
             await _http.check_response(self.name, response, read, secret)
+            closed = False
             try:
                 feed = parser.feed
                 while raw := await read():
@@ -191,8 +192,16 @@ class HTTPProvider(abc.ABC):
                     final = parser.end()
                     if final is not None:
                         yield final
+            except GeneratorExit:
+                # Closed by the consumer, or by asyncio.run() at its end, which closes
+                # every suspended generator at once, this one possibly while its
+                # consumer is closing it too: nothing here may wait (a second close
+                # meeting a running one prints "already running"). An unread rest of
+                # the body costs the connection's reuse, nothing else.
+                closed = True
+                raise
             finally:
-                if parser.done and parser.error is None:
+                if parser.done and parser.error is None and not closed:
                     # The end marker arrived: read the (usually already buffered)
                     # rest so the connection goes back to the pool, briefly.
                     await _http.drain(read)
