@@ -2,8 +2,8 @@
 
 :class:`LiveOutput` knows nothing about magics or pipelines: feed it text with
 :meth:`~LiveOutput.push`, give it a ``status`` callable and an ``on_stop``
-callable, and end it with :meth:`~LiveOutput.finish`. The ``%%stream`` magic and
-the chat widget both build on it.
+callable, and end it with :meth:`~LiveOutput.finish`. The ``%%stream`` cell
+runner uses it (the chat widget renders its own transcript).
 
 Why it looks the way it does (measured facts, see the design notes):
 
@@ -14,17 +14,23 @@ Why it looks the way it does (measured facts, see the design notes):
   more than ``max_bytes_per_second`` are re-rendered per second: a long answer
   costs time proportional to its duration, never quadratic in its length.
 - nbval records every ``display_data`` of a cell but ignores ``clear_output``,
-  ``update_display_data`` and widget views. So the live view is a widget whose
-  display carries *only* the widget-view MIME type (nbval skips it), and the end
-  is ``clear_output(wait=True)`` plus one fresh ``display_data`` with the final
-  text: front ends and saved notebooks show one final output, nbval sees exactly
-  that output. In batch runs (no stdin: nbclient, nbval, papermill) nobody
-  watches, so there is no live view at all and the final output is the only one.
+  ``update_display_data`` and widget views. In batch runs (no stdin: nbclient,
+  nbval, papermill) nobody watches, so there is no live view at all and the
+  final output is the only one. Interactively, the end is
+  ``clear_output(wait=True)`` plus one fresh ``display_data`` with the final
+  text, so the saved notebook holds exactly that output.
+- The answer grows in a plain display (``update_display_data``), never inside a
+  widget: it shows in every front end, with or without a widget manager. Only
+  the Stop button and the status line are a widget, whose display carries a
+  plain-text hint as its fallback, so a front end that cannot draw widgets says
+  why there is no Stop button instead of showing nothing.
 
 Surfaces (``surface=``):
 
-``widget``  ipywidgets in a kernel: Stop button, status line, live Markdown.
-``display`` a kernel without ipywidgets: display updates, Stop = Kernel > Interrupt.
+``widget``  ipywidgets and ipykernel >= 7.4: Stop button, status line, growing answer.
+``display`` no ipywidgets, or an older kernel that handles a click only after the
+            cell ends: status line with a one-line hint (Kernel > Interrupt works),
+            growing answer. No dead button.
 ``text``    no kernel (terminal IPython, scripts): the text is printed as it arrives.
 ``none``    batch runs: nothing live, only the final output.
 ``auto``    picks one of the above with :func:`detect_surface`.
@@ -87,8 +93,56 @@ def widgets_available() -> bool:
     return True
 
 
+#: shown (as the widget's plain-text fallback) where the front end cannot draw widgets
+HINT_NO_WIDGETS = (
+    "Stop needs Jupyter widgets in this front end (install jupyterlab_widgets where "
+    "JupyterLab runs); Kernel > Interrupt stops the answer and keeps what arrived."
+)
+HINT_NO_IPYWIDGETS = (
+    "Stop needs ipywidgets in this kernel (pip install ipywidgets); "
+    "Kernel > Interrupt stops the answer and keeps what arrived."
+)
+
+#: the first ipykernel that handles a widget message while a cell awaits (ipykernel#1565)
+STOP_KERNEL = (7, 4)
+
+
+def kernel_version() -> str | None:
+    """The running ipykernel's version, or None outside one."""
+    try:
+        import ipykernel
+    except ImportError:
+        return None
+    return str(getattr(ipykernel, "__version__", "")) or None
+
+
+def stop_supported(version: str | None = None) -> bool:
+    """True if this kernel can handle a Stop click while the cell is still running."""
+    version = kernel_version() if version is None else version
+    if not version:
+        return False
+    numbers = re.findall(r"\d+", version)[:2]
+    if len(numbers) < 2:
+        return False
+    return (int(numbers[0]), int(numbers[1])) >= STOP_KERNEL
+
+
+def hint_old_kernel(version: str | None = None) -> str:
+    version = kernel_version() if version is None else version
+    return (
+        f"Stop needs ipykernel >= {STOP_KERNEL[0]}.{STOP_KERNEL[1]} (this kernel has "
+        f"{version or 'an unknown version'}); Kernel > Interrupt stops the answer and "
+        "keeps what arrived."
+    )
+
+
 def detect_surface(shell: Any = None) -> str:
-    """``widget``, ``display``, ``text`` or ``none`` for the current cell of ``shell``."""
+    """``widget``, ``display``, ``text`` or ``none`` for the current cell of ``shell``.
+
+    ``widget`` (a Stop button) only where a click can be handled during the cell:
+    ipywidgets present and ipykernel >= 7.4. Elsewhere the answer still grows in
+    the cell (``display``) and a hint line says how to stop it.
+    """
     if shell is None:
         try:
             from IPython import get_ipython
@@ -100,7 +154,14 @@ def detect_surface(shell: Any = None) -> str:
         return "text"
     if is_batch_request(shell):
         return "none"
-    return "widget" if widgets_available() else "display"
+    return "widget" if widgets_available() and stop_supported() else "display"
+
+
+def display_hint() -> str:
+    """Why the ``display`` surface has no Stop button, in one line."""
+    if not widgets_available():
+        return HINT_NO_IPYWIDGETS
+    return hint_old_kernel()
 
 
 def cell_key(shell: Any) -> str:
@@ -184,6 +245,7 @@ class LiveOutput:
         max_bytes_per_second: float = 250_000,
         tick: float = 0.5,
         shell: Any = None,
+        note: str = "",
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -197,9 +259,9 @@ class LiveOutput:
         self.interval = interval
         self.max_bytes_per_second = max_bytes_per_second
         self.tick = tick
+        self.note = note  # one more line under the status (e.g. what was substituted)
         self.updates = 0  # renders sent to the front end (for tests and benchmarks)
         self.stop_clicked = False
-        self.final_handle: Any = None
         self._loop = asyncio.get_running_loop()
         self._throttle = Throttle(self._render, interval)
         self._ticker: asyncio.TimerHandle | None = None
@@ -209,8 +271,6 @@ class LiveOutput:
         self._root: Any = None
         self._button: Any = None
         self._status_widget: Any = None
-        self._body: Any = None
-        self._row: Any = None
         self._body_handle: Any = None
         self._status_handle: Any = None
         self._last_status = ""
@@ -224,11 +284,6 @@ class LiveOutput:
     @property
     def text(self) -> str:
         return self._throttle.text
-
-    @property
-    def widget(self) -> Any:
-        """The root ipywidget (``widget`` surface), to embed the live view elsewhere."""
-        return self._root
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -254,6 +309,11 @@ class LiveOutput:
             self._status_handle = display(
                 {"text/plain": self._status_text()}, raw=True, display_id=True
             )
+        if self.surface in ("widget", "display"):
+            from IPython.display import display
+
+            # The answer itself is a plain display, updated in place: it grows in any
+            # front end, with or without a widget manager.
             self._body_handle = display({"text/plain": ""}, raw=True, display_id=True)
         if self.surface in ("widget", "display") and self.status is not None and self.tick:
             self._ticker = self._loop.call_later(self.tick, self._on_tick)
@@ -264,13 +324,11 @@ class LiveOutput:
         if text and not self._finished:
             self._throttle.push(text)
 
-    def finish(self, notes: Sequence[Note] = (), *, replace: bool = True) -> dict[str, str]:
+    def finish(self, notes: Sequence[Note] = ()) -> dict[str, str]:
         """End the live view and show the final text (with ``notes``) once.
 
-        ``replace=True`` (the magic): the cell's live outputs are cleared and the
-        final text is displayed as one fresh ``display_data`` that batch tools
-        record. ``replace=False`` (embedding): the widget keeps its place, loses
-        its Stop button, and shows the final text. Returns the final bundle.
+        The cell's live outputs are cleared and the final text is displayed as one
+        fresh ``display_data`` that batch tools record. Returns the final bundle.
         """
         text = self._throttle.close()
         self._finished = True
@@ -288,13 +346,6 @@ class LiveOutput:
             sys.stdout.flush()
             self._printed = len(text)
             return bundle
-        if not replace and self.surface == "widget" and self._root is not None:
-            self._set_body(bundle)
-            self._root.children = (self._body,)
-            for widget in (self._button, self._status_widget, self._row):
-                widget.close()
-            self._leave_cell()
-            return bundle
         self._final = bundle
         group = _CELLS.get(self._cell, [])
         if any(other is not self and not other._finished for other in group):
@@ -305,10 +356,9 @@ class LiveOutput:
         return bundle
 
     def _park(self, bundle: dict[str, str]) -> None:
-        if self.surface == "widget" and self._root is not None:
-            self._set_body(bundle)
-            self._root.children = (self._body,)
-        elif self._body_handle is not None:
+        if self._root is not None:
+            self._root.layout.display = "none"  # no Stop for an answer that has ended
+        if self._body_handle is not None:
             self._body_handle.update(bundle, raw=True)
 
     @staticmethod
@@ -319,7 +369,7 @@ class LiveOutput:
             clear_output(wait=True)
         for live in list(group):
             if live._final is not None:
-                live.final_handle = display(live._final, raw=True, display_id=True)
+                display(live._final, raw=True)
             live.close()
 
     def close(self) -> None:
@@ -329,7 +379,7 @@ class LiveOutput:
             self._ticker.cancel()
             self._ticker = None
         if self._root is not None:
-            for widget in (self._button, self._status_widget, self._body, self._row, self._root):
+            for widget in (self._button, self._status_widget, self._root):
                 # Layout and style are widgets too, each with its own comm.
                 for part in (
                     getattr(widget, "layout", None),
@@ -369,9 +419,7 @@ class LiveOutput:
         if self.surface == "none":
             return
         bundle = render_bundle(text, format=self.format, lang=self.lang)
-        if self.surface == "widget":
-            self._set_body(bundle)
-        elif self._body_handle is not None:
+        if self._body_handle is not None:
             self._body_handle.update(bundle, raw=True)
         self._show_status(self._status_text())
 
@@ -383,13 +431,17 @@ class LiveOutput:
         self._ticker = self._loop.call_later(self.tick, self._on_tick)
 
     def _status_text(self) -> str:
-        if self.status is None:
-            return ""
-        try:
-            return self.status()
-        except Exception:
-            logger.debug("status callable failed", exc_info=True)
-            return ""
+        line = ""
+        if self.status is not None:
+            try:
+                line = self.status()
+            except Exception:
+                logger.debug("status callable failed", exc_info=True)
+        extra = [part for part in (self.note, self._hint()) if part]
+        return "\n".join([line, *extra]) if extra else line
+
+    def _hint(self) -> str:
+        return display_hint() if self.surface == "display" else ""
 
     def _show_status(self, line: str) -> None:
         if line == self._last_status:
@@ -399,9 +451,6 @@ class LiveOutput:
             self._status_widget.value = _status_html(line)
         elif self._status_handle is not None:
             self._status_handle.update({"text/plain": line}, raw=True)
-
-    def _set_body(self, bundle: dict[str, str]) -> None:
-        self._body.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
     def _show_widget(self) -> None:
         import ipywidgets as w
@@ -417,17 +466,15 @@ class LiveOutput:
         self._button.on_click(self._clicked)
         self._status_widget = w.HTML(_status_html(self._status_text()))
         self._status_widget.add_class("pk-status")
-        self._body = w.Output()
-        self._body.add_class("pk-body")
-        self._row = w.HBox(
+        self._root = w.HBox(
             [self._button, self._status_widget], layout=w.Layout(align_items="center")
         )
-        self._root = w.VBox([self._row, self._body])
         self._root.add_class("pk-live")
-        # Only the widget-view type: nbval skips it, so batch comparisons see the
-        # final output alone (see the module docstring).
+        # The widget-view type, which nbval skips (batch runs have no live view at all),
+        # and a plain-text fallback: a front end without a widget manager shows the
+        # hint instead of a blank (the answer below is a plain display either way).
         view = {"version_major": 2, "version_minor": 0, "model_id": self._root.model_id}
-        display({WIDGET_MIME: view}, raw=True)
+        display({WIDGET_MIME: view, "text/plain": HINT_NO_WIDGETS}, raw=True)
 
     def _clicked(self, button: Any) -> None:
         # May run on a subshell's thread: only flag, relabel, and call on_stop,
@@ -443,7 +490,7 @@ class LiveOutput:
 
 def _status_html(line: str) -> str:
     return (
-        '<span style="color: var(--jp-ui-font-color2, #616161); '
+        '<span style="color: var(--jp-ui-font-color2, #616161); white-space: pre-line; '
         'font-size: var(--jp-ui-font-size1, 13px); padding-left: 0.5em">'
         f"{html.escape(line)}</span>"
     )

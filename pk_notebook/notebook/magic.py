@@ -25,7 +25,7 @@ from ..runtime.sync import run_sync
 from ..runtime.types import UNSET, Message
 from ..sessions.spec import describe_store
 from .defaults import defaults, reset_defaults
-from .live import escape_markdown
+from .markdown import escape_markdown, safe_markdown
 from .options import (
     SUBCOMMANDS,
     cell_spec,
@@ -36,7 +36,7 @@ from .options import (
     sessions_spec,
     usage_error,
 )
-from .runner import last_result, run_cell_sync
+from .runner import last_answer, last_result, run_cell_sync
 from .status import format_status
 
 T = TypeVar("T")
@@ -163,7 +163,10 @@ class StreamMagics(Magics):
         md, plain = [], []
         for message in messages:
             flag = f" ({message.status})" if message.status else ""
-            md.append(f"**{message.role}**{escape_markdown(flag)}\n\n{message.content}")
+            # Stored answers are model text: shown through the same safe Markdown as
+            # the cell (raw HTML inert, dangerous links dead, math intact).
+            body = safe_markdown(message.content)
+            md.append(f"**{message.role}**{escape_markdown(flag)}\n\n{body}")
             plain.append(f"[{message.role}{flag}]\n{message.content}")
         display(
             {"text/markdown": "\n\n---\n\n".join(md), "text/plain": "\n\n".join(plain)}, raw=True
@@ -201,12 +204,21 @@ class StreamMagics(Magics):
         )
 
     def _last(self, rest: str) -> None:
+        """The last answer again, whole and rendered as in its cell, then its status line.
+
+        A browser reload while a cell streams loses that cell's view (outputs sent
+        while no front end is attached go nowhere); the kernel still has the answer.
+        """
         _no_arguments("last", rest)
-        result = last_result()
-        if result is None:
+        last = last_answer()
+        if last is None:
             print("no %%stream cell has run yet")
             return
-        print(format_status(result))
+        display(last.bundle, raw=True)
+        lines = [format_status(last.result)]
+        if last.substituted:
+            lines.append(last.substituted)
+        print("\n".join(lines))
 
     def _session_arg(self, command: str, session: str | None) -> str:
         if session:

@@ -13,8 +13,9 @@ Two ways in, one code path:
 The cell builds its turn with ``Pipeline.stream`` before showing anything, so
 the Stop button always has a stream to stop (``Stream.stop()`` is valid in every
 phase, from any thread); Interrupt cancels the cell's task, which ends the
-stream the same way. The partial text is kept, the session stores the turn as
-interrupted, and the cell ends without a traceback.
+stream the same way. The partial text is kept and the session stores the turn
+as interrupted. A Stop ends the cell normally; an Interrupt ends it in error
+(one line, :class:`CellInterrupted`), so Run All stops there.
 """
 
 from __future__ import annotations
@@ -34,14 +35,45 @@ from ..runtime.stream import Stream
 from ..runtime.sync import run_sync
 from ..runtime.types import UNSET, Result
 from .defaults import defaults
-from .interpolate import InterpolationError, Substitution, substitute
+from .interpolate import InterpolationError, Substitution, describe_substitutions, substitute
 from .live import LiveOutput
 from .options import CellOptions, cell_spec, parse_cell_options
 from .status import format_status, notes_for
 
 logger = logging.getLogger("pk_notebook")
 
-_last: list[Result] = []  # the most recent cell's result, for ``%stream last``
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """Kernel > Interrupt ended a ``%%stream`` cell.
+
+    Raised after the partial answer is shown, so the cell ends in error and a Run
+    All queue stops there, as for any interrupted cell. A ``KeyboardInterrupt``
+    because that is what an interrupt is; its traceback is one line.
+    """
+
+    MESSAGE = (
+        "Interrupted: the answer was stopped; what arrived is kept above and in the "
+        "session (marked stopped). Cells after this one were not run."
+    )
+
+    def __str__(self) -> str:
+        return self.MESSAGE
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"CellInterrupted: {self.MESSAGE}"]
+
+
+@dataclass(frozen=True)
+class LastAnswer:
+    """The most recent cell's answer, for ``%stream last`` (a reload loses the cell's view)."""
+
+    result: Result
+    bundle: dict[str, str]  # the final output, exactly as the cell showed it
+    substituted: str = ""
+
+
+_last: list[LastAnswer] = []
 
 
 def print_help() -> None:
@@ -49,8 +81,13 @@ def print_help() -> None:
     print(cell_spec.__doc__)
 
 
-def last_result() -> Result | None:
+def last_answer() -> LastAnswer | None:
     return _last[-1] if _last else None
+
+
+def last_result() -> Result | None:
+    last = last_answer()
+    return last.result if last else None
 
 
 @dataclass
@@ -65,7 +102,7 @@ class CellRun:
     stream: Stream | None = None
     live: LiveOutput | None = None
     result: Result | None = None
-    stop_requested: bool = False
+    interrupted: bool = False
     # What ``{name}`` placeholders put into the prompt (see interpolate.describe_substitutions).
     substitutions: list[Substitution] = field(default_factory=list)
 
@@ -123,6 +160,7 @@ class CellRun:
             on_stop=self.request_stop,
             status=self.status_line,
             shell=self.shell,
+            note=describe_substitutions(self.substitutions),
         )
         self.live = live
         live.show()
@@ -134,9 +172,10 @@ class CellRun:
                     if chunk.content:
                         live.push(chunk.content)
         except asyncio.CancelledError:
-            # Kernel > Interrupt (or Ctrl-C): the stream has ended as STOPPED; show it
-            # like a Stop and end the cell without a traceback.
-            self.stop_requested = True
+            # Kernel > Interrupt (or Ctrl-C): the stream has ended as STOPPED. Show the
+            # partial answer like a Stop, then end the cell in error (below), so that
+            # Run All stops here as it does for any interrupted cell.
+            self.interrupted = True
             uncancel = getattr(asyncio.current_task(), "uncancel", None)
             if uncancel is not None:
                 uncancel()
@@ -147,15 +186,20 @@ class CellRun:
             error = exc
         result = await stream.wait_closed()
         self.result = result
-        live.finish(notes_for(result, error))
+        bundle = live.finish(notes_for(result, error))
         if opts.out:
             self.shell.user_ns[opts.out] = result
-        _last[:] = [result]
+        _last[:] = [LastAnswer(result, bundle, describe_substitutions(self.substitutions))]
+        if self.interrupted:
+            raise CellInterrupted()
         return result
 
     def request_stop(self) -> None:
-        """The Stop button: end the stream, keep the text. Safe from any thread, any phase."""
-        self.stop_requested = True
+        """The Stop button: end the stream, keep the text. Safe from any thread, any phase.
+
+        Unlike Kernel > Interrupt, Stop ends only this answer: the cell succeeds and
+        a Run All goes on with the next cell.
+        """
         if self.stream is not None:
             self.stream.stop()
 
@@ -225,8 +269,10 @@ def run_cell_sync(shell: Any, line: str, cell: str) -> Result | None:
 
     try:
         return run_sync(main())
+    except CellInterrupted:
+        raise
     except (KeyboardInterrupt, concurrent.futures.CancelledError):
         # Ctrl-C / Interrupt cancelled the run: it shows the partial text as stopped
-        # on its way out; wait for that, and end the cell without a traceback.
+        # on its way out; wait for that, then end the cell as interrupted.
         done.wait(10)
-        return run.result
+        raise CellInterrupted() from None

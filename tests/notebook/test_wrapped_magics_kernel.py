@@ -59,8 +59,8 @@ def test_stop_still_works_under_time(k: KernelSession) -> None:
     def click_after_some_text(execution: Execution, msg: dict[str, Any]) -> None:
         updates = [
             m
-            for m in execution.of_type("comm_msg")
-            if "outputs" in m["content"]["data"].get("state", {})
+            for m in execution.of_type("update_display_data")
+            if "text/markdown" in m["content"]["data"]
         ]
         if len(updates) == 5:
             k.click(button_comm_ids(execution)[0])
