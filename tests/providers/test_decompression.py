@@ -59,10 +59,17 @@ async def run(provider: OpenAIProvider) -> tuple[Any, BaseException | None]:
     return stream.result, error
 
 
+def gzip_members(data: bytes) -> bytes:
+    """Two gzip members back to back, which is still one gzip body (RFC 1952)."""
+    half = len(data) // 2
+    return gzip.compress(data[:half]) + gzip.compress(data[half:])
+
+
 @pytest.mark.parametrize(
     ("encoding", "compress"),
     [
         pytest.param("gzip", gzip.compress, id="gzip"),
+        pytest.param("gzip", gzip_members, id="gzip-two-members"),
         pytest.param("deflate", zlib.compress, id="deflate-zlib"),
         pytest.param("deflate", raw_deflate, id="deflate-raw"),
     ],
