@@ -45,8 +45,9 @@ from typing import Any
 
 import ipywidgets as widgets
 import traitlets
+from IPython.core.error import UsageError as IPythonUsageError
 
-from ..runtime.errors import ConfigurationError, UsageError
+from ..runtime.errors import ConfigurationError, PkNotebookError, UsageError
 from ..runtime.pipeline import Pipeline
 from ..runtime.store import check_session_id
 from ..runtime.stream import Stream
@@ -54,6 +55,7 @@ from ..runtime.text import Throttle
 from ..runtime.types import Message, ProviderConfig, Result, StreamStatus, Usage
 from . import chat_view as view
 from .chat_input import MessageBox
+from .options import usage_error
 from .status import format_status
 
 logger = logging.getLogger("pk_notebook")
@@ -101,7 +103,6 @@ class Chat(widgets.VBox):
         # whose __init__ fails is still closed by its __del__, on a half-built chat.
         if (args[0] if args else kwargs.get("pipeline")) is None:
             from .defaults import default_pipeline
-            from .options import usage_error
 
             try:
                 default_pipeline()
@@ -140,6 +141,7 @@ class Chat(widgets.VBox):
         self._tasks: set[asyncio.Future[Any]] = set()
         self._lock = asyncio.Lock()
         self._turns: list[Stream] = []  # this chat's turns not yet ended, oldest first
+        self._saved: list[Any] = []  # display handles of the transcript's saved copies
         self._last_failed: str | None = None
         self._last_status = ""
 
@@ -196,6 +198,7 @@ class Chat(widgets.VBox):
 
         self._footer = w.HTML(view.footer_html(self._summary()))
         self._footer.add_class("pk-chat-footer")
+        self.add_class(f"pk-chat-{self.model_id}")  # what the saved copy's CSS looks for
         self.children = (
             style,
             header,
@@ -214,6 +217,37 @@ class Chat(widgets.VBox):
         )
         button.add_class("pk-chat-tool")
         return button
+
+    def _ipython_display_(self) -> None:
+        """Show the live chat, and under it a saved copy of the transcript.
+
+        A notebook reopened without a kernel, its nbconvert export and GitHub
+        cannot draw the widget; they show the copy, which is updated after every
+        finished turn (a CSS rule hides it while the live widget is on the page).
+        """
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+        self._saved.append(display(self._saved_bundle(), raw=True, display_id=True))
+
+    def _saved_bundle(self) -> dict[str, str]:
+        live_class = f"pk-chat-{self.model_id}"
+        return {
+            "text/html": view.saved_transcript_html(
+                self._synced, title=self.title, session_id=self.session_id, live_class=live_class
+            ),
+            "text/plain": self._export_markdown(),
+        }
+
+    def _update_saved(self) -> None:
+        if not self._saved:
+            return
+        bundle = self._saved_bundle()
+        for handle in self._saved:
+            try:
+                handle.update(bundle, raw=True)
+            except Exception:
+                logger.debug("could not update the saved transcript", exc_info=True)
 
     def __repr__(self) -> str:
         return (
@@ -279,7 +313,7 @@ class Chat(widgets.VBox):
         awaiting code is cancelled (Kernel > Interrupt), the reply is stopped too.
         """
         if not isinstance(text, str) or not text.strip():
-            raise UsageError("send() needs a non-empty message")
+            raise IPythonUsageError("send() needs a non-empty message")
         task = self._own_loop().create_task(self._turn(text))
         self._keep(task)
         try:
@@ -414,6 +448,8 @@ class Chat(widgets.VBox):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
+            if isinstance(exc, IPythonUsageError):
+                return  # already shown as a notice in the transcript
             logger.error("chat %r: %s", self.session_id, exc, exc_info=exc)
 
     def _own_loop(self) -> asyncio.AbstractEventLoop:
@@ -463,7 +499,13 @@ class Chat(widgets.VBox):
 
     async def _turn(self, text: str) -> Result:
         # The turn exists before anything else happens, so Stop always has a target.
-        stream = self.pipeline.stream(text, session=self.session_id, config=self.config)
+        try:
+            stream = self.pipeline.stream(text, session=self.session_id, config=self.config)
+        except (ConfigurationError, PkNotebookError) as exc:
+            # A missing key, a closed pipeline: said in the transcript and, for code
+            # that awaited send(), as one line (IPython's UsageError), not a traceback.
+            self._add_notice(_describe(exc))
+            raise usage_error(exc) from None
         self._turns.append(stream)
         try:
             return await self._run_turn(text, stream)
@@ -507,6 +549,7 @@ class Chat(widgets.VBox):
             except Exception as exc:
                 logger.warning("chat %r: could not read the session: %s", self.session_id, exc)
             self._update_footer()
+            self._update_saved()
         self._fire_reply(result)
         return result
 
@@ -552,6 +595,7 @@ class Chat(widgets.VBox):
         async with self._lock:
             await self._sync()
             self._update_footer()
+            self._update_saved()
 
     async def _sync(self, turn: tuple[_Entry, _Entry] | None = None) -> None:
         """Show the store's messages that are not on screen yet.

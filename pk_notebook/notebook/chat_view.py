@@ -14,7 +14,9 @@ source in ``.pk-math``), and the marker words from
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
+from ..runtime.types import Message
 from .markdown import escape_text, highlight_css, render_markdown
 from .status import STATUS_TEXT, StatusText
 
@@ -224,6 +226,14 @@ _CSS = """
   margin-top: 2px;
 }
 
+/* the saved copy of the transcript (shown where the live widget cannot be) */
+.pk-chat-saved-messages { padding: 8px 14px; }
+.pk-chat-saved-note {
+  margin-left: 8px;
+  font-size: var(--jp-ui-font-size0);
+  color: var(--jp-ui-font-color3);
+}
+
 /* footer */
 .pk-chat-footer {
   padding: 0 14px 8px 14px;
@@ -305,3 +315,33 @@ def notice_html(message: str) -> str:
 def footer_html(summary: str, status: str = "") -> str:
     right = f'<span class="pk-footer-status">{html.escape(status)}</span>' if status else ""
     return f"{right}<span>{html.escape(summary)}</span>"
+
+
+def saved_transcript_html(
+    messages: Sequence[Message], *, title: str, session_id: str, live_class: str
+) -> str:
+    """The conversation as static HTML, for the saved notebook, nbconvert and GitHub.
+
+    It is a second output under the live chat, updated after every finished turn.
+    While the live widget is on the page (its root carries ``live_class``) a CSS
+    rule hides this copy; where the widget cannot be drawn (a reopened notebook,
+    an HTML export) the copy is what the reader sees.
+    """
+    items = []
+    for message in messages:
+        if message.role == "user":
+            items.append(user_html(message.content))
+        elif message.role == "assistant":
+            items.append(assistant_html(message.content, status=message.status))
+    body = "".join(items) or empty_html()
+    hide = (
+        f"<style>.jp-OutputArea:has(.{live_class}) .{live_class}-saved "
+        "{ display: none !important; }</style>"
+    )
+    return (
+        f"{stylesheet()}{hide}"
+        f'<div class="pk-chat pk-chat-saved {live_class}-saved">'
+        f'<div class="pk-chat-header">{header_html(title, session_id)}'
+        '<span class="pk-chat-saved-note">saved transcript</span></div>'
+        f'<div class="pk-chat-messages pk-chat-saved-messages">{body}</div></div>'
+    )
