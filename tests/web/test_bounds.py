@@ -270,3 +270,20 @@ async def test_deeply_nested_json_on_the_websocket_closes_with_1007(serve: Any) 
         await ws.send("{not json")
         while json.loads(await ws.recv())["type"] != "result":
             pass
+
+
+async def test_the_request_deadline_does_not_cut_answers_or_websockets(serve: Any) -> None:
+    live = serve(
+        MockProvider(chunk_delay=0.05, first_chunk_delay=0), request_timeout=0.3, heartbeat=None
+    )
+    async with httpx.AsyncClient(base_url=live.url, timeout=15) as client:
+        # A streamed answer that lasts longer than the deadline (its request was complete).
+        response = await client.post("/stream", json={"prompt": "Write a long story"})
+        assert response.status_code == 200 and '"status":"finished"' in response.text
+        await asyncio.sleep(0.5)  # and the kept-alive connection idles past it
+        assert (await client.get("/healthz")).status_code == 200
+    async with connect(live.ws_url) as ws:
+        await asyncio.sleep(0.6)  # an open WebSocket is not a request in progress
+        await ws.send("hi")
+        while json.loads(await ws.recv())["type"] != "result":
+            pass

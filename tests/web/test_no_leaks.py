@@ -22,7 +22,8 @@ from websockets.asyncio.client import connect
 
 from pk_notebook.providers import MockProvider
 from pk_notebook.providers.openai import OpenAIProvider
-from pk_notebook.runtime.errors import ProtocolError
+from pk_notebook.runtime.errors import ProtocolError, StoreUnavailable
+from pk_notebook.runtime.memory import MemoryStore
 from pk_notebook.runtime.types import Delta
 from pk_notebook.sessions.spec import open_store
 from pk_notebook.testing import FakeProviderServer, Script
@@ -171,3 +172,20 @@ async def test_store_errors_say_what_failed_without_paths_or_hosts(
     assert message["type"] == "error" and message["final"] is True
     # The server log keeps the detail.
     assert any(private in record.getMessage() for record in caplog.records)
+
+
+class FullDisk(MemoryStore):
+    """A store that loads fine and fails to save, naming its file as stores do."""
+
+    async def append(self, session_id: str, messages: Any) -> None:
+        raise StoreUnavailable("cannot write /srv/private/sessions.sqlite3: disk full")
+
+
+async def test_a_failed_save_is_reported_without_its_detail(serve: Any) -> None:
+    live = serve(make_pipeline(MockProvider(), state_store=FullDisk()), heartbeat=None)
+    async with httpx.AsyncClient(base_url=live.url, timeout=15) as client:
+        response = await client.post("/stream", json={"prompt": "hi", "session": "s1"})
+    result = json.loads(response.text.split("event: result\ndata: ", 1)[1].split("\n", 1)[0])
+    assert result["status"] == "finished"
+    assert result["warnings"] == ["the turn was not saved to the session store"]
+    assert "/srv/private" not in response.text
