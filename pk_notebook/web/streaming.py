@@ -40,6 +40,8 @@ from .security import client_warnings, error_dict, error_headers, log_unexpected
 
 logger = logging.getLogger("pk_notebook")
 
+_timeout: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
+
 SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -109,6 +111,22 @@ class Encoder(Protocol):
     def error_body(self, exc: BaseException) -> Any: ...
 
 
+async def bounded_send(send: Any, message: dict[str, Any], seconds: float | None) -> None:
+    """``await send(message)`` for at most ``seconds`` (then ``TimeoutError``).
+
+    Every chunk goes through here, so the cheap way: ``asyncio.timeout`` is a
+    timer handle (about 4 us a write on 3.11), where ``wait_for`` before 3.12
+    wraps each write in a task of its own (about 12 us).
+    """
+    if seconds is None:
+        await send(message)
+    elif _timeout is None:  # Python 3.10
+        await asyncio.wait_for(send(message), seconds)
+    else:
+        async with _timeout(seconds):
+            await send(message)
+
+
 class _Writer:
     """Serialises writes (chunks and heartbeats come from two tasks), each bounded.
 
@@ -133,7 +151,7 @@ class _Writer:
             if self.broken:
                 return
             try:
-                await asyncio.wait_for(self._send(message), self._timeout)
+                await bounded_send(self._send, message, self._timeout)
             except asyncio.TimeoutError:
                 self.broken = self.timed_out = True
                 if self._on_timeout is not None:

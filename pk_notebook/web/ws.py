@@ -52,7 +52,7 @@ from .security import (
 )
 from .settings import WebSettings
 from .sse import parse_options, parse_session
-from .streaming import dumps, json_response_messages, result_dict
+from .streaming import bounded_send, dumps, json_response_messages, result_dict
 
 logger = logging.getLogger("pk_notebook")
 
@@ -80,15 +80,16 @@ class _Connection:
         if self.broken:
             return
         try:
-            await asyncio.wait_for(
-                self._send({"type": "websocket.send", "text": dumps(message)}),
+            await bounded_send(
+                self._send,
+                {"type": "websocket.send", "text": dumps(message)},
                 self.settings.write_timeout,
             )
         except OSError:
             self.broken = True  # the client is gone; the receive loop will see it
         except asyncio.TimeoutError:
             self.broken = True
-            logs.logger.warning(
+            logger.warning(
                 "a WebSocket client read nothing for %g s; its answer was stopped and "
                 "the connection closed",
                 self.settings.write_timeout,
@@ -185,6 +186,10 @@ class _Connection:
             return
         self.stream = stream
         self.task = asyncio.ensure_future(self.run(self.count, stream))
+        # Held by the endpoint too, until it ends: if the connection's handler is
+        # cancelled while awaiting it (a server shutting down), it is still referenced.
+        self.endpoint.tasks.add(self.task)
+        self.task.add_done_callback(self.endpoint.tasks.discard)
 
     async def refuse(self, exc: WebError, *, id: int | None = None, final: bool = True) -> None:
         await self.send({"type": "error", "id": id, "final": final, "error": exc.to_dict()})
@@ -239,6 +244,8 @@ class WebSocketEndpoint:
         self.slots = slots
         self.connections = 0
         self.secrets = pipeline_secrets(pipe, settings)
+        #: the answers running on the endpoint's connections
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def deny(self, scope: Any, send: Any, exc: WebError) -> None:
         # One WARNING, without the query string (it may hold a token); uvicorn's

@@ -287,3 +287,14 @@ async def test_the_request_deadline_does_not_cut_answers_or_websockets(serve: An
         await ws.send("hi")
         while json.loads(await ws.recv())["type"] != "result":
             pass
+
+
+async def test_websocket_answers_are_referenced_until_they_end(serve: Any) -> None:
+    live = serve(MockProvider(chunk_delay=0.05, first_chunk_delay=0))
+    endpoint = next(r.endpoint for r in live.app.routes if getattr(r, "path", "") == "/ws")
+    async with connect(live.ws_url) as ws:
+        await ws.send("Write a long story")
+        assert json.loads(await ws.recv())["type"] == "start"
+        assert len(endpoint.tasks) == 1
+    # The client left mid-answer: the answer was stopped, awaited and let go.
+    assert wait_for(lambda: not endpoint.tasks and live.pipe.active_streams == 0)
