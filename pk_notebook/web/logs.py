@@ -87,9 +87,14 @@ class SafeRecords(logging.Filter):
             record.args = tuple(_clean(arg, secrets) for arg in record.args)
         elif isinstance(record.args, dict):
             record.args = {k: _clean(v, secrets) for k, v in record.args.items()}
+        if record.exc_info and not record.exc_text:
+            # Formatters print a cached exc_text as it is: a traceback's messages
+            # (an exception quoting a URL or a key) are cleaned like the rest.
+            record.exc_text = redact(_formatter.formatException(record.exc_info), *secrets)
         return True
 
 
+_formatter = logging.Formatter()
 _filter = SafeRecords()
 
 

@@ -170,3 +170,20 @@ async def test_the_token_never_reaches_the_log_of_pk_notebook_serve() -> None:
     assert len(refusals) == 4 and all(line.startswith("WARNING") for line in refusals)
     assert "connection rejected" not in err
     assert "GET /stream HTTP" in out  # the access log is on, without query strings
+
+
+def test_tracebacks_and_paths_are_cleaned_too() -> None:
+    from pk_notebook.web import logs
+
+    filter_ = logs.install((TOKEN,))
+    record = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, __file__, 1, '"WebSocket %s" %s', None, None
+    )
+    record.args = (f"/ws?access_token={TOKEN}", f"Bearer {TOKEN}")
+    try:
+        raise ValueError(f"bad request /stream?access_token={TOKEN}")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert filter_.filter(record)
+    text = logging.Formatter().format(record)
+    assert TOKEN not in text and '"WebSocket /ws"' in text and "ValueError" in text
