@@ -520,7 +520,7 @@ class Chat(widgets.VBox):
                 logger.warning("chat %r: could not read the session: %s", self.session_id, exc)
             self._set_streaming(True)
             user_entry = self._add_entry("user", Message("user", text))
-            reply = widgets.HTML(view.assistant_html("", streaming=True))
+            reply = widgets.HTMLMath(view.assistant_html("", streaming=True))
             reply_entry = self._add_entry("assistant", None, widget=reply)
             cancelled: asyncio.CancelledError | None = None
             try:
@@ -638,7 +638,7 @@ class Chat(widgets.VBox):
         if message.role == "user":
             widget = widgets.HTML(view.user_html(message.content))
         else:
-            widget = widgets.HTML(view.assistant_html(message.content, status=message.status))
+            widget = widgets.HTMLMath(view.assistant_html(message.content, status=message.status))
         return _Entry(message.role, widget, message, synced=True)
 
     def _add_entry(

@@ -384,4 +384,3 @@ class MockProvider:
         """Forget recorded calls and how often each fault has fired."""
         self.calls.clear()
         self._fault_counts.clear()
-
