@@ -1,4 +1,7 @@
-"""Providers: the mock (offline default) and real APIs over httpx.
+"""Providers: the mock (offline default) and real APIs (OpenAI-compatible, Anthropic, Gemini).
+
+Connections go through aiohttp by default, or httpx (``transport="httpx"`` or any
+``httpx.AsyncBaseTransport``); see ``_http.py``.
 
 ``create_provider("mock")``, ``create_provider("openai:gpt-4o-mini")``; see
 :func:`register_provider` to add your own.
@@ -8,6 +11,7 @@ from ..runtime.provider import Provider
 from .anthropic import AnthropicProvider
 from .base import HTTPProvider
 from .gemini import GeminiProvider
+from .limits import StreamLimits
 from .mock import Fault, MockCall, MockProvider, Scenario, split_tokens
 from .openai import OpenAIProvider
 from .pricing import DEFAULT_PRICES, PRICES_AS_OF, lookup_price
@@ -28,6 +32,7 @@ __all__ = [
     "SSEDecoder",
     "Scenario",
     "ServerSentEvent",
+    "StreamLimits",
     "available_providers",
     "create_provider",
     "lookup_price",

@@ -130,3 +130,17 @@ async def test_results_carry_cost(fake_server: FakeProviderServer, where: str) -
     result = await pipe.execute("user", "hi")
     await pipe.shutdown()
     assert result.cost == pytest.approx(0.15 + 2 * 0.60)
+
+
+def test_limits_are_a_typed_option_and_the_key_is_redacted_everywhere_at_once() -> None:
+    from pk_notebook.providers import StreamLimits
+    from pk_notebook.runtime.errors import redact
+
+    key = "0123456789abcdef" * 2  # an Azure-style hex key: no known key shape
+    provider = OpenAIProvider(
+        "m", base_url="http://127.0.0.1:9/v1", api_key=key, limits=StreamLimits(max_answer_chars=10)
+    )
+    assert provider.limits.max_answer_chars == 10
+    assert key not in redact(f"upstream said: bad key {key}")
+    with pytest.raises(ConfigurationError, match="StreamLimits"):
+        OpenAIProvider("m", base_url="http://127.0.0.1:9/v1", api_key=key, limits={"x": 1})  # type: ignore[arg-type]
