@@ -32,10 +32,11 @@ from ..runtime.errors import (
 )
 from ..runtime.store import estimate_tokens
 from ..runtime.types import Delta, Finish, ProviderEvent, Request, Usage
+from .faults import MOCK_FAULTS, canonical_fault
 
 _TOKEN = re.compile(r"\s*\w{1,8}|\s*[^\w\s]|\s+")
 
-FAULT_KINDS = ("error", "stall", "truncate", "disconnect", "rate_limit", "server_error")
+FAULT_KINDS = MOCK_FAULTS  # the shared vocabulary (faults.py), the in-process part
 
 
 def split_tokens(text: str) -> list[str]:
@@ -63,10 +64,10 @@ class Fault:
     message: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ConfigurationError(
-                f"unknown fault kind {self.kind!r}: use one of {', '.join(FAULT_KINDS)}"
-            )
+        try:
+            object.__setattr__(self, "kind", canonical_fault(self.kind, MOCK_FAULTS))
+        except ValueError as exc:
+            raise ConfigurationError(f"{exc} (the fake HTTP server plays the others)") from None
         if self.after < 0 or self.times < 1:
             raise ConfigurationError("Fault.after must be >= 0 and Fault.times >= 1")
 

@@ -12,7 +12,8 @@ enable the fixtures in a ``conftest.py``::
         ...
 """
 
+from ..providers.faults import FAULTS
 from .fake_server import FakeProviderServer, RecordedRequest
-from .scenarios import DIALECTS, FAULTS, Script
+from .scenarios import DIALECTS, Script
 
 __all__ = ["DIALECTS", "FAULTS", "FakeProviderServer", "RecordedRequest", "Script"]

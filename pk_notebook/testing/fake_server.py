@@ -353,7 +353,7 @@ class _Connection(asyncio.Protocol):
                 script.status or 429, "application/json", script.error_body(dialect), extra
             )
             return True
-        if fault == "json_error":
+        if fault == "server_error":
             await self._simple(
                 script.status or 500, "application/json", script.error_body(dialect), extra
             )
@@ -406,12 +406,12 @@ class _Connection(asyncio.Protocol):
 
     async def _fault(self, script: Script, dialect: str, record: RecordedRequest) -> bool:
         fault = script.fault
-        if fault == "drop":
+        if fault == "disconnect":
             assert self.transport is not None
             record._end(disconnected=False, completed=False)  # the server hung up, not the client
             self.transport.close()  # mid-body: the chunked body never ends
             raise _ClientGone
-        if fault == "eof":
+        if fault == "truncate":
             await self._write(b"0\r\n\r\n")
             return True
         if fault == "malformed":
@@ -419,7 +419,7 @@ class _Connection(asyncio.Protocol):
             await self._chunk(broken)
             await self._write(b"0\r\n\r\n")
             return True
-        if fault == "stream_error":
+        if fault == "error":
             await self._chunk(script.error_event(dialect))
             record.events_sent += 1
             if dialect == "openai":

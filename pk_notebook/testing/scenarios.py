@@ -32,19 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-FAULTS = (
-    "drop",
-    "eof",
-    "malformed",
-    "stream_error",
-    "json_error",
-    "html",
-    "stall",
-    "keepalive_stall",
-    "no_close",
-    "rate_limit",
-    "endless_line",
-)
+from ..providers.faults import canonical_fault
+
 DIALECTS = ("openai", "anthropic", "gemini")
 
 _PIECE = re.compile(r"\s*\S+|\s+")
@@ -79,8 +68,8 @@ class Script:
     )
 
     def __post_init__(self) -> None:
-        if self.fault is not None and self.fault not in FAULTS:
-            raise ValueError(f"unknown fault {self.fault!r}: use one of {', '.join(FAULTS)}")
+        if self.fault is not None:
+            self.fault = canonical_fault(self.fault)
         if self.after < 0:
             raise ValueError("after must be >= 0")
 

@@ -78,7 +78,7 @@ def test_scenarios_load_from_yaml_and_json(tmp_path: Path) -> None:
         pytest.param("- response: x\n  colour: red\n", "unknown keys", id="unknown-key"),
         pytest.param("- response: x\n  match: '('\n", "bad regex", id="bad-regex"),
         pytest.param(
-            "- response: x\n  fault: {kind: explode}\n", "unknown fault kind", id="bad-fault"
+            "- response: x\n  fault: {kind: explode}\n", "unknown fault .explode.", id="bad-fault"
         ),
         pytest.param("a: [", "not valid YAML", id="bad-yaml"),
     ],
