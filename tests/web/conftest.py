@@ -143,3 +143,20 @@ async def direct_text(provider: MockProvider, prompt: str) -> str:
     """What the pipeline produces without the web layer (a fresh, identical pipeline)."""
     async with make_pipeline(provider) as pipe:
         return (await pipe.execute("user", prompt)).text
+
+
+async def wait_until_serving(
+    client: Any, what: str = "pk-notebook serve", timeout: float = 20
+) -> None:
+    """Poll ``/healthz`` until the server answers 200 (a subprocess takes a moment to bind)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not start"
+        await asyncio.sleep(0.05)

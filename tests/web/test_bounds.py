@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from pk_notebook.providers import MockProvider
 from pk_notebook.runtime.types import Delta
 
-from .conftest import make_pipeline, wait_for
+from .conftest import make_pipeline, wait_for, wait_until_serving
 from .test_cli import free_port
 
 MiB = 1024 * 1024
@@ -87,15 +87,7 @@ async def test_a_64_mib_header_is_refused_without_growing_memory() -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "pk-notebook serve did not start"
-                await asyncio.sleep(0.05)
+            await wait_until_serving(client)
             before = rss(process.pid)
 
             def flood() -> tuple[int, bytes]:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from pk_notebook.sessions import SQLiteStore
+
+from .conftest import wait_until_serving
 
 
 def free_port() -> int:
@@ -95,15 +95,7 @@ async def test_serve_streams_with_token_and_sqlite_store(tmp_path: Path) -> None
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "pk-notebook serve did not start"
-                await asyncio.sleep(0.05)
+            await wait_until_serving(client)
             refused = await client.post("/stream", json={"prompt": "Write a haiku"})
             assert refused.status_code == 401
             response = await client.post(

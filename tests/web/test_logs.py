@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from websockets.exceptions import InvalidStatus
 
 from pk_notebook.providers import MockProvider
 
+from .conftest import wait_until_serving
 from .test_cli import free_port
 
 TOKEN = "tok-" + "log-secret-4821"
@@ -148,15 +148,7 @@ async def test_the_token_never_reaches_the_log_of_pk_notebook_serve() -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "pk-notebook serve did not start"
-                await asyncio.sleep(0.05)
+            await wait_until_serving(client)
         statuses = await exercise(base, f"ws://127.0.0.1:{port}")
         await asyncio.sleep(0.3)
     finally:

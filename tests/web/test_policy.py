@@ -3,13 +3,11 @@ and one system-prompt policy for every endpoint."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import socket
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
@@ -22,9 +20,9 @@ from pk_notebook.web.security import WebError, check_host
 from pk_notebook.web.server import machine_hosts
 from pk_notebook.web.settings import WebSettings
 
-from .test_cli import free_port
-
 # --- the DNS-rebinding guard on all interfaces ---------------------------------------
+from .conftest import wait_until_serving
+from .test_cli import free_port
 
 
 def test_all_interfaces_keeps_the_host_guard() -> None:
@@ -72,15 +70,7 @@ async def test_serve_on_all_interfaces_refuses_other_host_names() -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "pk-notebook serve did not start"
-                await asyncio.sleep(0.05)
+            await wait_until_serving(client)
 
             async def status(host: str, path: str = "/v1/models") -> int:
                 return (await client.get(path, headers={"Host": host})).status_code
