@@ -65,3 +65,17 @@ def test_a_current_kernel_gets_the_button_and_no_hint(kernel: KernelSession) -> 
     run = kernel.ok("%%stream --pipeline slow\nWrite a haiku about rain")
     assert button_comm_ids(run)
     assert not any("ipykernel" in t for t in status_texts(run))
+
+
+@pytest.mark.kernel
+def test_the_live_status_names_what_was_substituted(kernel: KernelSession) -> None:
+    kernel.ok(SLOW + "\ncity = 'Lisbon'\nnotes = 'x' * 5000", interactive=False)
+    run = kernel.ok("%%stream --pipeline slow\nPlan a day in {city}. Context: {notes}")
+    # The status line is an HTML widget under the Stop button: read its synced values.
+    states = [
+        m["content"]["data"].get("state", {}).get("value", "")
+        for m in run.of_type("comm_open", "comm_msg")
+    ]
+    status = " ".join(s for s in states if isinstance(s, str) and "substituted" in s)
+    assert "substituted {city} (6 chars)" in status, states[-5:]
+    assert "{notes} (2,000 of 5,000 chars: cut)" in status
