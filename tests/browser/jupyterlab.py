@@ -249,8 +249,13 @@ class LabPage:
         self.artifacts = artifacts
 
     def open(self, name: str, timeout: float = 60.0) -> None:
+        self.page.goto(self.lab.notebook_url(name), wait_until="domcontentloaded")
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the notebook's cells are drawn and its kernel is idle (after
+        ``open`` or a ``page.reload()``), then dismiss any dialog."""
         page = self.page
-        page.goto(self.lab.notebook_url(name), wait_until="domcontentloaded")
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=timeout * 1000)
         # Wait until the kernel is ready (idle indicator in the toolbar/status bar).
         page.wait_for_function(
@@ -323,6 +328,13 @@ class LabPage:
         except TimeoutError:
             self.screenshot(f"timeout-cell-{index}")
             raise
+
+    def kernel_id(self, name: str) -> str:
+        """The id of the kernel the server runs for notebook ``name`` (its session's)."""
+        for session in self.lab.api("GET", "/api/sessions").json():
+            if session.get("path") == name and session.get("kernel"):
+                return str(session["kernel"]["id"])
+        raise LookupError(f"no kernel session for {name}")
 
     def output_text(self, index: int) -> str:
         # .first: a widget Output inside the cell has an OutputArea of its own.
