@@ -334,9 +334,14 @@ def saved_transcript_html(
         elif message.role == "assistant":
             items.append(assistant_html(message.content, status=message.status))
     body = "".join(items) or empty_html()
+    # While the live chat is on the page, hide this copy; where it is not (the kernel
+    # is gone), hide the widget's own output above the copy instead, which can only
+    # say "Loading widget..." or "model not found".
     hide = (
         f"<style>.jp-OutputArea:has(.{live_class}) .{live_class}-saved "
-        "{ display: none !important; }</style>"
+        "{ display: none !important; }"
+        f".jp-OutputArea-child:has(+ .jp-OutputArea-child .{live_class}-saved)"
+        f":not(:has(.{live_class})) {{ display: none !important; }}</style>"
     )
     return (
         f"{stylesheet()}{hide}"

@@ -338,3 +338,9 @@ def test_a_reopened_notebook_shows_the_chat_without_its_kernel(lab_page: LabPage
     assert "kettle" in answers.nth(0).inner_text()
     assert STORY_END in answers.nth(1).inner_text()
     assert page.page.locator(LIVE_CHAT).count() == 0, "no live chat"
+    # The widget's own output (it can only say "model not found") is hidden, not shown
+    # above the transcript, also once the widget manager has given up on it.
+    time.sleep(9)
+    visible = page.page.locator("body").inner_text()
+    assert "model not found" not in visible and "Loading widget" not in visible
+    page.screenshot("where-chat-reopened-later")
