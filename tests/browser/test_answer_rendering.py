@@ -95,10 +95,13 @@ def test_math_typesets_and_no_dangerous_link_exists(lab_page: LabPage, lab_root:
 
 
 CHAT_JS = """() => {
-    const answer = document.querySelector('.pk-chat .pk-answer');
-    if (!answer || !answer.querySelector('.pk-math')) return null;
+    const answer = document.querySelector('.pk-chat:not(.pk-chat-saved) .pk-answer');
+    if (!answer || !answer.querySelector('.pk-math mjx-container')) return null;
     return {
         math: [...answer.querySelectorAll('.pk-math')].map((el) => el.textContent),
+        typeset: [...answer.querySelectorAll('.pk-math')].map(
+            (el) => el.querySelector('mjx-container') !== null
+                && el.querySelector('mjx-merror, merror') === null),
         anchors: [...answer.querySelectorAll('a')].map((a) => a.getAttribute('href')),
         raw: [...answer.querySelectorAll('img, script, iframe, b, details')].map(
             (el) => el.outerHTML),
@@ -123,21 +126,17 @@ def test_the_chat_shows_the_same_answer_safely(lab_page: LabPage, lab_root: Path
     lab.open("answer-rendering-chat.ipynb")
     title = lab.page.title()
     lab.run_cell_and_wait(0)
-    lab.page.locator(".pk-chat").first.wait_for(timeout=30_000)
+    lab.page.locator(".pk-chat:not(.pk-chat-saved)").first.wait_for(timeout=30_000)
     lab.run_cell_and_wait(1)
     lab.page.wait_for_function(f"() => ({CHAT_JS})() !== null", timeout=30_000)
     found = lab.page.evaluate(CHAT_JS)
-    lab.page.locator(".pk-chat").first.scroll_into_view_if_needed()
+    lab.page.locator(".pk-chat:not(.pk-chat-saved)").first.scroll_into_view_if_needed()
     lab.screenshot("answer-rendering-chat")
 
-    # Math is kept as its TeX source, backslashes and "<" included (see markdown.py).
-    assert found["math"] == [
-        "$p < 0.05$",
-        "$\\sum_{i<n} x_i$",
-        "$$a<b$$",
-        "\\(x<y\\)",
-        "\\[ \\sum_{i<n} i < n^2 \\]",
-    ], found["math"]
+    # Math arrives intact (backslashes and "<" included, see markdown.py) and is typeset,
+    # as in the cell: MathJax's output of each formula, and no MathJax error.
+    assert found["typeset"] == [True] * 5, found
+    assert found["math"] == ["p<0.05", "∑i<nxi", "a<b", "x<y", "∑i<ni<n2"], found["math"]
     assert found["anchors"] == ["https://example.com"], found["anchors"]
     assert found["raw"] == []
     assert "<img src=x onerror=" in found["text"] and "if a<b: pass" in found["text"]

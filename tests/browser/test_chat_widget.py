@@ -14,11 +14,15 @@ import pytest
 
 from .jupyterlab import LabPage, write_notebook
 
+# the live widget (each chat also writes a saved copy of its transcript, .pk-chat-saved)
+LIVE_CHAT = ".pk-chat:not(.pk-chat-saved)"
+
 pytestmark = pytest.mark.browser
 
 SETUP = '''
 from pk_notebook import Chat, Pipeline, ProviderMiddleware, UsageMiddleware
 from pk_notebook.providers.mock import MockProvider, Scenario
+
 
 QUICK = """Install it with pip:
 
@@ -102,7 +106,7 @@ def test_chat_streams_stops_and_shares_the_session(lab_page: LabPage, lab_root: 
     lab_page.open("chat_widget.ipynb")
     lab_page.run_cell_and_wait(0)
     lab_page.run_cell_and_wait(1)
-    first = page.locator(".pk-chat").first
+    first = page.locator(LIVE_CHAT).first
     box = first.locator(".pk-chat-input textarea")
     box.wait_for(state="visible", timeout=30_000)
     send = first.locator("button", has_text="Send")
@@ -165,7 +169,7 @@ def test_chat_streams_stops_and_shares_the_session(lab_page: LabPage, lab_root: 
 
     # A second widget on the same session shows the whole history, stopped marker included.
     lab_page.run_cell_and_wait(2)
-    second = page.locator(".pk-chat").nth(1)
+    second = page.locator(LIVE_CHAT).nth(1)
     second.locator(".pk-marker-stopped").wait_for(timeout=15_000)
     assert second.locator(".pk-msg-user").count() == 2
     assert "How do I install it" in second.locator(".pk-msg-user").first.inner_text()
