@@ -15,11 +15,12 @@ Why it is built this way:
   a turn in any phase, including before the provider has answered. With the
   stream existing from the start, ``stop()`` always has something to act on, and
   no caller carries its own "stop before the stream exists" bookkeeping.
-- An end path cannot fail. The final steps run in their own task, shielded
-  from the caller's cancellation (a Stop, an Interrupt or an outer timeout that
-  lands during the save cannot leave the lock held), each step guarded on its
-  own, and the result is set in a ``finally``. Text pieces are checked at the
-  provider boundary, so the end never meets a non-string.
+- An end path cannot fail. Saving a turn and releasing its lock run in a task
+  of their own, shielded from the caller's cancellation (a Stop, an Interrupt or
+  an outer timeout that lands during the save cannot leave the lock held or the
+  turn half-saved), each step guarded on its own, and the result is set in a
+  ``finally``. Text pieces are checked where the stream reads them, so the end
+  never meets a non-string.
 - Timeouts cost almost nothing per chunk: one watchdog timer per stream checks,
   when it fires, whether the stream has been idle (no content while the consumer
   was waiting) for ``idle_timeout`` seconds or has outlived ``timeout``; if not,
@@ -76,9 +77,9 @@ class _StoppedEarly(Exception):
     """stop() came before the provider was called: end without calling it."""
 
 
-# Bounds on the end path: a provider whose close hangs, or a store that does not
-# answer, must not keep a stream from ending (and a server slot from being freed).
-CLOSE_TIMEOUT = 10.0
+# Bounds on the end path: a store that does not answer must not keep a stream from
+# ending (and a web server's slot from being freed).
+CLOSE_TIMEOUT = 10.0  # releasing a session lock
 SAVE_TIMEOUT = 60.0
 
 
@@ -573,9 +574,12 @@ class Stream:
     async def _end(self, status: StreamStatus, error: BaseException | None) -> None:
         """Decide how the stream ended (once) and run the end path to completion.
 
-        The end path runs in a task of its own: a cancellation of the caller (an
-        Interrupt during the save, say) goes on to the caller at once, while the
-        chain is still closed, the turn saved and the lock released behind it.
+        Closing the chain runs inline (it only closes generators, and redoing it is
+        harmless). Saving and releasing a session run in a task of their own: a
+        cancellation of the caller (an Interrupt during the save, say) goes on to
+        the caller at once, while the turn is saved and the lock released behind
+        it, never half-saved. A stream without a session needs no task at all,
+        which keeps the end of a call cheap for servers running thousands of them.
         """
         if self._phase >= _ENDING:
             return
@@ -588,18 +592,28 @@ class Stream:
         loop = self._loop or asyncio.get_running_loop()
         if self._ended is None:
             self._ended = asyncio.Event()
-        finishing = loop.create_task(self._finish_turn(status, error, time.monotonic()))
+        ended_at = time.monotonic()
+        try:
+            await self._close_chain()
+        except asyncio.CancelledError:
+            # Cancelled while closing: finish the end behind the caller, and let it go on.
+            self._finishing = loop.create_task(self._finish_turn(status, error, ended_at))
+            raise
+        if not self._locked:
+            self._complete(status, error, ended_at, [])
+            return
+        finishing = loop.create_task(self._finish_turn(status, error, ended_at))
         self._finishing = finishing  # a task that is not referenced may be collected
         await asyncio.shield(finishing)
 
     async def _finish_turn(
         self, status: StreamStatus, error: BaseException | None, ended_at: float
     ) -> None:
-        result: Result | None = None
         warnings: list[str] = []
+        result: Result | None = None
         try:
-            await self._close_chain()
-            result = self._build_result(status, error, ended_at - self._started)
+            await self._close_chain()  # a no-op when it already ran
+            result = self._build_result(status, error, ended_at)
             if self._locked:
                 warnings += await self._save(result)
         except asyncio.CancelledError:
@@ -611,33 +625,48 @@ class Stream:
         finally:
             if self._locked:
                 warnings += await self._release()
-            self._pipeline._streams.discard(self)
-            if result is None:
+            self._complete(status, error, ended_at, warnings, result)
+
+    def _complete(
+        self,
+        status: StreamStatus,
+        error: BaseException | None,
+        ended_at: float,
+        warnings: list[str],
+        result: Result | None = None,
+    ) -> None:
+        """Set the result and tell everyone; plain code, so nothing can interrupt it."""
+        if result is None:
+            try:
+                result = self._build_result(status, error, ended_at)
+            except Exception:  # only a bug gets here; a smaller result still ends the stream
+                logger.exception("could not build the stream's result")
                 result = self._fallback_result(status, error, ended_at - self._started)
-            if warnings:
-                result = replace(result, warnings=(*result.warnings, *warnings))
-            self._result = result
-            self._phase = _ENDED
-            self._background = None
-            self._ended.set()  # type: ignore[union-attr]
-            callbacks, self._callbacks = self._callbacks, []
-            for callback in callbacks:
-                try:
-                    callback(result)
-                except Exception:
-                    logger.exception("a stream done-callback failed")
+        if warnings:
+            result = replace(result, warnings=(*result.warnings, *warnings))
+        self._pipeline._streams.discard(self)
+        self._result = result
+        self._phase = _ENDED
+        self._background = None
+        self._ended.set()  # type: ignore[union-attr]
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(result)
+            except Exception:
+                logger.exception("a stream done-callback failed")
 
     async def _close_chain(self) -> None:
         # Outermost first; the provider's generator last, explicitly, because a
-        # middleware's ``async for`` does not close what it iterates.
-        for gen in self._closers:
+        # middleware's ``async for`` does not close what it iterates. Each is closed
+        # once; one that fails to close is logged and left to the garbage collector.
+        closers, self._closers = self._closers, []
+        for gen in closers:
             try:
-                await asyncio.wait_for(gen.aclose(), CLOSE_TIMEOUT)
+                await gen.aclose()
             except RuntimeError:
                 # "already running": a generator that is mid-step in another task.
                 logger.debug("could not close %r: it is running", gen)
-            except asyncio.TimeoutError:
-                logger.warning("closing %r took more than %g s; abandoned", gen, CLOSE_TIMEOUT)
             except Exception:
                 logger.debug("error while closing %r", gen, exc_info=True)
 
@@ -677,8 +706,9 @@ class Stream:
         return []
 
     def _build_result(
-        self, status: StreamStatus, error: BaseException | None, duration: float
+        self, status: StreamStatus, error: BaseException | None, ended_at: float
     ) -> Result:
+        duration = ended_at - self._started
         finish = self._finish
         call = self._request.call
         text = self.text
