@@ -168,7 +168,7 @@ class OpenAIParser(StreamParser):
                 if choices:
                     if type(choices) is not list:
                         raise Bad("'choices' is not a list")
-                    for choice in choices:
+                    for choice in choices if len(choices) > 1 else (choices[0],):
                         if type(choice) is not dict:
                             raise Bad("a choice is not an object")
                         index = choice.get("index")
@@ -178,9 +178,7 @@ class OpenAIParser(StreamParser):
                             continue
                         delta = choice.get("delta")
                         if delta:
-                            if type(delta) is not dict:
-                                raise Bad("'delta' is not an object")
-                            content = delta.get("content")
+                            content = delta.get("content") if type(delta) is dict else None
                             if type(content) is str and len(delta) == 1:
                                 if content:  # the common chunk: just text
                                     size = self._size + len(content)
@@ -189,6 +187,8 @@ class OpenAIParser(StreamParser):
                                     self._size = size
                                     self._parts.append(content)
                                     out.append(Delta(content))
+                            elif type(delta) is not dict:
+                                raise Bad("'delta' is not an object")
                             else:
                                 self._delta(delta, out)
                         reason = choice.get("finish_reason")

@@ -211,12 +211,20 @@ class SSEDecoder:
                 continue
             if line[:6] == b"data: ":
                 data.append(line[6:])
-                self._data_size += len(line) - 6
-                if self._data_size > self._max_event:
-                    self._too_big()
+                if len(data) > 1:  # one line is bounded by the line cap; several add up
+                    self._count_data()
                 continue
             self._field(line)
         return events
+
+    def _count_data(self) -> None:
+        data = self._data
+        if len(data) == 2:
+            self._data_size = len(data[0]) + len(data[1])
+        else:
+            self._data_size += len(data[-1])
+        if self._data_size > self._max_event:
+            self._too_big()
 
     def flush(self) -> list[tuple[bytes, bytes | None]]:
         """At the end of the stream: an unterminated event is *not* dispatched (per spec)."""
@@ -248,9 +256,12 @@ class SSEDecoder:
 
     def _dispatch(self) -> tuple[bytes, bytes | None]:
         data = self._data
-        raw = data[0] if len(data) == 1 else b"\n".join(data)
+        if len(data) == 1:
+            raw = data[0]
+        else:
+            raw = b"\n".join(data)
+            self._data_size = 0
         data.clear()
-        self._data_size = 0
         if self._ids is not None:
             self._ids.append((self.last_event_id, self.retry))
         name = self._event
@@ -265,9 +276,8 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
-            self._data_size += len(value)
-            if self._data_size > self._max_event:
-                self._too_big()
+            if len(self._data) > 1:
+                self._count_data()
         elif name == b"event":
             self._event = value
         elif name == b"id":

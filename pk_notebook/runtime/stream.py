@@ -424,21 +424,7 @@ class Stream:
         return Chunk(text, index, reasoning)
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Chunk]:
-        # An async generator, so that a ``break`` out of ``async for`` (which drops the
-        # generator) closes the stream at once instead of when the stream is collected.
-        try:
-            while True:
-                try:
-                    chunk = await self.next()
-                except StopAsyncIteration:
-                    return
-                yield chunk
-        finally:
-            if self._phase < _ENDING and self._phase is not _NEW:
-                await self.aclose()
+        return _Chunks(self)
 
     async def collect(self) -> Result:
         """Read to the end and return the result; raise if the stream did not finish.
@@ -799,3 +785,33 @@ class Stream:
         if waiter is not None and not waiter.done():
             self._cancel_reason = reason
             waiter.cancel()
+
+
+class _Chunks:
+    """What ``async for chunk in stream`` iterates.
+
+    A plain iterator rather than an async generator: no generator frame to resume
+    per chunk. A ``break`` out of the loop (or an exception in its body) drops
+    it, and dropping it stops the stream at once, as closing a generator would:
+    the provider's response is closed and the text so far is kept.
+    """
+
+    __slots__ = ("_next", "_stream")
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._next = stream.next
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    def __anext__(self) -> Awaitable[Chunk]:
+        return self._next()
+
+    def __del__(self) -> None:
+        stream = self._stream
+        if stream._phase is _OPEN or stream._phase is _OPENING:
+            try:
+                stream.stop()
+            except Exception:  # a loop already closed at interpreter exit: nothing to stop
+                pass
