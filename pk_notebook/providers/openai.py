@@ -135,6 +135,8 @@ class OpenAIParser(StreamParser):
         except ProtocolError as exc:
             self.fail(exc)
             return out
+        keep = self._parts.append  # looked up once per read, not once per chunk
+        max_answer = self._max_answer
         for data, name in events:
             if data == b"[DONE]":
                 out.append(self._finish())
@@ -142,7 +144,10 @@ class OpenAIParser(StreamParser):
                 break
             # _parse.load_json, inlined: this is the hot path of the most used provider,
             # and one call less per chunk is measurable against the httpx-sse bar.
-            text = data.decode("utf-8", "replace")
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:  # shown as U+FFFD, like any client would
+                text = data.decode("utf-8", "replace")
             try:
                 try:
                     obj, end = scan_json(text, 0)
@@ -182,10 +187,10 @@ class OpenAIParser(StreamParser):
                             if type(content) is str and len(delta) == 1:
                                 if content:  # the common chunk: just text
                                     size = self._size + len(content)
-                                    if size > self._max_answer:
+                                    if size > max_answer:
                                         self.too_long()
                                     self._size = size
-                                    self._parts.append(content)
+                                    keep(content)
                                     out.append(Delta(content))
                             elif type(delta) is not dict:
                                 raise Bad("'delta' is not an object")
