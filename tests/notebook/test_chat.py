@@ -303,7 +303,8 @@ async def test_front_end_updates_are_throttled_and_the_final_text_is_whole() -> 
 
         def watch(change: dict[str, Any], values: list[str] = values) -> None:
             for child in change["new"]:
-                if isinstance(child, (widgets.HTML, widgets.HTMLMath)) and "pk-msg-assistant" in child.value:
+                reply = isinstance(child, (widgets.HTML, widgets.HTMLMath))
+                if reply and "pk-msg-assistant" in child.value:
                     if not getattr(child, "_watched", False):
                         child._watched = True
                         child.observe(lambda c: values.append(c["new"]), names="value")

@@ -8,8 +8,8 @@ from pk_notebook import ConfigurationError, NetworkError, Pipeline, TruncatedStr
 from pk_notebook.providers import Fault, MockProvider
 from pk_notebook.providers.faults import FAULTS, MOCK_FAULTS
 from pk_notebook.providers.openai import OpenAIProvider
-from pk_notebook.testing import FakeProviderServer, Script
 from pk_notebook.testing import FAULTS as TESTING_FAULTS
+from pk_notebook.testing import FakeProviderServer, Script
 
 
 def test_one_list_and_the_mock_plays_a_part_of_it() -> None:
