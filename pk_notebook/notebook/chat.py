@@ -320,7 +320,7 @@ class Chat(widgets.VBox):
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.done():
-                self._stop_on_loop()
+                self.stop()
             raise
 
     @property
@@ -462,9 +462,6 @@ class Chat(widgets.VBox):
                 "await it from that loop, e.g. in a notebook cell"
             )
         return running
-
-    def _stop_on_loop(self) -> None:
-        self.stop()
 
     def _on_title(self, change: dict[str, Any]) -> None:
         self._heading.value = view.header_html(self.title, self.session_id)

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import ConfigurationError, ProtocolError, RateLimitError, StreamError
+from .errors import ConfigurationError, RateLimitError, StreamError
 from .pricing import Price, lookup_price
 from .provider import Provider
 from .types import Delta, Finish, ProviderConfig, ProviderEvent, Request, Usage
@@ -165,18 +165,6 @@ class _ProviderCall:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-def bad_piece(event: object) -> ProtocolError:
-    """The typed error for a text or reasoning piece that is not a string."""
-    text = getattr(event, "text", None)
-    reasoning = getattr(event, "reasoning", None)
-    which, value = ("text", text) if type(text) is not str else ("reasoning", reasoning)
-    return ProtocolError(
-        f"the provider sent a {which} piece of type {type(value).__name__}, not a string; "
-        "the server does not speak the expected protocol. The partial text is kept.",
-        raw=repr(value)[:500],
-    )
 
 
 @dataclass

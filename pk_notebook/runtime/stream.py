@@ -46,7 +46,6 @@ from .errors import (
     TruncatedStream,
     UsageError,
 )
-from .middleware import bad_piece
 from .types import (
     Chunk,
     Delta,
@@ -73,13 +72,24 @@ _OPEN = 2  # the provider call runs; chunks flow
 _ENDING = 3  # closing the chain, saving the turn, releasing the lock
 _ENDED = 4  # result set
 
+def bad_piece(event: Delta) -> ProtocolError:
+    """The typed error for a text or reasoning piece that is not a string."""
+    text, reasoning = event.text, event.reasoning
+    which, value = ("text", text) if type(text) is not str else ("reasoning", reasoning)
+    return ProtocolError(
+        f"the provider sent a {which} piece of type {type(value).__name__}, not a string; "
+        "the server does not speak the expected protocol. The partial text is kept.",
+        raw=repr(value)[:500],
+    )
+
+
 class _StoppedEarly(Exception):
     """stop() came before the provider was called: end without calling it."""
 
 
 # Bounds on the end path: a store that does not answer must not keep a stream from
 # ending (and a web server's slot from being freed).
-CLOSE_TIMEOUT = 10.0  # releasing a session lock
+RELEASE_TIMEOUT = 10.0
 SAVE_TIMEOUT = 60.0
 
 
@@ -346,7 +356,8 @@ class Stream:
         try:
             while True:
                 event = await anext()  # type: ignore[misc]
-                if type(event) is Delta:
+                # (isinstance only for what is not exactly a Delta: subclasses, Finish)
+                if type(event) is Delta or isinstance(event, Delta):
                     text, reasoning = event.text, event.reasoning
                     if type(text) is not str or type(reasoning) is not str:
                         raise bad_piece(event)
@@ -366,13 +377,6 @@ class Stream:
                     self._waiter = None
                     await self._end(StreamStatus.FINISHED, None)
                     return await self._after_end()
-                if isinstance(event, Delta):  # a subclass of Delta
-                    text, reasoning = event.text, event.reasoning
-                    if type(text) is not str or type(reasoning) is not str:
-                        raise bad_piece(event)
-                    if text or reasoning:
-                        break
-                    continue
                 raise ProtocolError(
                     f"a middleware or provider yielded {type(event).__name__}, not Delta "
                     "or Finish; fix the middleware (it must pass events through).",
@@ -685,7 +689,7 @@ class Stream:
         # own outcome nor raise over the answer the user has seen.
         lock, self._lock, self._locked = self._lock, None, False
         try:
-            await asyncio.wait_for(lock.__aexit__(None, None, None), CLOSE_TIMEOUT)  # type: ignore[union-attr]
+            await asyncio.wait_for(lock.__aexit__(None, None, None), RELEASE_TIMEOUT)  # type: ignore[union-attr]
         except Exception as exc:
             logger.warning("could not release session %r: %s", self._session_id, exc)
             return [f"the session lock was not released cleanly: {exc}"]

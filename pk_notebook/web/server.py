@@ -76,6 +76,18 @@ class _AbortStalledWrites:
     _transport: asyncio.Transport | None = None
     _stall: _Timer
 
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        self._stall.start(self.write_timeout, self._abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._stall.cancel()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stall.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def _abort(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             logs.logger.warning(
@@ -108,17 +120,8 @@ class BoundedH11Protocol(_AbortStalledWrites, H11Protocol):
         if self.conn.their_state not in _RECEIVED and not self._closing():
             self._deadline.start(self.request_timeout, self._too_slow)
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._stall.start(self.write_timeout, self._abort)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._stall.cancel()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.cancel()
-        self._stall.cancel()
         super().connection_lost(exc)
 
     def _closing(self) -> bool:
@@ -143,18 +146,6 @@ class BoundedWebSocketProtocol(_AbortStalledWrites, WebSocketsSansIOProtocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._stall = _Timer()
         super().connection_made(transport)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._stall.start(self.write_timeout, self._abort)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._stall.cancel()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stall.cancel()
-        super().connection_lost(exc)
 
 
 def server_config(app: Any, settings: WebSettings, **options: Any) -> uvicorn.Config:
