@@ -35,7 +35,7 @@ from .security import (
     check_host,
     check_origin,
     check_token,
-    pipeline_secrets,
+    register_pipeline_secrets,
 )
 from .settings import WebSettings
 from .sse import StreamEndpoint
@@ -119,7 +119,8 @@ def create_app(
     slots = Slots(settings.max_concurrent)
     # uvicorn logs WebSocket URLs (with ?access_token=) whatever the access-log setting:
     # its loggers get a filter that removes query strings, the token and the keys.
-    logs.install(pipeline_secrets(pipe, settings))
+    register_pipeline_secrets(pipe, settings)
+    logs.install()
     pages = {name: _static(name) for name in _STATIC_TYPES}
 
     async def page(request: Request) -> Response:

@@ -57,12 +57,12 @@ def quiet(message: str, *args: Any) -> None:
     logger.warning(message, *args)
 
 
-def _clean(value: Any, secrets: tuple[str, ...]) -> Any:
+def _clean(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if value.startswith("/") and "?" in value:
         value = value.split("?", 1)[0]  # a request path: its query holds tokens and prompts
-    return redact(value, *secrets)
+    return redact(value)
 
 
 class SafeRecords(logging.Filter):
@@ -71,26 +71,20 @@ class SafeRecords(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__("pk_notebook.web")
-        self.secrets: tuple[str, ...] = ()
-
-    def add_secrets(self, secrets: tuple[str, ...]) -> None:
-        merged = set(self.secrets) | set(secrets)
-        self.secrets = tuple(sorted(merged, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _quiet.get() and record.name.startswith("uvicorn") and record.msg in _NOISE:
             return False
-        secrets = self.secrets
         if isinstance(record.msg, str):
-            record.msg = _clean(record.msg, secrets)
+            record.msg = _clean(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(_clean(arg, secrets) for arg in record.args)
+            record.args = tuple(_clean(arg) for arg in record.args)
         elif isinstance(record.args, dict):
-            record.args = {k: _clean(v, secrets) for k, v in record.args.items()}
+            record.args = {k: _clean(v) for k, v in record.args.items()}
         if record.exc_info and not record.exc_text:
             # Formatters print a cached exc_text as it is: a traceback's messages
             # (an exception quoting a URL or a key) are cleaned like the rest.
-            record.exc_text = redact(_formatter.formatException(record.exc_info), *secrets)
+            record.exc_text = redact(_formatter.formatException(record.exc_info))
         return True
 
 
@@ -98,13 +92,13 @@ _formatter = logging.Formatter()
 _filter = SafeRecords()
 
 
-def install(secrets: tuple[str, ...] = ()) -> SafeRecords:
-    """Put the filter on uvicorn's loggers and ours (once), remembering ``secrets``.
+def install() -> SafeRecords:
+    """Put the filter on uvicorn's loggers and ours (once).
 
-    Logger filters survive uvicorn's ``dictConfig`` (it adds handlers and levels
-    and removes no filters); installing again only adds secrets.
+    The secrets it removes are the registered ones (``errors.register_secret``:
+    every provider's key, the server's token). Logger filters survive uvicorn's
+    ``dictConfig`` (it adds handlers and levels and removes no filters).
     """
-    _filter.add_secrets(secrets)
     for name in FILTERED_LOGGERS:
         target = logging.getLogger(name)
         if _filter not in target.filters:

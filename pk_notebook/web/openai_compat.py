@@ -36,7 +36,6 @@ from .security import (
     error_headers,
     log_unexpected,
     parse_json_body,
-    pipeline_secrets,
     read_body,
     status_for,
 )
@@ -56,9 +55,9 @@ _FINISH_REASONS = {
 }
 
 
-def openai_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+def openai_error(exc: BaseException) -> dict[str, Any]:
     """An OpenAI-shaped error body; ``pk_notebook`` holds our typed payload."""
-    detail = error_dict(exc, secrets)
+    detail = error_dict(exc)
     status = status_for(exc)
     if isinstance(exc, WebError) and status == 401:
         kind = "authentication_error"
@@ -177,8 +176,7 @@ class ChunkEncoder:
     """``chat.completion.chunk`` events: a role chunk, content chunks, a finish chunk,
     an optional usage chunk, then ``[DONE]``."""
 
-    def __init__(self, model: str, include_usage: bool, secrets: tuple[str, ...] = ()) -> None:
-        self.secrets = secrets
+    def __init__(self, model: str, include_usage: bool) -> None:
         self.id = "chatcmpl-" + token_hex(12)
         self.created = int(time.time())
         self.model = model
@@ -216,7 +214,7 @@ class ChunkEncoder:
         return out + DONE
 
     def error_body(self, exc: BaseException) -> Any:
-        body = openai_error(exc, self.secrets)
+        body = openai_error(exc)
         partial = getattr(exc, "partial_text", None)
         if partial:
             body["error"]["partial_text"] = partial
@@ -252,7 +250,6 @@ class ChatCompletionsEndpoint:
         self.pipe = pipe
         self.settings = settings
         self.slots = slots
-        self.secrets = pipeline_secrets(pipe, settings)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.settings
@@ -272,7 +269,7 @@ class ChatCompletionsEndpoint:
             return
         except PkNotebookError as exc:  # the pipeline is shutting down
             await send_json(
-                send, status_for(exc), openai_error(exc, self.secrets), error_headers(exc)
+                send, status_for(exc), openai_error(exc), error_headers(exc)
             )
             return
         try:
@@ -281,7 +278,7 @@ class ChatCompletionsEndpoint:
                     send,
                     receive,
                     stream,
-                    ChunkEncoder(model, include_usage, self.secrets),
+                    ChunkEncoder(model, include_usage),
                     heartbeat=settings.heartbeat,
                     write_timeout=settings.write_timeout,
                 )
@@ -311,14 +308,14 @@ class ChatCompletionsEndpoint:
             except Exception as exc:
                 log_unexpected(exc, "a chat completion")
                 await send_json(
-                    send, status_for(exc), openai_error(exc, self.secrets), error_headers(exc)
+                    send, status_for(exc), openai_error(exc), error_headers(exc)
                 )
                 return
             if not result.complete:
                 error = result.error or WebError(
                     503, "Stopped", "the server stopped the answer (it is shutting down)"
                 )
-                body = openai_error(error, self.secrets)
+                body = openai_error(error)
                 body["error"]["partial_text"] = result.text
                 await send_json(send, status_for(error), body, error_headers(error))
                 return

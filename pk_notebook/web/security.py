@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..runtime.errors import (
-    MIN_REGISTERED_SECRET,
     AuthenticationError,
     ConfigurationError,
     MissingAPIKey,
@@ -34,6 +33,7 @@ from ..runtime.errors import (
     TruncatedStream,
     UsageError,
     redact,
+    register_secret,
 )
 from .settings import WebSettings
 
@@ -337,12 +337,13 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
-def pipeline_secrets(pipe: Any, settings: WebSettings | None = None) -> tuple[str, ...]:
-    """The exact secrets a response must never carry: every provider's key, the token.
+def register_pipeline_secrets(pipe: Any, settings: WebSettings | None = None) -> None:
+    """Register every provider's key and the server's token for redaction, process-wide.
 
-    Providers redact what they raise, by pattern and by their exact key; the web
-    layer does it again at its one output boundary (:func:`error_dict`), for every
-    provider of the pipeline, so that a key of a shape no pattern knows (an Azure
+    Providers redact what they raise, by pattern and by their exact key; once these
+    are registered too (``errors.register_secret``), every ``redact()`` (the web
+    layer's one output boundary, :func:`error_dict`, and its log filter) removes
+    them, for every provider of the pipeline, so that a key of a shape no pattern knows (an Azure
     hex key, a vLLM ``--api-key``) cannot reach a client through an error built by
     code that was never handed the key (a middleware, a custom provider). A
     provider's key is its ``api_key`` or ``_api_key`` string attribute (the HTTP
@@ -358,17 +359,17 @@ def pipeline_secrets(pipe: Any, settings: WebSettings | None = None) -> tuple[st
                 found.append(key)
     if settings is not None and settings.token:
         found.append(settings.token)
-    unique = {key for key in found if len(key) >= MIN_REGISTERED_SECRET}
-    return tuple(sorted(unique, key=len, reverse=True))  # a key containing another goes whole
+    for secret in found:
+        register_secret(secret)  # (it ignores placeholders shorter than 8 characters)
 
 
-def _redacted(value: Any, secrets: tuple[str, ...]) -> Any:
+def _redacted(value: Any) -> Any:
     if isinstance(value, str):
-        return redact(value, *secrets)
+        return redact(value)
     if isinstance(value, dict):
-        return {k: v if k == "partial_text" else _redacted(v, secrets) for k, v in value.items()}
+        return {k: v if k == "partial_text" else _redacted(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_redacted(v, secrets) for v in value]
+        return [_redacted(v) for v in value]
     return value
 
 
@@ -380,11 +381,11 @@ STORE_MESSAGES = {
 }
 
 
-def error_dict(exc: BaseException, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+def error_dict(exc: BaseException) -> dict[str, Any]:
     """A JSON-safe description of ``exc``: its ``to_dict()``, never a traceback or key.
 
     Every text in it (message, ``raw`` line, codes) is redacted by pattern and with
-    ``secrets`` exactly (see :func:`pipeline_secrets`); ``partial_text`` is the
+    every registered secret exactly (see :func:`register_pipeline_secrets`); ``partial_text`` is the
     model's answer, already sent as chunks, and stays as it is. A store failure is
     told by what failed, without its detail: the messages of the stores name the
     SQLite file or the Redis host, which are the operator's business, not a
@@ -396,20 +397,20 @@ def error_dict(exc: BaseException, secrets: tuple[str, ...] = ()) -> dict[str, A
         logger.warning("session store error (a client was told only that it failed): %s", exc)
         return {"type": type(exc).__name__, "message": STORE_MESSAGES[kind]}
     if isinstance(exc, (WebError, PkNotebookError)):
-        data = _redacted(exc.to_dict(), secrets)
+        data = _redacted(exc.to_dict())
         assert isinstance(data, dict)
         return data
     return {"type": "InternalError", "message": "internal server error; see the server log"}
 
 
-def client_warnings(warnings: Iterable[str], secrets: tuple[str, ...] = ()) -> list[str]:
+def client_warnings(warnings: Iterable[str]) -> list[str]:
     """A result's warnings as a client may see them: what happened, not the detail.
 
     The end path writes warnings as ``"<what happened>: <detail>"`` (for example
     ``"the turn was not saved to the session store: <the store's error>"``) and logs
     them; the detail can name a file or a host, so a client gets the first part.
     """
-    return [redact(warning.split(": ", 1)[0], *secrets) for warning in warnings]
+    return [redact(warning.split(": ", 1)[0]) for warning in warnings]
 
 
 def error_headers(exc: BaseException) -> dict[str, str]:

@@ -30,7 +30,6 @@ from .security import (
     check_token,
     error_headers,
     parse_json_body,
-    pipeline_secrets,
     query_params,
     read_body,
     status_for,
@@ -115,7 +114,7 @@ class StreamEndpoint:
         self.pipe = pipe
         self.settings = settings
         self.slots = slots
-        self.encoder = NativeEncoder(pipeline_secrets(pipe, settings))
+        self.encoder = NativeEncoder()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.settings

@@ -281,13 +281,7 @@ def encoder_error(encoder: Encoder, exc: BaseException) -> bytes:
 
 class NativeEncoder:
     """The ``/stream`` format: ``event: chunk`` per chunk, ``event: error`` if the stream
-    failed, ``event: result`` with the :class:`Result`, then ``data: [DONE]``.
-
-    ``secrets``: exact strings no payload may carry (see ``security.pipeline_secrets``).
-    """
-
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
-        self.secrets = secrets
+    failed, ``event: result`` with the :class:`Result`, then ``data: [DONE]``."""
 
     def chunk(self, chunk: Chunk) -> bytes:
         payload: dict[str, Any] = {"index": chunk.index, "content": chunk.content}
@@ -296,21 +290,21 @@ class NativeEncoder:
         return sse_event(dumps(payload), "chunk")
 
     def end(self, result: Result) -> bytes:
-        data = result_dict(result, self.secrets)
+        data = result_dict(result)
         out = b""
         if result.error is not None:
             out += sse_event(dumps({"error": data["error"]}), "error")
         return out + sse_event(dumps(data), "result") + DONE
 
     def error_body(self, exc: BaseException) -> Any:
-        return {"error": error_dict(exc, self.secrets)}
+        return {"error": error_dict(exc)}
 
 
-def result_dict(result: Result, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+def result_dict(result: Result) -> dict[str, Any]:
     """``Result.to_dict()`` as a client may see it: the error through
     :func:`~pk_notebook.web.security.error_dict` (no traceback, key, path or host),
     the warnings without their detail (:func:`~pk_notebook.web.security.client_warnings`)."""
     data = result.to_dict()
-    data["error"] = error_dict(result.error, secrets) if result.error is not None else None
-    data["warnings"] = client_warnings(result.warnings, secrets)
+    data["error"] = error_dict(result.error) if result.error is not None else None
+    data["warnings"] = client_warnings(result.warnings)
     return data

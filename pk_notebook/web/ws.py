@@ -48,7 +48,6 @@ from .security import (
     check_token,
     error_dict,
     log_unexpected,
-    pipeline_secrets,
 )
 from .settings import WebSettings
 from .sse import parse_options, parse_session
@@ -71,7 +70,6 @@ class _Connection:
         self.count = 0
         self.task: asyncio.Task[None] | None = None
         self.stream: Stream | None = None  # the running turn, built before its task starts
-        self.secrets = endpoint.secrets
         #: set when a send timed out: the receive loop stops waiting for the client
         self.gone = asyncio.Event()
         self._receiving: asyncio.Task[Any] | None = None
@@ -181,7 +179,7 @@ class _Connection:
         except PkNotebookError as exc:  # the pipeline is shutting down
             await self.send(
                 {"type": "error", "id": self.count, "final": True,
-                 "error": error_dict(exc, self.secrets)}
+                 "error": error_dict(exc)}
             )
             return
         self.stream = stream
@@ -202,7 +200,7 @@ class _Connection:
                 log_unexpected(exc, "opening a WebSocket stream")
                 await self.send(
                     {"type": "error", "id": id, "final": True,
-                     "error": error_dict(exc, self.secrets)}
+                     "error": error_dict(exc)}
                 )
                 return
             await self.send({"type": "start", "id": id})
@@ -225,7 +223,7 @@ class _Connection:
                 pass  # on stream.result
             except Exception as exc:
                 log_unexpected(exc, "a WebSocket stream")
-            data = result_dict(await stream.wait_closed(), self.secrets)
+            data = result_dict(await stream.wait_closed())
             if data["error"] is not None:
                 await self.send({"type": "error", "id": id, "final": False, "error": data["error"]})
             await self.send({"type": "result", "id": id, "result": data})
@@ -243,7 +241,6 @@ class WebSocketEndpoint:
         self.settings = settings
         self.slots = slots
         self.connections = 0
-        self.secrets = pipeline_secrets(pipe, settings)
         #: the answers running on the endpoint's connections
         self.tasks: set[asyncio.Task[None]] = set()
 

@@ -165,9 +165,11 @@ async def test_the_token_never_reaches_the_log_of_pk_notebook_serve() -> None:
 
 
 def test_tracebacks_and_paths_are_cleaned_too() -> None:
+    from pk_notebook.runtime.errors import register_secret
     from pk_notebook.web import logs
 
-    filter_ = logs.install((TOKEN,))
+    register_secret(TOKEN)  # as create_app does (security.register_pipeline_secrets)
+    filter_ = logs.install()
     record = logging.LogRecord(
         "uvicorn.error", logging.ERROR, __file__, 1, '"WebSocket %s" %s', None, None
     )
