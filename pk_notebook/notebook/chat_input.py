@@ -45,8 +45,26 @@ PLACEHOLDER_PLAIN = "Message"
 
 _ESM = r"""
 function render({ model, el }) {
-  const root = el.closest(".pk-chat");
-  if (!root) return;
+  // The view may be rendered before it is attached under the chat: look again shortly.
+  let cleanup = null;
+  let timer = null;
+  let tries = 0;
+  const start = () => {
+    const root = el.closest(".pk-chat");
+    if (root) {
+      cleanup = enhance(model, root);
+    } else if (tries++ < 200) {
+      timer = setTimeout(start, 50);
+    }
+  };
+  start();
+  return () => {
+    if (timer !== null) clearTimeout(timer);
+    if (cleanup) cleanup();
+  };
+}
+
+function enhance(model, root) {
   // Hide the "click Send" hint at once; the kernel confirms when it hears "ready".
   root.classList.add("pk-chat-keys");
   let box = null;

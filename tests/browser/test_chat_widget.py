@@ -184,3 +184,44 @@ def test_chat_streams_stops_and_shares_the_session(lab_page: LabPage, lab_root: 
     second.locator(".pk-chat-empty").wait_for(timeout=10_000)
     assert "support-demo-2" in second.locator(".pk-chat-session").inner_text()
     assert first.locator(".pk-msg-user").count() == 2
+
+
+def test_the_chat_works_in_notebook_7(nb7_page: LabPage, lab_root: Path) -> None:
+    """Notebook 7 draws widgets with the same front ends: typed into, Enter sends, Stop."""
+    page = nb7_page.page
+    write_notebook(
+        lab_root / "chat_nb7.ipynb",
+        [
+            "from pk_notebook import Chat, Pipeline\n"
+            "from pk_notebook.providers import MockProvider\n"
+            "chat = Chat(Pipeline(MockProvider.demo(chunk_delay=0.03)), session_id='nb7')\n"
+            "chat"
+        ],
+    )
+    nb7_page.open("chat_nb7.ipynb")
+    nb7_page.run_cell_and_wait(0)
+    chat = page.locator(LIVE_CHAT).first
+    box = chat.locator(".pk-chat-input textarea")
+    box.wait_for(state="visible", timeout=30_000)
+    # Enter sends once the keyboard enhancer runs (it marks the chat at once when it does)
+    # (a cold start loads anywidget's module first: generous)
+    page.locator(".pk-chat.pk-chat-keys").first.wait_for(timeout=45_000)
+    box.click()
+    box.type("Write a haiku about the sea")
+    box.press("Enter")
+    chat.locator(".pk-answer").first.wait_for(timeout=20_000)
+    page.wait_for_function(
+        "() => document.querySelector('.pk-chat .pk-answer')?.innerText.includes('kettle')",
+        timeout=20_000,
+    )
+    assert box.input_value() == ""
+    box.click()
+    box.type("Write a story about a dragon")
+    box.press("Enter")
+    stop = chat.locator("button", has_text="Stop")
+    page.wait_for_function(
+        "() => document.querySelectorAll('.pk-chat .pk-answer').length === 2", timeout=20_000
+    )
+    stop.click()
+    chat.locator(".pk-marker-stopped").wait_for(timeout=10_000)
+    nb7_page.screenshot("chat-notebook7")
