@@ -1,7 +1,7 @@
 """The streaming runtime: pipeline, streams, middleware, types and errors.
 
-It imports only the standard library (and nothing from ``notebook`` or ``web``),
-so scripts, servers and kernels all share it.
+It imports nothing from ``providers``, ``notebook`` or ``web`` (pydantic only
+when a tool is described), so scripts, servers and kernels all share it.
 """
 
 from .errors import (
@@ -59,6 +59,13 @@ from .text import (
     coalesce,
     iter_lines,
 )
+from .tools import (
+    DEFAULT_MAX_TOOL_ROUNDS,
+    Tool,
+    ToolArgumentsError,
+    ToolSpec,
+    tool,
+)
 from .types import (
     CallInfo,
     Chunk,
@@ -70,10 +77,14 @@ from .types import (
     Result,
     StreamStatus,
     ToolCall,
+    ToolCallDelta,
+    ToolEvent,
+    ToolResult,
     Usage,
 )
 
 __all__ = [
+    "DEFAULT_MAX_TOOL_ROUNDS",
     "AuthenticationError",
     "CallInfo",
     "Chunk",
@@ -112,7 +123,13 @@ __all__ = [
     "SyncPipeline",
     "SyncStream",
     "Throttle",
+    "Tool",
+    "ToolArgumentsError",
     "ToolCall",
+    "ToolCallDelta",
+    "ToolEvent",
+    "ToolResult",
+    "ToolSpec",
     "TruncatedStream",
     "Usage",
     "UsageError",
@@ -122,4 +139,5 @@ __all__ = [
     "lookup_price",
     "redact",
     "run_sync",
+    "tool",
 ]

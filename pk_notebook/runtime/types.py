@@ -56,6 +56,18 @@ class Message:
     status: str | None = None
     created_at: float = field(default_factory=time.time, compare=False)
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: an assistant message's tool calls (the text, if any, came before them)
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: a ``"tool"`` message: the call it answers, the tool's name, and whether it failed
+    tool_call_id: str | None = None
+    name: str | None = None
+    is_error: bool = False
+    #: an assistant message's thinking, kept apart from its content
+    reasoning: str = ""
+    #: provider-owned reasoning records that must be sent back unchanged (Anthropic's
+    #: signed and redacted thinking blocks); each has a ``"provider"`` key, and other
+    #: providers skip them
+    reasoning_blocks: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -85,6 +97,24 @@ class Message:
             data["status"] = self.status
         if self.meta:
             data["meta"] = dict(self.meta)
+        data.update(self.parts_dict())
+        return data
+
+    def parts_dict(self) -> dict[str, Any]:
+        """The tool and reasoning fields that are set, JSON-ready (stores keep them as one value)."""
+        data: dict[str, Any] = {}
+        if self.tool_calls:
+            data["tool_calls"] = [t.to_dict() for t in self.tool_calls]
+        if self.tool_call_id is not None:
+            data["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            data["name"] = self.name
+        if self.is_error:
+            data["is_error"] = True
+        if self.reasoning:
+            data["reasoning"] = self.reasoning
+        if self.reasoning_blocks:
+            data["reasoning_blocks"] = [dict(b) for b in self.reasoning_blocks]
         return data
 
     @classmethod
@@ -95,7 +125,27 @@ class Message:
             status=data.get("status"),
             created_at=float(data.get("created_at", 0.0)),
             meta=dict(data.get("meta") or {}),
+            **parts_from_dict(data),
         )
+
+
+def parts_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :class:`Message` that :meth:`Message.parts_dict` wrote."""
+    parts: dict[str, Any] = {}
+    calls = data.get("tool_calls")
+    if calls:
+        parts["tool_calls"] = tuple(ToolCall.from_dict(c) for c in calls)
+    for key in ("tool_call_id", "name"):
+        if data.get(key) is not None:
+            parts[key] = str(data[key])
+    if data.get("is_error"):
+        parts["is_error"] = True
+    if data.get("reasoning"):
+        parts["reasoning"] = str(data["reasoning"])
+    blocks = data.get("reasoning_blocks")
+    if blocks:
+        parts["reasoning_blocks"] = tuple(dict(b) for b in blocks)
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +190,31 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """A complete tool call, assembled from the provider's fragments."""
+    """A complete tool call, assembled from the provider's fragments.
+
+    ``signature`` is an opaque value some providers attach to a call and want
+    back with it in the next request (Gemini's ``thoughtSignature``).
+    """
 
     id: str
     name: str
     arguments: str  # the JSON text as the model wrote it
+    signature: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+        data = {"id": self.id, "name": self.name, "arguments": self.arguments}
+        if self.signature:
+            data["signature"] = self.signature
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolCall:
+        return cls(
+            str(data.get("id") or ""),
+            str(data.get("name") or ""),
+            str(data.get("arguments") or ""),
+            str(data.get("signature") or ""),
+        )
 
 
 # --- wire events: what a provider yields --------------------------------------
@@ -168,8 +235,28 @@ class Delta:
 
 
 @dataclass(slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call as it streams in (the name first, then argument pieces).
+
+    ``index`` tells the calls of one answer apart; ``id`` and ``name`` are set on
+    the fragment that brings them (usually the first); ``arguments`` is the new
+    piece of the arguments' JSON text. The complete calls arrive in
+    :attr:`Finish.tool_calls`; these fragments only let a view show them filling in.
+    """
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(slots=True)
 class Finish:
-    """The provider's end marker: the stream ended the way the provider meant it to."""
+    """The provider's end marker: the stream ended the way the provider meant it to.
+
+    ``reasoning_blocks`` are the provider's own records of the thinking (with
+    their signatures) that it needs back, unchanged, in a follow-up request.
+    """
 
     reason: str | None = None
     usage: Usage | None = None
@@ -177,9 +264,75 @@ class Finish:
     model: str | None = None
     cost: float | None = None
     raw: Mapping[str, Any] | None = None
+    reasoning_blocks: Sequence[Mapping[str, Any]] = ()
 
 
-ProviderEvent = Delta | Finish
+ProviderEvent = Delta | ToolCallDelta | Finish
+
+
+# --- tools in a turn ------------------------------------------------------------
+
+ToolEventKind = Literal[
+    "start", "arguments", "call", "running", "result", "error", "denied", "stopped"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolEvent:
+    """Something that happened to one tool call, for a view to show.
+
+    In order: ``"start"`` (the model began a call: its name is known),
+    ``"arguments"`` (a piece of its arguments, in ``delta``), ``"call"`` (the call
+    is complete), ``"running"`` (the function started), then one of
+    ``"result"``, ``"error"`` (the function raised, or its arguments were
+    invalid), ``"denied"`` (the approval hook said no) or ``"stopped"`` (the turn
+    was stopped while it ran). ``output`` is the full text sent back to the
+    model; ``duration`` the seconds the function ran. ``round`` counts the model
+    calls of the turn from 1.
+    """
+
+    kind: ToolEventKind
+    call_id: str
+    name: str
+    index: int = 0
+    round: int = 1
+    arguments: str = ""
+    delta: str = ""
+    output: str | None = None
+    duration: float | None = None
+
+
+ToolStatus = Literal["ok", "error", "denied", "stopped", "abandoned"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """One tool call of a turn and how it ended.
+
+    ``status`` is ``"ok"``, ``"error"`` (the function raised or the arguments did
+    not validate), ``"denied"`` (by the approval hook), ``"stopped"`` (an async
+    function cancelled by Stop) or ``"abandoned"`` (a sync function's thread left
+    running when the turn was stopped). ``output`` is what the model was sent;
+    ``value`` is what the function returned (``None`` unless ``"ok"``).
+    """
+
+    call: ToolCall
+    output: str
+    status: ToolStatus = "ok"
+    duration: float = 0.0
+    value: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call": self.call.to_dict(),
+            "output": self.output,
+            "status": self.status,
+            "duration": self.duration,
+        }
 
 
 # --- what users see -------------------------------------------------------------
@@ -190,8 +343,10 @@ class Chunk:
     """One piece of a streamed answer.
 
     ``content`` is the new text only (the delta); the accumulated text lives on the
-    stream. The last chunk has ``final=True`` and carries the finish reason and
-    usage; its ``content`` is empty.
+    stream. ``reasoning`` is new thinking text. A chunk with ``tool`` set reports
+    a tool call's progress (its ``content`` is empty). The last chunk has
+    ``final=True`` and carries the finish reason and usage (of the whole turn);
+    its ``content`` is empty.
     """
 
     content: str
@@ -200,6 +355,7 @@ class Chunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     final: bool = False
+    tool: ToolEvent | None = None
 
     def __init__(
         self,
@@ -209,6 +365,7 @@ class Chunk:
         finish_reason: str | None = None,
         usage: Usage | None = None,
         final: bool = False,
+        tool: ToolEvent | None = None,
     ) -> None:
         # One Chunk per chunk: a frozen dataclass's own __init__ goes through
         # object.__setattr__ per field (0.7 us); the slots' own setters take 0.4 us,
@@ -219,6 +376,7 @@ class Chunk:
         _set_finish_reason(self, finish_reason)
         _set_usage(self, usage)
         _set_final(self, final)
+        _set_tool(self, tool)
 
 
 _set_content = Chunk.__dict__["content"].__set__
@@ -227,11 +385,18 @@ _set_reasoning = Chunk.__dict__["reasoning"].__set__
 _set_finish_reason = Chunk.__dict__["finish_reason"].__set__
 _set_usage = Chunk.__dict__["usage"].__set__
 _set_final = Chunk.__dict__["final"].__set__
+_set_tool = Chunk.__dict__["tool"].__set__
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """Everything known about one finished (or interrupted) call."""
+    """Everything known about one finished (or interrupted) turn.
+
+    A turn with tools spans several model calls: ``text`` and ``reasoning`` are
+    everything shown, ``usage`` and ``cost`` add up every call, ``tool_calls``
+    are all the calls the model made and ``tool_results`` how each one ended,
+    ``messages`` the whole conversation including the turn's tool messages.
+    """
 
     text: str
     status: StreamStatus
@@ -243,6 +408,8 @@ class Result:
     provider: str | None = None
     reasoning: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
+    model_calls: int = 1
     chunks: int = 0
     attempts: int = 1
     time_to_first_chunk: float | None = None
@@ -282,6 +449,8 @@ class Result:
             "provider": self.provider,
             "reasoning": self.reasoning,
             "tool_calls": [t.to_dict() for t in self.tool_calls],
+            "tool_results": [t.to_dict() for t in self.tool_results],
+            "model_calls": self.model_calls,
             "chunks": self.chunks,
             "attempts": self.attempts,
             "time_to_first_chunk": self.time_to_first_chunk,
@@ -399,6 +568,12 @@ class Request:
     session_id: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
     call: CallInfo = field(default_factory=CallInfo)
+    #: the tools the model may call (:class:`~pk_notebook.runtime.tools.ToolSpec`:
+    #: name, description, JSON-schema ``parameters``)
+    tools: tuple[Any, ...] = ()
+    #: ``None`` (the provider's default: the model decides), ``"auto"``, ``"none"``
+    #: (answer in text; sent after the last allowed tool round) or ``"required"``
+    tool_choice: str | None = None
 
     def replace(self, **changes: Any) -> Request:
         return replace(self, **changes)
