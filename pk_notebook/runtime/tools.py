@@ -38,7 +38,7 @@ import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .errors import ConfigurationError
 from .types import ToolCall
@@ -48,7 +48,7 @@ from .types import ToolCall
 DEFAULT_MAX_TOOL_ROUNDS = 8
 
 #: a hook that decides whether a call may run: ``approve(call) -> bool`` (or awaitable)
-Approver = Callable[[ToolCall], Union[bool, Awaitable[bool]]]
+Approver = Callable[[ToolCall], bool | Awaitable[bool]]
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -312,7 +312,9 @@ def _schema(
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"tool {name!r}: cannot read the function's signature ({exc})")
+        raise ConfigurationError(
+            f"tool {name!r}: cannot read the function's signature ({exc})"
+        ) from None
     try:
         hints = _type_hints(function)
     except Exception as exc:

@@ -101,7 +101,7 @@ class Message:
         return data
 
     def parts_dict(self) -> dict[str, Any]:
-        """The tool and reasoning fields that are set, JSON-ready (stores keep them as one value)."""
+        """The tool and reasoning fields that are set, JSON-ready (stores keep them together)."""
         data: dict[str, Any] = {}
         if self.tool_calls:
             data["tool_calls"] = [t.to_dict() for t in self.tool_calls]
