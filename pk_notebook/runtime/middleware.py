@@ -68,7 +68,6 @@ class RetryPolicy:
         return random.uniform(0, ceiling) if self.jitter else ceiling
 
 
-
 class ProviderMiddleware:
     """The last link of every pipeline: sends the request to a provider.
 

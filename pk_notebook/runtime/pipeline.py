@@ -32,6 +32,7 @@ from .memory import MemoryStore
 from .middleware import CallNext, Middleware, ProviderMiddleware
 from .store import HistoryLimit, StateStore, check_session_id
 from .stream import Stream
+from .tools import DEFAULT_MAX_TOOL_ROUNDS, Approver, as_tools
 from .types import UNSET, Message, ProviderConfig, ProviderEvent, Request, Result
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class Pipeline:
             with its status; ``"drop"`` stores nothing for it.
         lock_timeout: seconds a turn waits for another turn on the same session.
         shutdown_grace: seconds ``shutdown()`` lets running streams finish.
+        max_tool_rounds: the default bound on rounds of tool calls in one turn
+            (``DEFAULT_MAX_TOOL_ROUNDS``, 8); after the last, the model is asked to
+            answer in text.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class Pipeline:
         interrupted: Literal["keep", "drop"] = "keep",
         lock_timeout: float | None = 120.0,
         shutdown_grace: float = 10.0,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
         if len(middleware) == 1 and _is_provider(middleware[0]):
             # The one-provider chain, written short: Pipeline(provider).
@@ -97,6 +102,8 @@ class Pipeline:
         _check_seconds("timeout", timeout)
         _check_seconds("idle_timeout", idle_timeout)
         _check_seconds("lock_timeout", lock_timeout)
+        _check_rounds(max_tool_rounds)
+        self.max_tool_rounds = max_tool_rounds
         self.middleware: tuple[Middleware, ...] = middleware
         self._owns_store = state_store is None
         if state_store is None:
@@ -142,6 +149,9 @@ class Pipeline:
         timeout: float | None = UNSET,
         idle_timeout: float | None = UNSET,
         history: list[Message] | tuple[Message, ...] | None = None,
+        tools: Any = None,
+        max_tool_rounds: int | None = None,
+        approve: Approver | None = None,
     ) -> Stream:
         """A turn, ready to run: ``async with pipe.stream("...") as s: async for c in s``.
 
@@ -149,7 +159,14 @@ class Pipeline:
         start. With ``session``, the session's history is sent along, and the turn
         is saved when it ends (the session's lock is held from loading the history
         to saving). ``history`` is a list of earlier messages to send without any
-        session. Bad options raise here, before anything is sent.
+        session. Bad options raise here, before anything is sent (a tool whose
+        parameters cannot be described, too).
+
+        ``tools`` are Python functions (or :func:`~pk_notebook.runtime.tools.tool`
+        objects) the model may call: the turn runs them and sends the results
+        back, for up to ``max_tool_rounds`` rounds, all under one lock, one save
+        and one :meth:`Stream.stop`. ``approve(call)`` (sync or async) is asked
+        before each call runs; a false answer denies it.
         """
         self._check_open()
         if config is not None and not isinstance(config, ProviderConfig):
@@ -166,6 +183,10 @@ class Pipeline:
         idle_timeout = self.idle_timeout if idle_timeout is UNSET else idle_timeout
         _check_seconds("timeout", timeout)
         _check_seconds("idle_timeout", idle_timeout)
+        rounds = self.max_tool_rounds if max_tool_rounds is None else max_tool_rounds
+        _check_rounds(rounds)
+        if approve is not None and not callable(approve):
+            raise ConfigurationError("approve must be a function: approve(call) -> bool")
         return Stream(
             self,
             Message(role, content),  # type: ignore[arg-type]  # checked by Message
@@ -174,6 +195,9 @@ class Pipeline:
             config=config,
             timeout=timeout,
             idle_timeout=idle_timeout,
+            tools=as_tools(tools),
+            max_tool_rounds=rounds,
+            approve=approve,
         )
 
     async def execute_stream(
@@ -185,11 +209,13 @@ class Pipeline:
         timeout: float | None = UNSET,
         idle_timeout: float | None = UNSET,
         history: list[Message] | None = None,
+        **options: Any,
     ) -> Stream:
         """Start a call and return its stream once the first chunk has arrived.
 
         The Go runtime's ``ExecuteStream``: errors before the first chunk (bad key,
-        unreachable server, rate limit after retries) are raised here.
+        unreachable server, rate limit after retries) are raised here. ``options``
+        are :meth:`stream`'s (``tools``, ``max_tool_rounds``, ``approve``).
         """
         stream = self.stream(
             content,
@@ -198,6 +224,7 @@ class Pipeline:
             timeout=timeout,
             idle_timeout=idle_timeout,
             history=history,
+            **options,
         )
         return await stream.open()
 
@@ -210,6 +237,7 @@ class Pipeline:
         config: ProviderConfig | None = None,
         timeout: float | None = UNSET,
         idle_timeout: float | None = UNSET,
+        **options: Any,
     ) -> Stream:
         """Like :meth:`execute_stream`, with the session's history sent and the turn saved."""
         stream = self.stream(
@@ -219,6 +247,7 @@ class Pipeline:
             config=config,
             timeout=timeout,
             idle_timeout=idle_timeout,
+            **options,
         )
         return await stream.open()
 
@@ -318,6 +347,11 @@ def _is_provider(obj: object) -> bool:
         and callable(getattr(obj, "stream", None))
         and not isinstance(obj, type)
     )
+
+
+def _check_rounds(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"max_tool_rounds must be a positive integer, got {value!r}")
 
 
 def _check_seconds(name: str, value: Any) -> None:

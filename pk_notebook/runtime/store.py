@@ -70,14 +70,18 @@ class HistoryLimit:
             budget = self.max_tokens
             out: list[Message] = []
             for message in reversed(kept):
-                cost = estimate_tokens(message.content)
+                cost = estimate_tokens(message.content) + sum(
+                    estimate_tokens(c.arguments) for c in message.tool_calls
+                )
                 if cost > budget and out:
                     break
                 budget -= cost
                 out.append(message)
             kept = out[::-1]
-        # A window must not open on an assistant answer whose question was cut off.
-        while kept and kept[0].role == "assistant":
+        # A window must not open on an assistant answer whose question was cut off, nor
+        # on a tool result whose call was cut off: it opens on a user or system message.
+        # Cutting only at the front keeps every later call next to its result.
+        while kept and kept[0].role in ("assistant", "tool"):
             kept.pop(0)
         return kept
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
@@ -46,6 +47,8 @@ from .errors import (
     TruncatedStream,
     UsageError,
 )
+from .toolrun import Fragments, ToolRound, with_ids
+from .tools import DEFAULT_MAX_TOOL_ROUNDS, Approver, ToolSpec
 from .types import (
     Chunk,
     Delta,
@@ -56,6 +59,11 @@ from .types import (
     Request,
     Result,
     StreamStatus,
+    ToolCall,
+    ToolCallDelta,
+    ToolEvent,
+    ToolResult,
+    Usage,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +79,7 @@ _OPENING = 1  # waiting for the session lock, loading history
 _OPEN = 2  # the provider call runs; chunks flow
 _ENDING = 3  # closing the chain, saving the turn, releasing the lock
 _ENDED = 4  # result set
+
 
 def bad_piece(event: Delta) -> ProtocolError:
     """The typed error for a text or reasoning piece that is not a string."""
@@ -119,6 +128,9 @@ class Stream:
         config: ProviderConfig | None = None,
         timeout: float | None = None,
         idle_timeout: float | None = None,
+        tools: tuple[ToolSpec, ...] = (),
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        approve: Approver | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._message = message
@@ -127,7 +139,27 @@ class Stream:
         self._config = config or ProviderConfig()
         self._timeout = timeout
         self._idle_timeout = idle_timeout
-        self._request = Request((*history, message), self._config, session_id)
+        self._request = Request((*history, message), self._config, session_id, tools=tools)
+
+        # A turn with tools spans several model calls ("rounds"): what came before
+        # the current one is kept here, and each round's answer starts at these marks.
+        self._tools = {t.name: t for t in tools}
+        self._max_tool_rounds = max_tool_rounds
+        self._approve = approve
+        self._round = 1
+        self._turn: list[Message] = []  # assistant tool-call and tool messages so far
+        self._calls: list[ToolCall] = []
+        self._tool_results: list[ToolResult] = []
+        self._fragments: Fragments | None = None
+        self._tool_round: ToolRound | None = None
+        self._pending: deque[Chunk] = deque()
+        self._round_text = 0  # index into _parts where this round's text starts
+        self._round_reasoning = 0
+        self._prior_usage: Usage | None = None
+        self._prior_cost: float | None = None
+        self._warnings: list[str] = []
+        self._base_messages: tuple[Message, ...] = ()
+        self._added = 1  # messages the turn adds after the user's (set with the result)
 
         self._phase = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +208,17 @@ class Stream:
     def reasoning(self) -> str:
         """The reasoning ("thinking") received so far, kept apart from the answer."""
         return "".join(self._reasoning)
+
+    @property
+    def tool_results(self) -> tuple[ToolResult, ...]:
+        """The tool calls of this turn that have ended so far, and how."""
+        running = self._tool_round.ordered_results() if self._tool_round else []
+        return (*self._tool_results, *running)
+
+    @property
+    def round(self) -> int:
+        """The model call the turn is at: 1, then one more after each round of tool calls."""
+        return self._round
 
     @property
     def status(self) -> StreamStatus:
@@ -318,7 +361,9 @@ class Stream:
         past = await store.load(session_id)
         if pipeline.history is not None:
             past = pipeline.history.apply(past)
-        self._request = Request((*past, self._message), self._config, session_id)
+        self._request = Request(
+            (*past, self._message), self._config, session_id, tools=self._request.tools
+        )
 
     async def __aenter__(self) -> Stream:
         return await self.open()
@@ -339,6 +384,8 @@ class Stream:
         if buffered is not None:
             self._buffered = None
             return buffered
+        if self._pending:
+            return self._pending.popleft()
         if self._phase is not _OPEN:
             if self._phase is _NEW or self._phase is _OPENING:
                 await self.open()
@@ -348,6 +395,8 @@ class Stream:
         if self._stop_requested or self._expired:
             await self._end_from_flags()
             return await self._after_end()
+        if self._tool_round is not None:
+            return await self._next_tool_event()
 
         task = asyncio.current_task()
         self._waiter = task
@@ -366,6 +415,17 @@ class Stream:
                     if event.activity:
                         self._idle_since = self._loop.time()  # type: ignore[union-attr]
                     continue
+                if type(event) is ToolCallDelta:
+                    self._idle_since = self._loop.time()  # type: ignore[union-attr]
+                    fragments = self._fragments
+                    if fragments is None:
+                        fragments = self._fragments = Fragments(self._round)
+                    shown = fragments.feed(event)
+                    if shown:
+                        self._waiter = None
+                        self._pending.extend(self._tool_chunk(e) for e in shown[1:])
+                        return self._tool_chunk(shown[0])
+                    continue
                 if isinstance(event, Finish):
                     self._finish = event
                     # Let every link run to its natural end, so code a middleware has
@@ -374,6 +434,11 @@ class Stream:
                         await anext()  # type: ignore[misc]
                     except StopAsyncIteration:
                         pass
+                    calls = self._runnable_calls(event)
+                    if calls:
+                        await self._start_tools(event, calls)
+                        self._waiter = None
+                        return await self.next()
                     self._waiter = None
                     await self._end(StreamStatus.FINISHED, None)
                     return await self._after_end()
@@ -429,6 +494,102 @@ class Stream:
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return _Chunks(self)
+
+    # --- tool rounds ----------------------------------------------------------------
+
+    def _tool_chunk(self, event: ToolEvent) -> Chunk:
+        index = self._count
+        self._count = index + 1
+        if index == 0:
+            self._first_chunk_at = time.monotonic()
+        return Chunk("", index, tool=event)
+
+    def _runnable_calls(self, finish: Finish) -> tuple[ToolCall, ...]:
+        """The calls of ``finish`` the turn runs itself; empty when the turn ends here.
+
+        It ends here when the answer has no calls, when the turn has no tools, when
+        a call names a tool without a function (the caller runs those: all the calls
+        go back to it), and when the rounds are used up.
+        """
+        calls = tuple(finish.tool_calls or ())
+        if not calls or not self._tools:
+            return ()
+        if any(not getattr(self._tools.get(c.name), "runnable", True) for c in calls):
+            return ()
+        if self._round > self._max_tool_rounds:
+            self._warnings.append(
+                f"the model asked for tools after max_tool_rounds ({self._max_tool_rounds}) "
+                "rounds; those calls were not run"
+            )
+            return ()
+        return with_ids(calls, self._round)
+
+    async def _start_tools(self, finish: Finish, calls: tuple[ToolCall, ...]) -> None:
+        """End this model call and start running its tool calls."""
+        await self._close_chain()
+        if not self._turn:
+            self._base_messages = self._request.messages  # history + the user's message
+        self._add_usage(finish)
+        self._turn.append(
+            Message(
+                "assistant",
+                "".join(self._parts[self._round_text :]),
+                tool_calls=calls,
+                reasoning="".join(self._reasoning[self._round_reasoning :]),
+                reasoning_blocks=tuple(finish.reasoning_blocks or ()),
+                meta=_answer_meta(finish, self._request.call.model),
+            )
+        )
+        self._calls.extend(calls)
+        self._finish = None
+        self._fragments = None
+        tool_round = self._tool_round = ToolRound(calls, self._tools, self._approve, self._round)
+        tool_round.start()
+
+    async def _next_tool_event(self) -> Chunk:
+        """The next event of the running calls; the next model call once they have all ended."""
+        tool_round = self._tool_round
+        assert tool_round is not None
+        task = asyncio.current_task()
+        self._waiter = task
+        try:
+            if not tool_round.done:
+                event = await tool_round.queue.get()
+                self._waiter = None
+                return self._tool_chunk(event)
+            self._waiter = None
+            self._next_round(tool_round)
+        except asyncio.CancelledError:
+            self._waiter = None
+            reason = self._take_cancel_reason(task)
+            if reason is None:
+                await self._end(StreamStatus.STOPPED, None)
+                raise
+            await self._end_for_reason(reason)
+            return await self._after_end()
+        return await self.next()
+
+    def _next_round(self, tool_round: ToolRound) -> None:
+        self._tool_results.extend(tool_round.ordered_results())
+        self._turn.extend(tool_round.messages())
+        self._tool_round = None
+        self._round += 1
+        request = self._request
+        choice = "none" if self._round > self._max_tool_rounds else request.tool_choice
+        self._request = request.replace(
+            messages=(*self._base_messages, *self._turn), tool_choice=choice
+        )
+        self._round_text = len(self._parts)
+        self._round_reasoning = len(self._reasoning)
+        self._idle_since = self._loop.time()  # type: ignore[union-attr]
+        self._anext = self._pipeline._chain(0, self._closers)(self._request).__anext__
+
+    def _add_usage(self, finish: Finish) -> None:
+        if finish.usage is not None:
+            prior = self._prior_usage
+            self._prior_usage = finish.usage if prior is None else prior + finish.usage
+        if finish.cost is not None:
+            self._prior_cost = (self._prior_cost or 0.0) + finish.cost
 
     async def collect(self) -> Result:
         """Read to the end and return the result; raise if the stream did not finish.
@@ -515,7 +676,7 @@ class Stream:
                 "",
                 self._count,
                 finish_reason=finish.reason if finish else None,
-                usage=finish.usage if finish else None,
+                usage=self._total_usage(),
                 final=True,
             )
         error = self._error
@@ -576,6 +737,8 @@ class Stream:
         self._phase = _ENDING
         self._status = status
         self._error = error
+        if self._tool_round is not None:
+            self._tool_round.cancel()  # plain code: every running call gets its result
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -663,15 +826,16 @@ class Stream:
     async def _save(self, result: Result) -> list[str]:
         """Append the turn to the session, or leave the history as it was."""
         pipeline = self._pipeline
+        added = result.messages[self._turn_start(result) :]
         if result.status is not StreamStatus.FINISHED and not (
-            result.text and pipeline.interrupted == "keep"
+            (result.text or len(added) > 1) and pipeline.interrupted == "keep"
         ):
             # Nothing to keep: the history never holds a question without an answer.
             return []
         session_id = self._session_id
         try:
             await asyncio.wait_for(
-                pipeline.state_store.append(session_id, [self._message, result.messages[-1]]),  # type: ignore[arg-type]
+                pipeline.state_store.append(session_id, [self._message, *added]),  # type: ignore[arg-type]
                 SAVE_TIMEOUT,
             )
         except asyncio.TimeoutError:
@@ -683,6 +847,10 @@ class Stream:
             logger.warning("the turn of session %r was not saved: %s", session_id, exc)
             return [f"the turn was not saved to the session store: {exc}"]
         return []
+
+    def _turn_start(self, result: Result) -> int:
+        """Where the messages this turn added (after the user's) start in ``result.messages``."""
+        return len(result.messages) - self._added
 
     async def _release(self) -> list[str]:
         # A release that fails (the store went away) must neither hide the save's
@@ -703,42 +871,76 @@ class Stream:
         call = self._request.call
         text = self.text
         model = (finish.model if finish and finish.model else None) or call.model
-        # What is known about the answer travels with it into the session store, so a
-        # later reader (the chat footer, an export) can total a session's tokens and cost.
-        meta: dict[str, Any] = {}
-        if finish is not None:
-            if finish.reason:
-                meta["finish_reason"] = finish.reason
-            if finish.usage is not None:
-                meta["usage"] = finish.usage.to_dict()
-            if finish.cost is not None:
-                meta["cost"] = finish.cost
-        if model:
-            meta["model"] = model
-        answer = Message(
-            "assistant",
-            text,
-            status=None if status is StreamStatus.FINISHED else status.value,
-            meta=meta,
-        )
+        # The messages this turn adds after the user's: each tool round's call and
+        # result messages, then the answer. A round stopped while its tools ran has
+        # every call paired with a (stopped) result, so the history stays valid.
+        turn = list(self._turn)
+        results = list(self._tool_results)
+        if self._tool_round is not None:
+            turn += self._tool_round.messages()
+            results += self._tool_round.ordered_results()
+        round_text = "".join(self._parts[self._round_text :])
+        if round_text or not turn:
+            # What is known about the answer travels with it into the session store, so
+            # a later reader (the chat footer, an export) can total tokens and cost.
+            meta = _answer_meta(finish, call.model)
+            usage = self._total_usage()
+            if usage is not None:
+                meta["usage"] = usage.to_dict()
+            cost = self._total_cost()
+            if cost is not None:
+                meta["cost"] = cost
+            answer = Message(
+                "assistant",
+                round_text,
+                status=None if status is StreamStatus.FINISHED else status.value,
+                meta=meta,
+                reasoning="".join(self._reasoning[self._round_reasoning :]),
+                reasoning_blocks=tuple(finish.reasoning_blocks or ()) if finish else (),
+            )
+            turn.append(answer)
+        self._added = len(turn)
+        base = self._base_messages if self._turn else self._request.messages
+        calls = [*self._calls]
+        if finish is not None and finish.tool_calls and not self._tool_round:
+            calls += finish.tool_calls  # calls the caller runs, or past max_tool_rounds
         return Result(
             text=text,
             status=status,
-            messages=(*self._request.messages, answer),
-            usage=finish.usage if finish else None,
-            cost=finish.cost if finish else None,
+            messages=(*base, *turn),
+            usage=self._total_usage(),
+            cost=self._total_cost(),
             finish_reason=finish.reason if finish else None,
             model=model,
             provider=call.provider,
             reasoning=self.reasoning,
-            tool_calls=tuple(finish.tool_calls) if finish else (),
+            tool_calls=tuple(calls),
+            tool_results=tuple(results),
+            model_calls=self._round,
             chunks=self._count,
             attempts=max(call.attempts, 1),
             time_to_first_chunk=self.time_to_first_chunk,
             duration=duration,
             session_id=self._session_id,
+            warnings=tuple(self._warnings),
             error=error,
         )
+
+    def _total_usage(self) -> Usage | None:
+        finish = self._finish
+        usage = finish.usage if finish is not None else None
+        prior = self._prior_usage
+        if prior is None:
+            return usage
+        return prior if usage is None else prior + usage
+
+    def _total_cost(self) -> float | None:
+        finish = self._finish
+        cost = finish.cost if finish is not None else None
+        prior = self._prior_cost
+        if prior is None:
+            return cost
+        return prior if cost is None else prior + cost
 
     def _fallback_result(
         self, status: StreamStatus, error: BaseException | None, duration: float
@@ -775,12 +977,16 @@ class Stream:
         elif (
             self._idle_timeout is not None
             and self._waiter is not None
+            and self._tool_round is None
             and now >= self._idle_since + self._idle_timeout
         ):
             reason = "idle"
         if reason is None:
-            if self._waiter is None and self._idle_timeout is not None:
-                # The consumer is busy; idle time counts only while it waits.
+            if (
+                self._waiter is None or self._tool_round is not None
+            ) and self._idle_timeout is not None:
+                # The consumer is busy, or tools run (the provider is not stalled):
+                # idle time counts only while the provider is awaited.
                 self._idle_since = max(self._idle_since, now)
             self._arm_timer()
             return
@@ -789,6 +995,21 @@ class Stream:
         if waiter is not None and not waiter.done():
             self._cancel_reason = reason
             waiter.cancel()
+
+
+def _answer_meta(finish: Finish | None, model: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if finish is not None:
+        if finish.reason:
+            meta["finish_reason"] = finish.reason
+        if finish.usage is not None:
+            meta["usage"] = finish.usage.to_dict()
+        if finish.cost is not None:
+            meta["cost"] = finish.cost
+        model = finish.model or model
+    if model:
+        meta["model"] = model
+    return meta
 
 
 class _Chunks:

@@ -146,12 +146,7 @@ class ToolArgumentsError(ValueError):
 
 
 def check_tool_name(name: str) -> str:
-    if (
-        not isinstance(name, str)
-        or not name
-        or len(name) > 64
-        or not set(name) <= _NAME_OK
-    ):
+    if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_OK:
         raise ConfigurationError(
             f"tool name {name!r} is not usable: providers accept 1-64 letters, digits, "
             "'_' or '-'; pass name=... to tool()"
@@ -339,7 +334,7 @@ def _schema(
         description = param_docs.get(param.name) or None
         fields[param.name] = (annotation, Field(default, description=description))
     try:
-        model = create_model(  # type: ignore[call-overload]
+        model = create_model(
             f"{name}_arguments",
             __config__=ConfigDict(arbitrary_types_allowed=False, extra="forbid"),
             **fields,
@@ -363,9 +358,9 @@ def _schema(
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
     import typing
 
-    target = function if inspect.isfunction(function) or inspect.ismethod(function) else None
-    if target is None:
-        target = getattr(function, "__call__", function)  # noqa: B004
+    target: Any = function
+    if not (inspect.isfunction(function) or inspect.ismethod(function)):
+        target = getattr(function, "__call__", function)  # noqa: B004  (a callable object)
     return typing.get_type_hints(target, include_extras=True)
 
 

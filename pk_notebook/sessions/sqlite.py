@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from ..runtime.errors import SessionBusy, SessionError, StoreUnavailable
 from ..runtime.store import SessionInfo, StateStore, check_session_id
-from ..runtime.types import ROLES, Message
+from ..runtime.types import ROLES, Message, parts_from_dict
 from .ttl import parse_ttl
 
 T = TypeVar("T")
@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS messages (
     content TEXT NOT NULL,
     status TEXT,
     meta TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    parts TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_session ON messages(session_id, id);
 CREATE TABLE IF NOT EXISTS locks (
@@ -86,6 +87,21 @@ def default_path() -> Path:
         return Path(home) / "sessions.sqlite3"
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data) / "pk_notebook" / "sessions.sqlite3"
+
+
+def _add_parts_column(conn: sqlite3.Connection) -> None:
+    """Files written before tool calls and reasoning were kept lack the ``parts`` column.
+
+    Adding a nullable column is instant in SQLite and old rows read as "no parts", so
+    an old file upgrades in place; older versions of pk_notebook ignore the column.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "parts" not in columns:
+        try:
+            conn.execute("ALTER TABLE messages ADD COLUMN parts TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 class _LeaseLost(Exception):
@@ -144,6 +160,7 @@ class SQLiteStore(StateStore):
                     _use_wal(conn)
                     conn.execute("PRAGMA foreign_keys=ON")
                     conn.executescript(_SCHEMA)
+                    _add_parts_column(conn)
                 except BaseException:
                     conn.close()
                     raise
@@ -224,7 +241,7 @@ class SQLiteStore(StateStore):
         )
 
     def _message(self, session_id: str, row: tuple[Any, ...]) -> Message:
-        row_id, role, content, status, meta, created_at = row
+        row_id, role, content, status, meta, created_at, parts = row
 
         def bad(what: str) -> StoreUnavailable:
             return self._corrupt(session_id, f"a message (row {row_id}) with {what}")
@@ -245,7 +262,13 @@ class SQLiteStore(StateStore):
                 raise bad(f"meta that is not JSON ({exc})") from None
             if not isinstance(data, dict):
                 raise bad(f"meta that is a JSON {type(data).__name__}, not an object")
-        return Message(role, content, status, float(created_at), data)
+        fields: dict[str, Any] = {}
+        if parts:
+            try:
+                fields = parts_from_dict(json.loads(parts))
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                raise bad(f"tool or reasoning parts that are not readable ({exc})") from None
+        return Message(role, content, status, float(created_at), data, **fields)
 
     # --- the interface --------------------------------------------------------------
 
@@ -265,7 +288,7 @@ class SQLiteStore(StateStore):
             if self._expired(conn, session_id):
                 return []
             rows = conn.execute(
-                "SELECT id, role, content, status, meta, created_at FROM messages "
+                "SELECT id, role, content, status, meta, created_at, parts FROM messages "
                 "WHERE session_id=? ORDER BY id",
                 (session_id,),
             ).fetchall()
@@ -289,6 +312,7 @@ class SQLiteStore(StateStore):
                     m.status,
                     json.dumps(dict(m.meta), ensure_ascii=False) if m.meta else None,
                     m.created_at,
+                    _parts_json(m),
                 )
                 for m in messages
             ]
@@ -317,8 +341,8 @@ class SQLiteStore(StateStore):
                 (session_id, now, now),
             )
             conn.executemany(
-                "INSERT INTO messages(session_id, role, content, status, meta, created_at) "
-                "VALUES (?,?,?,?,?,?)",
+                "INSERT INTO messages(session_id, role, content, status, meta, created_at, "
+                "parts) VALUES (?,?,?,?,?,?,?)",
                 rows,
             )
             conn.execute("COMMIT")
@@ -504,3 +528,8 @@ def _use_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             if "locked" not in str(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.02)
+
+
+def _parts_json(message: Message) -> str | None:
+    parts = message.parts_dict()
+    return json.dumps(parts, ensure_ascii=False) if parts else None

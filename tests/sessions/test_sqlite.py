@@ -301,3 +301,37 @@ async def test_the_store_can_be_used_again_after_aclose(db: Path) -> None:
     await store.aclose()  # twice is fine
     assert [m.content for m in await store.load("warm")] == ["hello"]
     await store.aclose()
+
+
+async def test_a_file_from_before_tool_parts_upgrades_in_place(tmp_path: Path) -> None:
+    """A session file written before the ``parts`` column existed opens, reads and grows."""
+    import sqlite3
+
+    from pk_notebook.runtime import ToolCall
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE sessions (session_id TEXT PRIMARY KEY, created_at REAL NOT NULL,
+                               updated_at REAL NOT NULL);
+        CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
+                               role TEXT NOT NULL, content TEXT NOT NULL, status TEXT,
+                               meta TEXT, created_at REAL NOT NULL);
+        INSERT INTO sessions VALUES ('old', 1.0, 1.0);
+        INSERT INTO messages(session_id, role, content, status, meta, created_at)
+            VALUES ('old', 'user', 'hi', NULL, NULL, 1.0),
+                   ('old', 'assistant', 'hello', NULL, '{"model": "m"}', 2.0);
+        """
+    )
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        old = await store.load("old")
+        assert [(m.role, m.content) for m in old] == [("user", "hi"), ("assistant", "hello")]
+        call = Message("assistant", "", tool_calls=(ToolCall("c", "f", "{}"),))
+        await store.append("old", [call])
+        assert (await store.load("old"))[-1] == call
+    finally:
+        await store.aclose()

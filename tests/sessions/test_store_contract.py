@@ -71,6 +71,40 @@ async def test_append_then_load_keeps_order_and_fields(make_store: StoreFactory)
     assert loaded[-1].interrupted
 
 
+async def test_tool_rounds_and_reasoning_are_kept_whole(make_store: StoreFactory) -> None:
+    """A tool-using turn replays to a provider only if every part comes back as written."""
+    from pk_notebook.runtime import ToolCall
+
+    turn = [
+        Message("user", "Umbrella in Paris?"),
+        Message(
+            "assistant",
+            "Let me check.",
+            tool_calls=(ToolCall("call_1", "get_weather", '{"city": "Paris"}', "sig=="),),
+            reasoning="The user wants the weather.",
+            reasoning_blocks=(
+                {"provider": "anthropic", "type": "thinking", "thinking": "t", "signature": "S"},
+                {"provider": "anthropic", "type": "redacted_thinking", "data": "opaque"},
+            ),
+        ),
+        Message("tool", "rain, 12 C", tool_call_id="call_1", name="get_weather"),
+        Message("tool", "Error: timeout", tool_call_id="call_2", name="x", is_error=True),
+        Message("assistant", "Yes, take one."),
+    ]
+    store = make_store()
+    await store.append("t", turn)
+    loaded = await store.load("t")
+    assert loaded == turn
+    assert loaded[1].reasoning_blocks[0]["signature"] == "S"
+    assert loaded[1].tool_calls[0].signature == "sig=="
+    assert loaded[3].is_error and loaded[3].tool_call_id == "call_2"
+    exported = json.loads(await store.export_json("t"))
+    assert exported["messages"][1]["tool_calls"][0]["name"] == "get_weather"
+    other = make_store()
+    await other.import_session(exported, session_id="t2")
+    assert await other.load("t2") == turn
+
+
 async def test_append_of_many_messages_is_atomic(make_store: StoreFactory) -> None:
     """Concurrent multi-message appends (no lock) never interleave inside one append."""
     stores = [make_store(), make_store()]
