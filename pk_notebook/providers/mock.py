@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,16 @@ from ..runtime.errors import (
     ServerError,
 )
 from ..runtime.store import estimate_tokens
-from ..runtime.types import Delta, Finish, ProviderEvent, Request, Usage
+from ..runtime.types import (
+    Delta,
+    Finish,
+    Message,
+    ProviderEvent,
+    Request,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from .faults import MOCK_FAULTS, canonical_fault
 
 _TOKEN = re.compile(r"\s*\w{1,8}|\s*[^\w\s]|\s+")
@@ -79,6 +88,58 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class ScriptedCall:
+    """A tool call a scenario makes: the tool's ``name`` and its ``arguments``.
+
+    ``arguments`` is a mapping (its string values are templated like the answer,
+    then it is written as JSON) or a JSON text (templated as it is).
+    """
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+
+    @classmethod
+    def from_value(cls, value: ScriptedCall | Mapping[str, Any], scenario: str) -> ScriptedCall:
+        if isinstance(value, ScriptedCall):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(
+                f"scenario {scenario!r}: each of tool_calls is a mapping with 'name' and "
+                f"'arguments', got {value!r}"
+            )
+        extra = set(value) - {"name", "arguments"}
+        name = value.get("name")
+        arguments = value.get("arguments", {})
+        if extra or not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"scenario {scenario!r}: a tool call needs a 'name' and may have 'arguments' "
+                f"(nothing else), got {dict(value)!r}"
+            )
+        if not isinstance(arguments, (Mapping, str)):
+            raise ConfigurationError(
+                f"scenario {scenario!r}: the arguments of {name} must be a mapping or a JSON "
+                f"text, got {type(arguments).__name__}"
+            )
+        return cls(name, arguments)
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """The arguments' JSON text, with ``{name}`` fields filled in."""
+        if isinstance(self.arguments, str):
+            return _SafeFormatter().format(self.arguments, **values)
+        return json.dumps(_fill(self.arguments, values), ensure_ascii=False)
+
+
+def _fill(value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return _SafeFormatter().format(value, **values)
+    if isinstance(value, Mapping):
+        return {k: _fill(v, values) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_fill(v, values) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One scripted answer and when to give it.
 
@@ -89,9 +150,32 @@ class Scenario:
     ``recall`` is a regular expression searched in the *earlier* user messages of the
     conversation (newest first); the scenario matches only if it is found, and its
     named groups fill the answer too. That is how the demo shows session memory.
+    ``reasoning`` is thinking streamed before the answer (``Delta(reasoning=...)``).
+
+    **Tools.** With ``tool_calls`` (a list of ``{"name": ..., "arguments": {...}}``,
+    whose string values are templated like ``response``) the mock answers the
+    prompt by calling those tools, all in one answer (parallel calls), after the
+    ``response`` text if there is any; the finish reason is ``"tool_calls"``.
+    When the conversation then ends with the tool results (``role="tool"``
+    messages, what the pipeline sends back), the same scenario answers with
+    ``answer`` (thinking: ``answer_reasoning``), which may also use:
+
+    - ``{result}``: the output of the latest tool result of the turn;
+    - ``{result[NAME]}``: the latest output of the tool called NAME;
+    - ``{result[N]}``: the N-th (from 0) tool output of the turn, in order;
+    - ``{results}``: every tool output of the turn, one a line.
+
+    The follow-up is always text, unless ``rounds`` (default 1) asks for the
+    same calls again: the scenario calls its tools ``rounds`` times in one turn
+    before answering (to reach a pipeline's ``max_tool_rounds``).
+
+    The mock calls only tools the request offers (``request.tools``), and none
+    when ``request.tool_choice == "none"``; then it answers in text instead:
+    ``answer`` if the turn already has tool results, else ``without_tools`` (or
+    ``response``, or ``answer`` with no results, whichever is set first).
     """
 
-    response: str
+    response: str = ""
     match: str | None = None
     turn: int | None = None
     name: str | None = None
@@ -99,6 +183,11 @@ class Scenario:
     finish_reason: str = "stop"
     reasoning: str = ""
     recall: str | None = None
+    tool_calls: tuple[ScriptedCall, ...] = ()
+    answer: str | None = None
+    answer_reasoning: str = ""
+    rounds: int = 1
+    without_tools: str | None = None
 
     def __post_init__(self) -> None:
         for attr in ("match", "recall"):
@@ -110,6 +199,17 @@ class Scenario:
                     f"scenario {self.name or source!r}: bad regex: {exc}"
                 ) from exc
             object.__setattr__(self, f"_{attr}_re", compiled)
+        label = self.name or self.match or "?"
+        calls = self.tool_calls
+        if isinstance(calls, (str, bytes)) or not isinstance(calls, Iterable):
+            raise ConfigurationError(f"scenario {label!r}: tool_calls must be a list")
+        object.__setattr__(
+            self, "tool_calls", tuple(ScriptedCall.from_value(c, label) for c in calls)
+        )
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigurationError(
+                f"scenario {label!r}: rounds must be a positive integer, got {self.rounds!r}"
+            )
 
     def matches(self, prompt: str, turn: int, earlier: Sequence[str] = ()) -> dict[str, str] | None:
         if self.turn is not None and self.turn != turn:
@@ -135,27 +235,20 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        known = {
-            "response",
-            "match",
-            "turn",
-            "name",
-            "fault",
-            "finish_reason",
-            "reasoning",
-            "recall",
-        }
+        known = {f.name for f in fields(cls)}
         extra = set(data) - known
         if extra:
             raise ConfigurationError(
                 f"scenario {data.get('name', '?')!r} has unknown keys {sorted(extra)}; "
                 f"allowed: {sorted(known)}"
             )
-        if "response" not in data:
+        if "response" not in data and not data.get("tool_calls"):
             raise ConfigurationError(f"scenario {data.get('name', '?')!r} has no 'response'")
         values = dict(data)
         if values.get("fault") is not None:
             values["fault"] = Fault.from_dict(values["fault"])
+        if values.get("tool_calls") is None:
+            values.pop("tool_calls", None)
         return cls(**values)
 
 
@@ -164,12 +257,30 @@ def _groups(found: re.Match[str]) -> dict[str, str]:
 
 
 class _SafeFormatter:
-    """``str.format`` that leaves unknown ``{fields}`` (and code in answers) alone."""
+    """``str.format`` that leaves unknown ``{fields}`` (and code in answers) alone.
 
-    _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+    ``keyed`` fills ``{field[key]}`` (the tool results by name or position).
+    """
+
+    _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\[([^\[\]{}]+)\])?\}")
 
     def format(self, template: str, **values: str) -> str:
-        return self._FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+        return self.fill(template, values)
+
+    def fill(
+        self,
+        template: str,
+        values: Mapping[str, str],
+        keyed: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> str:
+        def fill(found: re.Match[str]) -> str:
+            name, key = found.group(1, 2)
+            if key is None:
+                return values.get(name, found.group(0))
+            table = (keyed or {}).get(name)
+            return table.get(key.strip(), found.group(0)) if table else found.group(0)
+
+        return self._FIELD.sub(fill, template)
 
 
 OFFLINE_ANSWER = (
@@ -178,6 +289,91 @@ OFFLINE_ANSWER = (
     "To get real answers, choose a provider with a key, for example "
     "`%stream config --provider openai:gpt-4o-mini` after setting `OPENAI_API_KEY`."
 )
+
+
+@dataclass(frozen=True)
+class MockPlan:
+    """What the mock answers one request with (see :meth:`MockProvider.plan`)."""
+
+    scenario: Scenario | None
+    text: str
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+def _plan(scenario: Scenario, request: Request, values: dict[str, str]) -> MockPlan:
+    """The scenario's answer to this point of the turn: its calls, or the follow-up text."""
+    fmt = _SafeFormatter()
+    start = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
+    turn = request.messages[start + 1 :]
+    rounds_done = sum(1 for m in turn if m.role == "assistant" and m.tool_calls)
+    results = [m for m in turn if m.role == "tool"]
+    follow_up = bool(turn) and turn[-1].role == "tool"
+    offered = {_tool_name(t) for t in request.tools}
+    may_call = (
+        bool(scenario.tool_calls)
+        and request.tool_choice != "none"
+        and all(c.name in offered for c in scenario.tool_calls)
+    )
+    if may_call and (not follow_up or rounds_done < scenario.rounds):
+        earlier = sum(len(m.tool_calls) for m in request.messages if m.role == "assistant")
+        calls = tuple(
+            ToolCall(f"call_{earlier + i}", c.name, c.render(values))
+            for i, c in enumerate(scenario.tool_calls, 1)
+        )
+        if follow_up:  # another round of the same calls
+            return MockPlan(scenario, "", "", calls)
+        text = scenario.render(values["prompt"], values)
+        return MockPlan(scenario, text, fmt.format(scenario.reasoning, **values), calls)
+    if scenario.tool_calls and results:
+        template = scenario.answer if scenario.answer is not None else "{results}"
+        reasoning = scenario.answer_reasoning
+    elif scenario.tool_calls:  # its tools are not offered, or tool_choice is "none"
+        template = scenario.without_tools or scenario.response or scenario.answer or ""
+        reasoning = scenario.reasoning
+    else:
+        template, reasoning = scenario.response, scenario.reasoning
+    filled = {**values, **_results(turn)}
+    keyed = {"result": _result_table(turn)}
+    return MockPlan(scenario, fmt.fill(template, filled, keyed), fmt.fill(reasoning, filled, keyed))
+
+
+def _tool_name(spec: Any) -> str:
+    if isinstance(spec, Mapping):
+        return str(spec.get("name") or (spec.get("function") or {}).get("name") or "")
+    return str(getattr(spec, "name", ""))
+
+
+def _call_names(turn: Sequence[Message]) -> dict[str, str]:
+    return {c.id: c.name for m in turn for c in m.tool_calls}
+
+
+def _results(turn: Sequence[Message]) -> dict[str, str]:
+    outputs = [m.content for m in turn if m.role == "tool"]
+    if not outputs:
+        return {}
+    return {"result": outputs[-1], "results": "\n".join(outputs)}
+
+
+def _result_table(turn: Sequence[Message]) -> dict[str, str]:
+    """``{result[NAME]}`` (the latest output of that tool) and ``{result[N]}`` (the N-th)."""
+    names = _call_names(turn)
+    table: dict[str, str] = {}
+    position = 0
+    for message in turn:
+        if message.role != "tool":
+            continue
+        name = message.name or names.get(message.tool_call_id or "", "")
+        if name:
+            table[name] = message.content
+        table[str(position)] = message.content
+        position += 1
+    return table
+
+
+def _argument_pieces(arguments: str) -> list[str]:
+    """Cut a call's JSON arguments into pieces of about four characters, as models stream them."""
+    return [arguments[i : i + 4] for i in range(0, len(arguments), 4)] or [""]
 
 
 @dataclass
@@ -271,31 +467,41 @@ class MockProvider:
 
     def pick(self, request: Request) -> tuple[Scenario | None, str]:
         """The scenario that answers ``request`` and the rendered answer text."""
+        plan = self.plan(request)
+        return plan.scenario, plan.text
+
+    def plan(self, request: Request) -> MockPlan:
+        """What the mock will answer ``request`` with: text, reasoning and tool calls."""
         prompt = request.prompt
         asked = [m.content for m in request.messages if m.role == "user"]
         turn = len(asked)
         for scenario in self.scenarios:
             groups = scenario.matches(prompt, turn, asked[:-1])
             if groups is not None:
-                return scenario, scenario.render(prompt, groups)
+                return _plan(scenario, request, {"prompt": prompt.strip(), **groups})
         excerpt = " ".join(prompt.split())
         if len(excerpt) > 160:
             excerpt = excerpt[:157] + "..."
-        return None, _SafeFormatter().format(
-            self.default, excerpt=excerpt or "(empty)", prompt=prompt
-        )
+        text = _SafeFormatter().format(self.default, excerpt=excerpt or "(empty)", prompt=prompt)
+        return MockPlan(None, text)
 
     async def stream(self, request: Request) -> AsyncIterator[ProviderEvent]:
-        scenario, text = self.pick(request)
+        plan = self.plan(request)
+        scenario = plan.scenario
         fault = (scenario.fault if scenario and scenario.fault else None) or self.fault
         call = MockCall(request, time.monotonic())
         self.calls.append(call)
-        pieces = split_tokens(text)
+        pieces = split_tokens(plan.text)
+        thinking = split_tokens(plan.reasoning)
+        calls = plan.tool_calls
         max_tokens = request.config.max_tokens
-        finish_reason = scenario.finish_reason if scenario else "stop"
+        finish_reason = "tool_calls" if calls else scenario.finish_reason if scenario else "stop"
         if max_tokens is not None and len(pieces) > max_tokens:
             pieces = pieces[:max_tokens]
             finish_reason = "length"
+            calls = ()  # cut off before the calls, as a real model would be
+        output_tokens = len(pieces)
+        delay = self.chunk_delay
         try:
             if fault is not None and fault.kind in ("rate_limit", "server_error"):
                 key = id(scenario) if scenario else 0
@@ -316,18 +522,30 @@ class MockProvider:
                     )
             if self.first_chunk_delay:
                 await asyncio.sleep(self.first_chunk_delay)
-            if scenario and scenario.reasoning:
-                for piece in split_tokens(scenario.reasoning):
-                    yield Delta(reasoning=piece)
+            for index, piece in enumerate(thinking):
+                if index and delay:
+                    await asyncio.sleep(delay)
+                yield Delta(reasoning=piece)
             for index, piece in enumerate(pieces):
                 if fault is not None and index == fault.after:
                     await self._fail(fault, call)
                     if fault.kind == "truncate":
                         return
-                if index and self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
+                if (index or thinking) and delay:
+                    await asyncio.sleep(delay)
                 call.chunks_sent += 1
                 yield Delta(piece)
+            sent = bool(thinking or pieces)
+            for index, tool_call in enumerate(calls):
+                if sent and delay:
+                    await asyncio.sleep(delay)
+                sent = True
+                yield ToolCallDelta(index, id=tool_call.id, name=tool_call.name)
+                for piece in _argument_pieces(tool_call.arguments):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    output_tokens += 1
+                    yield ToolCallDelta(index, arguments=piece)
             if (
                 fault is not None
                 and fault.after >= len(pieces)
@@ -341,11 +559,10 @@ class MockProvider:
                 reason=finish_reason,
                 usage=Usage(
                     input_tokens=sum(estimate_tokens(m.content) for m in request.messages),
-                    output_tokens=len(pieces),
-                    reasoning_tokens=len(split_tokens(scenario.reasoning))
-                    if scenario and scenario.reasoning
-                    else 0,
+                    output_tokens=output_tokens,
+                    reasoning_tokens=len(thinking),
                 ),
+                tool_calls=calls,
                 model=request.config.model or self.model,
             )
         finally:

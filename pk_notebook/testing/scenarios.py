@@ -18,6 +18,19 @@ usage), its pace, and optionally one *fault*:
                           (64 KiB writes until the client leaves: tests the line cap)
 ========================  ==================================================================
 
+**Reasoning and tools.** ``reasoning`` streams before the text in each dialect's
+form (OpenAI-compatible ``reasoning_content`` deltas as DeepSeek sends them,
+an Anthropic ``thinking`` block ending in a ``signature_delta``, Gemini
+``"thought": true`` parts); ``redacted_thinking`` adds Anthropic
+``redacted_thinking`` blocks. ``tool_calls`` (each ``{"name": ..., "arguments":
+{...}}``, optionally with ``"id"``, or an ``(id, name, arguments_json)`` tuple)
+come after the text, as the real APIs stream them: OpenAI ``delta.tool_calls``
+fragments (index, id and name first, then the arguments in pieces), Anthropic
+``tool_use`` blocks with ``input_json_delta`` pieces, Gemini ``functionCall``
+parts (the first with a ``thoughtSignature``). With calls, the finish reason is
+the dialect's own (``"tool_calls"``, ``"tool_use"``, ``"STOP"``). A tool loop is
+two scripts enqueued for two requests: the calls, then the answer.
+
 ``body`` serves a recorded body byte for byte instead (conformance tests).
 ``echo_key=True`` replaces ``{key}`` in ``error_message`` and ``body`` with the API
 key the request carried, as a careless upstream that echoes it would: a client
@@ -39,6 +52,26 @@ DIALECTS = ("openai", "anthropic", "gemini")
 _PIECE = re.compile(r"\s*\S+|\s+")
 
 _DEFAULT_FINISH = {"openai": "stop", "anthropic": "end_turn", "gemini": "STOP"}
+_TOOLS_FINISH = {"openai": "tool_calls", "anthropic": "tool_use", "gemini": "STOP"}
+_CALL_ID = {"openai": "call_fake_{}", "anthropic": "toolu_fake_{}", "gemini": ""}
+_SIGNATURE = "RmFrZVNpZ25hdHVyZUZvclRoZVRoaW5raW5nQmxvY2s="  # base64, like the real ones
+
+
+def _call_tuple(call: Sequence[str] | Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(id, name, arguments JSON)`` from a tuple or a ``{"name", "arguments", "id"}`` mapping."""
+    if isinstance(call, Mapping):
+        unknown = set(call) - {"id", "name", "arguments"}
+        if unknown or not isinstance(call.get("name"), str):
+            raise ValueError(
+                "a scripted tool call is {'name': ..., 'arguments': ..., 'id': ...}, "
+                f"got {call!r}"
+            )
+        arguments = call.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        return (str(call.get("id") or ""), call["name"], arguments)
+    call_id, name, arguments = call
+    return (str(call_id or ""), str(name), str(arguments))
 
 
 @dataclass
@@ -47,7 +80,13 @@ class Script:
 
     text: str | Sequence[str] = "Hello from the fake provider server."
     reasoning: str | Sequence[str] = ()
-    tool_calls: Sequence[tuple[str, str, str]] = ()  # (id, name, arguments JSON)
+    #: ``{"name", "arguments" (mapping or JSON text), "id" (optional)}`` or ``(id, name,
+    #: arguments JSON)``; a missing or empty id becomes ``call_fake_N`` / ``toolu_fake_N``
+    tool_calls: Sequence[tuple[str, str, str] | Mapping[str, Any]] = ()
+    #: the signature of the thinking (Anthropic ``signature_delta``, Gemini ``thoughtSignature``)
+    signature: str = _SIGNATURE
+    #: Anthropic ``redacted_thinking`` blocks' ``data``, sent before the thinking block
+    redacted_thinking: Sequence[str] = ()
     finish_reason: str | None = None  # the dialect's usual "stop" value if None
     usage: tuple[int, int] | None = (12, -1)  # (input, output); -1: number of pieces
     model: str | None = None  # echo the requested model if None
@@ -68,6 +107,9 @@ class Script:
     )
 
     def __post_init__(self) -> None:
+        self.tool_calls = [_call_tuple(c) for c in self.tool_calls]
+        if isinstance(self.redacted_thinking, str):
+            self.redacted_thinking = [self.redacted_thinking]
         if self.fault is not None:
             self.fault = canonical_fault(self.fault)
         if self.after < 0:
@@ -100,8 +142,10 @@ class Script:
             values["body"] = values["body"].encode("utf-8")
         if values.get("usage") is not None:
             values["usage"] = tuple(values["usage"])
-        if "tool_calls" in values:
-            values["tool_calls"] = [tuple(t) for t in values["tool_calls"]]
+        if values.get("tool_calls"):
+            values["tool_calls"] = [
+                t if isinstance(t, Mapping) else tuple(t) for t in values["tool_calls"]
+            ]
         return cls(**values)
 
     def with_key(self, key: str) -> Script:
@@ -184,6 +228,26 @@ def _pieces(value: str | Sequence[str]) -> list[str]:
     return _PIECE.findall(value) if isinstance(value, str) else list(value)
 
 
+def _calls(script: Script, dialect: str) -> list[tuple[str, str, str]]:
+    """The script's calls with the dialect's ids filled in where none was given."""
+    calls = []
+    for number, call in enumerate(script.tool_calls, 1):
+        call_id, name, arguments = _call_tuple(call)
+        calls.append((call_id or _CALL_ID[dialect].format(number), name, arguments))
+    return calls
+
+
+def _finish_reason(script: Script, dialect: str) -> str:
+    if script.finish_reason:
+        return script.finish_reason
+    return (_TOOLS_FINISH if script.tool_calls else _DEFAULT_FINISH)[dialect]
+
+
+def _argument_pieces(arguments: str) -> list[str]:
+    """Arguments JSON in pieces of a few characters, as the APIs stream them."""
+    return [arguments[i : i + 5] for i in range(0, len(arguments), 5)]
+
+
 def _openai(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[bytes]]:
     head = (
         '{"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,'
@@ -195,40 +259,39 @@ def _openai(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[
         text = f'{head}"delta":{delta},"logprobs":null,"finish_reason":{reason}}}]}}'
         return b"data: " + text.encode("utf-8") + b"\n\n"
 
-    opening = [chunk('{"role":"assistant","content":""}')]
+    reasoning = _pieces(script.reasoning)
+    pieces = script.pieces
+    # as DeepSeek sends it: the role chunk opens reasoning_content, and while a model
+    # reasons, content is null (and reasoning_content null once the answer starts)
+    role = '{"role":"assistant","content":' + ('""' if pieces or not script.tool_calls else "null")
+    opening = [chunk(role + (',"reasoning_content":""}' if reasoning else "}"))]
     opening += [
-        chunk('{"reasoning_content":' + json.dumps(r) + "}") for r in _pieces(script.reasoning)
+        chunk('{"content":null,"reasoning_content":' + json.dumps(r, ensure_ascii=False) + "}")
+        for r in reasoning
     ]
-    body = [chunk('{"content":' + json.dumps(p, ensure_ascii=False) + "}") for p in script.pieces]
+    after = ',"reasoning_content":null}' if reasoning else "}"
+    body = [chunk('{"content":' + json.dumps(p, ensure_ascii=False) + after) for p in pieces]
     closing = []
-    for index, (call_id, name, arguments) in enumerate(script.tool_calls):
-        closing.append(
+    for index, (call_id, name, arguments) in enumerate(_calls(script, "openai")):
+        first = {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        closing.append(chunk(_dumps({"tool_calls": [first]}).decode("utf-8")))
+        closing += [
             chunk(
-                json.dumps(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": index,
-                                "id": call_id,
-                                "type": "function",
-                                "function": {"name": name, "arguments": ""},
-                            }
-                        ]
-                    }
+                _dumps({"tool_calls": [{"index": index, "function": {"arguments": part}}]}).decode(
+                    "utf-8"
                 )
             )
-        )
-        half = len(arguments) // 2
-        for part in (arguments[:half], arguments[half:]):
-            closing.append(
-                chunk(
-                    json.dumps({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
-                )
-            )
-    closing.append(chunk("{}", script.finish_reason or _DEFAULT_FINISH["openai"]))
+            for part in _argument_pieces(arguments)
+        ]
+    closing.append(chunk("{}", _finish_reason(script, "openai")))
     if script.usage is not None:
         out = script.output_tokens()
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": script.usage[0],
             "completion_tokens": out,
             "total_tokens": script.usage[0] + out,
@@ -255,6 +318,21 @@ def _anthropic(script: Script, model: str) -> tuple[list[bytes], list[bytes], li
     def event(name: str, payload: Any) -> bytes:
         return f"event: {name}\ndata: ".encode() + _dumps(payload) + b"\n\n"
 
+    def start(index: int, block: dict[str, Any]) -> bytes:
+        return event(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": block},
+        )
+
+    def delta(index: int, payload: dict[str, Any]) -> bytes:
+        return event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": index, "delta": payload},
+        )
+
+    def stop(index: int) -> bytes:
+        return event("content_block_stop", {"type": "content_block_stop", "index": index})
+
     usage_in = script.usage[0] if script.usage else 0
     opening = [
         event(
@@ -268,87 +346,53 @@ def _anthropic(script: Script, model: str) -> tuple[list[bytes], list[bytes], li
                     "model": model,
                     "content": [],
                     "stop_reason": None,
+                    "stop_sequence": None,
                     "usage": {"input_tokens": usage_in, "output_tokens": 1},
                 },
             },
         )
     ]
     index = 0
+    for data in script.redacted_thinking:
+        opening += [start(index, {"type": "redacted_thinking", "data": data}), stop(index)]
+        index += 1
     reasoning = _pieces(script.reasoning)
     if reasoning:
-        opening.append(
-            event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "thinking", "thinking": ""},
-                },
-            )
-        )
-        opening += [
-            event(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "thinking_delta", "thinking": r},
-                },
-            )
-            for r in reasoning
-        ]
-        opening.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        index = 1
-    opening.append(
-        event(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": index,
-                "content_block": {"type": "text", "text": ""},
-            },
-        )
-    )
-    prefix = (
-        'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
-        + str(index)
-        + ',"delta":{"type":"text_delta","text":'
-    ).encode()
-    body = [
-        prefix + json.dumps(p, ensure_ascii=False).encode("utf-8") + b"}}\n\n"
-        for p in script.pieces
-    ]
-    closing = [event("content_block_stop", {"type": "content_block_stop", "index": index})]
-    for call_id, name, arguments in script.tool_calls:
+        opening.append(start(index, {"type": "thinking", "thinking": "", "signature": ""}))
+        opening += [delta(index, {"type": "thinking_delta", "thinking": r}) for r in reasoning]
+        opening.append(delta(index, {"type": "signature_delta", "signature": script.signature}))
+        opening.append(stop(index))
         index += 1
-        closing.append(
-            event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": index,
-                    "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}},
-                },
-            )
-        )
-        closing.append(
-            event(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": arguments},
-                },
-            )
-        )
-        closing.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+    pieces = script.pieces
+    closing = []
+    body = []
+    if pieces or not script.tool_calls:  # a tool-only answer has no text block
+        opening.append(start(index, {"type": "text", "text": ""}))
+        prefix = (
+            'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+            + str(index)
+            + ',"delta":{"type":"text_delta","text":'
+        ).encode()
+        body = [
+            prefix + json.dumps(p, ensure_ascii=False).encode("utf-8") + b"}}\n\n" for p in pieces
+        ]
+        closing.append(stop(index))
+        index += 1
+    for call_id, name, arguments in _calls(script, "anthropic"):
+        closing.append(start(index, {"type": "tool_use", "id": call_id, "name": name, "input": {}}))
+        closing += [
+            delta(index, {"type": "input_json_delta", "partial_json": part})
+            for part in ["", *_argument_pieces(arguments)]
+        ]
+        closing.append(stop(index))
+        index += 1
     closing.append(
         event(
             "message_delta",
             {
                 "type": "message_delta",
                 "delta": {
-                    "stop_reason": script.finish_reason or _DEFAULT_FINISH["anthropic"],
+                    "stop_reason": _finish_reason(script, "anthropic"),
                     "stop_sequence": None,
                 },
                 "usage": {"output_tokens": script.output_tokens()},
@@ -361,10 +405,11 @@ def _anthropic(script: Script, model: str) -> tuple[list[bytes], list[bytes], li
 
 def _gemini(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[bytes]]:
     def event(parts: list[dict[str, Any]], finish: str | None = None, usage: bool = False) -> bytes:
-        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
         if finish:
             candidate["finishReason"] = finish
-        payload: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
+        candidate["index"] = 0
+        payload: dict[str, Any] = {"candidates": [candidate]}
         if usage and script.usage is not None:
             out = script.output_tokens()
             payload["usageMetadata"] = {
@@ -372,17 +417,18 @@ def _gemini(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[
                 "candidatesTokenCount": out,
                 "totalTokenCount": script.usage[0] + out,
             }
+        payload["modelVersion"] = model
         return b"data: " + _dumps(payload) + b"\r\n\r\n"
 
     opening = [event([{"text": r, "thought": True}]) for r in _pieces(script.reasoning)]
     body = [event([{"text": p}]) for p in script.pieces]
-    calls: list[dict[str, Any]] = [
-        {"functionCall": {"name": name, "args": json.loads(arguments or "{}")}}
-        for _, name, arguments in script.tool_calls
-    ]
-    closing = [
-        event(
-            calls or [{"text": ""}], script.finish_reason or _DEFAULT_FINISH["gemini"], usage=True
-        )
-    ]
+    calls: list[dict[str, Any]] = []
+    for _, name, arguments in _calls(script, "gemini"):
+        part: dict[str, Any] = {
+            "functionCall": {"name": name, "args": json.loads(arguments or "{}")}
+        }
+        if not calls and script.signature:  # as Gemini does: on the first call of the answer
+            part["thoughtSignature"] = script.signature
+        calls.append(part)
+    closing = [event(calls or [{"text": ""}], _finish_reason(script, "gemini"), usage=True)]
     return opening, body, closing
