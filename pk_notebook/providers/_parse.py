@@ -146,6 +146,14 @@ class StreamParser:
             self._parts.append(text)
         out.append(Delta(text, reasoning))
 
+    def charge_answer(self, size: int) -> None:
+        """Count ``size`` characters of kept reasoning data (signatures, redacted
+        thinking) against the answer cap: it is held in memory like the text."""
+        size += self._size
+        if size > self._max_answer:
+            self.too_long()
+        self._size = size
+
     def too_long(self) -> NoReturn:
         raise Bad(
             f"the answer is longer than {self._max_answer} characters "

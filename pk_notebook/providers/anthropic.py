@@ -7,14 +7,30 @@ block (text, thinking, tool_use), ``message_delta`` (stop reason, output usage),
 ``overloaded_error``, which becomes a retryable :class:`ServerError`).
 ``stop_reason: "pause_turn"`` ends the stream with a ``ProviderError`` (code
 ``"pause_turn"``), not a finish: see :class:`AnthropicParser`.
+
+Thinking streams as reasoning; each thinking block (with the signature that
+arrives in its ``signature_delta``) and each ``redacted_thinking`` block is kept
+in :attr:`Finish.reasoning_blocks`, because a follow-up request in a tool loop
+must send them back unchanged, before the ``tool_use`` blocks they led to.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from ..runtime.errors import ProtocolError, ProviderError
-from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
+from ..runtime.types import (
+    Delta,
+    Finish,
+    Message,
+    ProviderConfig,
+    ProviderEvent,
+    Request,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from . import _http
 from ._parse import (
     TOOL_CALL_OVERHEAD,
@@ -36,6 +52,15 @@ class AnthropicProvider(HTTPProvider):
     """Claude models over the Messages API (``POST {base_url}/v1/messages``).
 
     ``max_tokens`` is required by the API, so it defaults to 4096.
+
+    Tools go out as ``tools`` with an ``input_schema``; ``tool_choice`` ``"auto"``,
+    ``"none"``, ``"required"`` as ``{"type": "auto" | "none" | "any"}``. An assistant
+    message with tool calls becomes content blocks: its Anthropic thinking blocks
+    (unchanged), its text, one ``tool_use`` per call; tool results become
+    ``tool_result`` blocks of a user message. Consecutive messages of one role are
+    merged into one, as the API requires the roles to alternate. A history with
+    tool rounds sent without ``tools`` (the API refuses that) declares the tools it
+    used, with ``tool_choice`` ``"none"``.
     """
 
     name = "anthropic"
@@ -51,19 +76,33 @@ class AnthropicProvider(HTTPProvider):
 
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
         system = [config.system] if config.system else []
-        messages: list[dict[str, str]] = []
-        for message in request.messages:
-            if message.role == "system":
-                system.append(message.content)
-            else:
-                role = "assistant" if message.role == "assistant" else "user"
-                messages.append({"role": role, "content": message.content})
+        messages = anthropic_messages(request.messages, system)
         payload: dict[str, Any] = {
             "model": config.model,
             "max_tokens": config.max_tokens or 4096,
             "messages": messages,
             "stream": True,
         }
+        if request.tools:
+            payload["tools"] = [anthropic_tool(spec) for spec in request.tools]
+            choice = _TOOL_CHOICE.get(request.tool_choice or "")
+            if choice is not None:
+                payload["tool_choice"] = {"type": choice}
+        else:
+            # The API refuses tool_use/tool_result blocks in a request without tools
+            # (a session with an earlier tool round, continued without tools=): name
+            # the tools the history used, and forbid calling them.
+            used = _used_tools(request.messages)
+            if used:
+                payload["tools"] = [
+                    {
+                        "name": name,
+                        "description": "Used earlier in this conversation; not available now.",
+                        "input_schema": {"type": "object", "properties": {}},
+                    }
+                    for name in used
+                ]
+                payload["tool_choice"] = {"type": "none"}
         if system:
             payload["system"] = "\n\n".join(system)
         if config.temperature is not None:
@@ -86,6 +125,105 @@ class AnthropicProvider(HTTPProvider):
         return AnthropicParser(self)
 
 
+_TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "any"}
+
+
+def anthropic_tool(spec: Any) -> dict[str, Any]:
+    """A :class:`~pk_notebook.runtime.tools.ToolSpec` as a Messages API tool."""
+    tool: dict[str, Any] = {"name": spec.name}
+    if spec.description:
+        tool["description"] = spec.description
+    tool["input_schema"] = dict(spec.parameters)
+    return tool
+
+
+def anthropic_messages(
+    history: tuple[Message, ...] | list[Message], system: list[str]
+) -> list[dict[str, Any]]:
+    """The ``messages`` of a request; system messages are appended to ``system``.
+
+    A text-only message keeps plain string content; one with tool calls, tool
+    results has a list of blocks. Anthropic thinking blocks go back with the
+    tool calls they led to (the API requires them there, and ignores those of a
+    finished turn, so a text-only answer stays a string). Messages of the same
+    role in a row are merged (tool results and the user text after them make one
+    user message, results first).
+    """
+    out: list[dict[str, Any]] = []
+    for message in history:
+        if message.role == "system":
+            system.append(message.content)
+            continue
+        content: str | list[dict[str, Any]]
+        if message.role == "tool":
+            role = "user"
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id or "",
+            }
+            if message.content:
+                result["content"] = message.content
+            if message.is_error:
+                result["is_error"] = True
+            content = [result]
+        elif message.role == "assistant":
+            role = "assistant"
+            if message.tool_calls:
+                content = _assistant_blocks(message)
+            elif message.content:
+                content = message.content
+            else:
+                continue  # neither text nor calls: nothing to send
+        else:
+            role = "user"
+            content = message.content
+        if out and out[-1]["role"] == role:
+            previous = out[-1]
+            previous["content"] = _blocks(previous["content"]) + _blocks(content)
+        else:
+            out.append({"role": role, "content": content})
+    return out
+
+
+def _used_tools(history: tuple[Message, ...] | list[Message]) -> list[str]:
+    """The names of the tools the calls in ``history`` used, once each, in order."""
+    names: dict[str, None] = {}
+    for message in history:
+        for call in message.tool_calls:
+            names.setdefault(call.name or "tool", None)
+        if message.role == "tool" and not names:
+            names.setdefault(message.name or "tool", None)
+    return list(names)
+
+
+def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return content
+
+
+def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [
+        {key: value for key, value in block.items() if key != "provider"}
+        for block in message.reasoning_blocks
+        if block.get("provider") == "anthropic"
+    ]
+    if message.content.strip():  # the API refuses a text block of only whitespace
+        blocks.append({"type": "text", "text": message.content})
+    for call in message.tool_calls:
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _input(call)})
+    return blocks
+
+
+def _input(call: ToolCall) -> dict[str, Any]:
+    """A call's arguments as the object ``tool_use`` wants; ``{}`` if they are not one."""
+    try:
+        value = json.loads(call.arguments) if call.arguments.strip() else {}
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class AnthropicParser(StreamParser):
     """Turns a Messages event stream into Delta/Finish.
 
@@ -97,11 +235,15 @@ class AnthropicParser(StreamParser):
     wrong type are a :class:`ProtocolError` with the raw line.
     """
 
-    __slots__ = ("_blocks", "_usage", "model", "stop_reason")
+    __slots__ = ("_blocks", "_thinking", "_usage", "model", "stop_reason")
 
     def __init__(self, provider: HTTPProvider) -> None:
         super().__init__(provider)
-        self._blocks: dict[int, list[Any]] = {}  # index -> [id, name, [json pieces], input JSON]
+        # index -> [id, name, [json pieces], input JSON, ordinal among the calls]
+        self._blocks: dict[int, list[Any]] = {}
+        # index -> the thinking block's record ("thinking" and "signature" kept as lists
+        # of pieces until the end), or a redacted_thinking block's record
+        self._thinking: dict[int, dict[str, Any]] = {}
         self._usage: dict[str, int] = {}
         self.model: str | None = None
         self.stop_reason: str | None = None
@@ -142,7 +284,9 @@ class AnthropicParser(StreamParser):
                     self.model = string(message.get("model"), "'model'") or None
                     self._add_usage(message.get("usage"))
                 elif kind == "content_block_start":
-                    self._block_start(obj)
+                    self._block_start(obj, out)
+                elif kind == "content_block_stop":
+                    self._block_stop(obj, out)
                 elif kind == "message_delta":
                     delta = mapping(obj.get("delta"), "'delta'")
                     reason = string(delta.get("stop_reason"), "'stop_reason'")
@@ -167,7 +311,7 @@ class AnthropicParser(StreamParser):
                 elif kind == "error":
                     self.fail(_http.error_in_stream(self._name, obj, self._secret))
                     break
-                # content_block_stop and unknown future events need nothing
+                # unknown future events need nothing
             except Bad as exc:
                 self.fail_shape(text, str(exc))
                 break
@@ -191,24 +335,65 @@ class AnthropicParser(StreamParser):
             thinking = string(delta.get("thinking"), "'thinking'")
             if thinking:
                 self.emit(out, "", thinking)
+                record = self._thinking.get(_index(obj, -1))
+                if record is not None and record["type"] == "thinking":
+                    record["thinking"].append(thinking)
         elif dtype == "input_json_delta":
             piece = string(delta.get("partial_json"), "'partial_json'")
             block = self._blocks.get(_index(obj, -1))
-            if block is not None and piece:
+            if block is None:
+                out.append(Delta(activity=True))
+                return
+            if piece:
                 self.charge_tools(len(piece))
                 block[2].append(piece)
-            out.append(Delta(activity=True))
-        # signature_delta, citations_delta and future kinds carry no answer text
+            out.append(ToolCallDelta(block[4], arguments=piece))
+        elif dtype == "signature_delta":
+            signature = string(delta.get("signature"), "'signature'")
+            record = self._thinking.get(_index(obj, -1))
+            if record is not None and record["type"] == "thinking" and signature:
+                self.charge_answer(len(signature))
+                record["signature"].append(signature)
+        # citations_delta and future kinds carry no answer text
 
-    def _block_start(self, obj: dict[str, Any]) -> None:
+    def _block_start(self, obj: dict[str, Any], out: list[ProviderEvent]) -> None:
         opened = mapping(obj.get("content_block"), "'content_block'")
-        if opened.get("type") == "tool_use":
+        kind = opened.get("type")
+        if kind == "tool_use":
             tool_id = string(opened.get("id"), "a tool_use block's 'id'")
             name = string(opened.get("name"), "a tool_use block's 'name'")
             initial = opened.get("input")
             arguments = dump_json(initial) if initial else "{}"  # used if no deltas follow
             self.charge_tools(TOOL_CALL_OVERHEAD + len(tool_id) + len(name) + len(arguments))
-            self._blocks[_index(obj, len(self._blocks))] = [tool_id, name, [], arguments]
+            ordinal = len(self._blocks)
+            self._blocks[_index(obj, ordinal)] = [tool_id, name, [], arguments, ordinal]
+            out.append(ToolCallDelta(ordinal, tool_id, name))
+        elif kind == "thinking":
+            thinking = string(opened.get("thinking"), "a thinking block's 'thinking'")
+            signature = string(opened.get("signature"), "a thinking block's 'signature'")
+            if thinking:
+                self.emit(out, "", thinking)
+            self.charge_answer(len(signature))
+            self._thinking[_index(obj, -1 - len(self._thinking))] = {
+                "type": "thinking",
+                "thinking": [thinking] if thinking else [],
+                "signature": [signature] if signature else [],
+            }
+        elif kind == "redacted_thinking":
+            data = string(opened.get("data"), "a redacted_thinking block's 'data'")
+            self.charge_answer(len(data))
+            self._thinking[_index(obj, -1 - len(self._thinking))] = {
+                "type": "redacted_thinking",
+                "data": data,
+            }
+            out.append(Delta(activity=True))
+
+    def _block_stop(self, obj: dict[str, Any], out: list[ProviderEvent]) -> None:
+        block = self._blocks.get(_index(obj, -1))
+        if block is not None and not block[2] and block[3] != "{}":
+            # A tool_use whose input came whole in its start event: report it too, so
+            # the fragments add up to the call.
+            out.append(ToolCallDelta(block[4], arguments=block[3]))
 
     def _add_usage(self, usage: Any) -> None:
         """Keep the four counts the API reports; a later null does not erase a count."""
@@ -219,11 +404,32 @@ class AnthropicParser(StreamParser):
 
     def _finish(self) -> Finish:
         tools = []
-        for _, (tool_id, name, pieces, initial) in sorted(self._blocks.items()):
+        for _, (tool_id, name, pieces, initial, _ordinal) in sorted(self._blocks.items()):
             tools.append(ToolCall(tool_id, name, "".join(pieces) or initial))
+        usage = usage_from_anthropic(self._usage)
+        blocks = self.reasoning_blocks()
+        if not blocks:
+            return self._provider.finish(self.stop_reason, usage, tuple(tools), self.model)
         return self._provider.finish(
-            self.stop_reason, usage_from_anthropic(self._usage), tuple(tools), self.model
+            self.stop_reason, usage, tuple(tools), self.model, reasoning_blocks=blocks
         )
+
+    def reasoning_blocks(self) -> tuple[dict[str, Any], ...]:
+        """The thinking and redacted thinking blocks so far, in order, ready to send back."""
+        blocks: list[dict[str, Any]] = []
+        for _, record in sorted(self._thinking.items()):
+            if record["type"] == "thinking":
+                blocks.append(
+                    {
+                        "provider": "anthropic",
+                        "type": "thinking",
+                        "thinking": "".join(record["thinking"]),
+                        "signature": "".join(record["signature"]),
+                    }
+                )
+            else:
+                blocks.append({"provider": "anthropic", **record})
+        return tuple(blocks)
 
 
 _USAGE_KEYS = (

@@ -227,11 +227,19 @@ class HTTPProvider(abc.ABC):
         usage: Usage | None,
         tool_calls: tuple[Any, ...],
         model: str | None,
+        *,
+        reasoning_blocks: tuple[Mapping[str, Any], ...] = (),
     ) -> Finish:
         cost = None
         if self.prices is not None and usage is not None:
             price = lookup_price(self.prices, model or self.model)
             if price is not None:
                 cost = price.cost(usage)
-        return Finish(reason=reason, usage=usage, tool_calls=tool_calls, model=model, cost=cost)
-
+        return Finish(
+            reason=reason,
+            usage=usage,
+            tool_calls=tool_calls,
+            model=model,
+            cost=cost,
+            reasoning_blocks=reasoning_blocks,
+        )

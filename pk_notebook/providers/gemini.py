@@ -6,15 +6,29 @@ true`` parts are reasoning), ``functionCall`` parts with complete arguments,
 last one counts). There is no end marker: the answer is complete when the body
 ends after a ``finishReason``. The key goes in the ``x-goog-api-key`` header,
 never in the URL, so it cannot leak through a logged URL.
+
+A ``functionCall`` part may carry a ``thoughtSignature`` (Gemini's record of the
+thinking that led to the call): it is kept in :attr:`ToolCall.signature` and sent
+back with the call, as the API requires in a tool loop.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ..runtime.errors import ProtocolError, ProviderError
-from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
+from ..runtime.types import (
+    Finish,
+    Message,
+    ProviderConfig,
+    ProviderEvent,
+    Request,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from . import _http
 from ._parse import (
     TOOL_CALL_OVERHEAD,
@@ -32,7 +46,16 @@ GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 
 
 class GeminiProvider(HTTPProvider):
-    """Gemini models over the Generative Language API."""
+    """Gemini models over the Generative Language API.
+
+    Tools go out as one ``functionDeclarations`` tool (each with
+    ``parametersJsonSchema``: a full JSON schema, ``$defs`` included), ``tool_choice``
+    as ``toolConfig.functionCallingConfig.mode`` ``AUTO``/``NONE``/``ANY``. An
+    assistant message becomes a ``"model"`` content: its text, then a
+    ``functionCall`` part per call (with its ``thoughtSignature``); tool results
+    become ``functionResponse`` parts of a ``"user"`` content. Consecutive contents
+    of one role are merged. Thought parts are not sent back.
+    """
 
     name = "gemini"
     default_base_url = GEMINI_BASE_URL
@@ -49,14 +72,15 @@ class GeminiProvider(HTTPProvider):
 
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
         system = [config.system] if config.system else []
-        contents: list[dict[str, Any]] = []
-        for message in request.messages:
-            if message.role == "system":
-                system.append(message.content)
-                continue
-            role = "model" if message.role == "assistant" else "user"
-            contents.append({"role": role, "parts": [{"text": message.content}]})
+        contents = gemini_contents(request.messages, system)
         payload: dict[str, Any] = {"contents": contents}
+        if request.tools:
+            payload["tools"] = [
+                {"functionDeclarations": [gemini_function(spec) for spec in request.tools]}
+            ]
+            mode = _MODES.get(request.tool_choice or "")
+            if mode is not None:
+                payload["toolConfig"] = {"functionCallingConfig": {"mode": mode}}
         if system:
             payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
         generation: dict[str, Any] = {}
@@ -82,6 +106,70 @@ class GeminiProvider(HTTPProvider):
 
     def parser(self, config: ProviderConfig) -> GeminiParser:
         return GeminiParser(self)
+
+
+_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+
+
+def gemini_function(spec: Any) -> dict[str, Any]:
+    """A :class:`~pk_notebook.runtime.tools.ToolSpec` as a function declaration."""
+    declaration: dict[str, Any] = {"name": spec.name}
+    if spec.description:
+        declaration["description"] = spec.description
+    declaration["parametersJsonSchema"] = dict(spec.parameters)
+    return declaration
+
+
+def gemini_contents(
+    history: tuple[Message, ...] | list[Message], system: list[str]
+) -> list[dict[str, Any]]:
+    """The ``contents`` of a request; system messages are appended to ``system``."""
+    out: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # call id -> tool name, for a result that lacks the name
+    for message in history:
+        if message.role == "system":
+            system.append(message.content)
+            continue
+        parts: list[dict[str, Any]]
+        if message.role == "tool":
+            role = "user"
+            key = "error" if message.is_error else "result"
+            parts = [
+                {
+                    "functionResponse": {
+                        "name": message.name or names.get(message.tool_call_id or "", ""),
+                        "response": {key: message.content},
+                    }
+                }
+            ]
+        elif message.role == "assistant":
+            role = "model"
+            parts = [{"text": message.content}] if message.content else []
+            for call in message.tool_calls:
+                names[call.id] = call.name
+                part: dict[str, Any] = {"functionCall": {"name": call.name, "args": _args(call)}}
+                if call.signature:
+                    part["thoughtSignature"] = call.signature
+                parts.append(part)
+            if not parts:
+                continue  # neither text nor calls: nothing to send
+        else:
+            role = "user"
+            parts = [{"text": message.content}]
+        if out and out[-1]["role"] == role:
+            out[-1]["parts"].extend(parts)
+        else:
+            out.append({"role": role, "parts": parts})
+    return out
+
+
+def _args(call: ToolCall) -> dict[str, Any]:
+    """A call's arguments as the object ``functionCall.args`` wants; ``{}`` if not one."""
+    try:
+        value = json.loads(call.arguments) if call.arguments.strip() else {}
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class GeminiParser(StreamParser):
@@ -177,9 +265,14 @@ class GeminiParser(StreamParser):
                 name = string(call.get("name"), "a functionCall's 'name'")
                 call_id = string(call.get("id"), "a functionCall's 'id'")
                 arguments = dump_json(mapping(call.get("args"), "a functionCall's 'args'"))
-                self.charge_tools(TOOL_CALL_OVERHEAD + len(name) + len(call_id) + len(arguments))
-                self._tools.append(ToolCall(call_id or f"call_{len(self._tools)}", name, arguments))
-                out.append(Delta(activity=True))
+                signature = string(part.get("thoughtSignature"), "a part's 'thoughtSignature'")
+                self.charge_tools(
+                    TOOL_CALL_OVERHEAD + len(name) + len(call_id) + len(arguments) + len(signature)
+                )
+                ordinal = len(self._tools)
+                call_id = call_id or f"call_{ordinal}"
+                self._tools.append(ToolCall(call_id, name, arguments, signature))
+                out.append(ToolCallDelta(ordinal, call_id, name, arguments))
         reason = candidate.get("finishReason")
         if reason is not None:
             reason = string(reason, "'finishReason'")

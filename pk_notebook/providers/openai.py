@@ -11,7 +11,10 @@ finish chunk may carry ``finish_reason: null`` again (OpenRouter), so the last
 non-null reason is kept; reasoning arrives as ``reasoning_content`` (DeepSeek) or
 ``reasoning`` (Groq, OpenRouter); errors arrive as ``event: error`` (Groq) or as a
 chunk with a top-level ``error`` (OpenRouter); tool-call fragments are joined by
-their ``index``.
+their ``index`` and reported as :class:`ToolCallDelta` as they arrive.
+
+``<think>...</think>`` in the text (local reasoning models) becomes reasoning:
+see :mod:`pk_notebook.providers._think` and the ``think_tags`` option.
 """
 
 from __future__ import annotations
@@ -19,10 +22,21 @@ from __future__ import annotations
 from json import loads
 from typing import Any, ClassVar
 
-from ..runtime.errors import ProtocolError
-from ..runtime.types import Delta, Finish, ProviderConfig, ProviderEvent, Request, ToolCall, Usage
+from ..runtime.errors import ConfigurationError, ProtocolError
+from ..runtime.types import (
+    Delta,
+    Finish,
+    Message,
+    ProviderConfig,
+    ProviderEvent,
+    Request,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from . import _http
 from ._parse import TOOL_CALL_OVERHEAD, Bad, StreamParser, count, mapping, scan_json, string
+from ._think import THINK_TAGS, ThinkSplitter
 from .base import HTTPProvider
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -39,6 +53,20 @@ class OpenAIProvider(HTTPProvider):
         max_tokens_field: the request field for ``max_tokens``; the official API
             wants ``max_completion_tokens``, most compatible servers ``max_tokens``.
         query: query parameters added to the URL (Azure's ``api-version``).
+        think_tags: what ``<think>...</think>`` in the answer text is (local
+            reasoning models on Ollama, vLLM, LM Studio): ``"auto"`` (the default)
+            turns a ``<think>`` at the start of the answer into reasoning, and
+            starts models whose template opens the tag itself (names matching
+            ``deepseek-r1``, ``r1-distill``, ``qwq``) inside the reasoning until
+            ``</think>``; ``"open"`` starts every model inside it; ``"off"`` leaves
+            the text alone. A server that sends reasoning in its own field turns
+            it off. Details in :mod:`pk_notebook.providers._think`.
+
+    Tools go out as ``tools`` of ``{"type": "function", ...}``, ``tool_choice`` as
+    the string it is; an assistant message's tool calls as its ``tool_calls``, a
+    tool result as a ``"tool"`` message. Reasoning is never sent back: compatible
+    servers reject or ignore it, and DeepSeek asks that ``reasoning_content`` not
+    be sent again.
     """
 
     name = "openai"
@@ -55,9 +83,15 @@ class OpenAIProvider(HTTPProvider):
         include_usage: bool = True,
         max_tokens_field: str | None = None,
         query: dict[str, str] | None = None,
+        think_tags: str = "auto",
         **options: Any,
     ) -> None:
+        if think_tags not in THINK_TAGS:
+            raise ConfigurationError(
+                f"think_tags must be one of {', '.join(THINK_TAGS)}, got {think_tags!r}"
+            )
         super().__init__(model, **options)
+        self.think_tags = think_tags
         self.api_key_header = api_key_header.lower()
         self.include_usage = include_usage
         official = self.base_url.startswith(OPENAI_BASE_URL)
@@ -71,11 +105,20 @@ class OpenAIProvider(HTTPProvider):
             self.url += "?" + urlencode(query)
 
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
-        messages: list[dict[str, str]] = []
+        messages: list[dict[str, Any]] = []
         if config.system:
             messages.append({"role": "system", "content": config.system})
-        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        for m in request.messages:
+            if m.tool_calls or m.role == "tool":
+                messages.append(openai_message(m))
+            elif m.role != "assistant" or m.content:
+                messages.append({"role": m.role, "content": m.content})
+            # an assistant message with neither text nor calls: nothing to send
         payload: dict[str, Any] = {"model": config.model, "messages": messages, "stream": True}
+        if request.tools:
+            payload["tools"] = [openai_tool(spec) for spec in request.tools]
+            if request.tool_choice is not None:
+                payload["tool_choice"] = request.tool_choice
         if self.include_usage:
             payload["stream_options"] = {"include_usage": True}
         if config.temperature is not None:
@@ -99,6 +142,37 @@ class OpenAIProvider(HTTPProvider):
         return OpenAIParser(self, config)
 
 
+def openai_tool(spec: Any) -> dict[str, Any]:
+    """A :class:`~pk_notebook.runtime.tools.ToolSpec` as a Chat Completions tool."""
+    function: dict[str, Any] = {"name": spec.name}
+    if spec.description:
+        function["description"] = spec.description
+    function["parameters"] = dict(spec.parameters)
+    return {"type": "function", "function": function}
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    """An assistant message with tool calls, or a tool result, in Chat Completions form."""
+    if message.role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_call_id or "",
+            "content": message.content,
+        }
+    return {
+        "role": message.role,
+        "content": message.content or None,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments or "{}"},
+            }
+            for call in message.tool_calls
+        ],
+    }
+
+
 class OpenAIParser(StreamParser):
     """Turns a Chat Completions event stream into Delta/Finish, one read at a time.
 
@@ -118,12 +192,17 @@ class OpenAIParser(StreamParser):
       protocol, and guessing would report something it did not say.
     """
 
-    __slots__ = ("_refused", "_tools", "finish_reason", "model", "usage")
+    __slots__ = ("_refused", "_think", "_tools", "finish_reason", "model", "usage")
 
     def __init__(self, provider: HTTPProvider, config: ProviderConfig | None = None) -> None:
         super().__init__(provider)
         self._tools: dict[int, list[Any]] | None = None
         self._refused = False
+        model = config.model if config is not None else None
+        #: the <think> splitter while a tag may still come; None = plain text (the fast path)
+        self._think: ThinkSplitter | None = ThinkSplitter.for_model(
+            getattr(provider, "think_tags", "auto"), model or getattr(provider, "model", None)
+        )
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.usage: Usage | None = None
@@ -137,8 +216,11 @@ class OpenAIParser(StreamParser):
             return out
         keep = self._parts.append  # looked up once per read, not once per chunk
         max_answer = self._max_answer
+        think = self._think
         for data, name in events:
             if data == b"[DONE]":
+                if self._think is not None:
+                    self._flush_think(out)
                 out.append(self._finish())
                 self.done = True
                 break
@@ -184,7 +266,7 @@ class OpenAIParser(StreamParser):
                         delta = choice.get("delta")
                         if delta:
                             content = delta.get("content") if type(delta) is dict else None
-                            if type(content) is str and len(delta) == 1:
+                            if type(content) is str and len(delta) == 1 and think is None:
                                 if content:  # the common chunk: just text
                                     size = self._size + len(content)
                                     if size > max_answer:
@@ -196,12 +278,16 @@ class OpenAIParser(StreamParser):
                                 raise Bad("'delta' is not an object")
                             else:
                                 self._delta(delta, out)
+                                think = self._think
                         reason = choice.get("finish_reason")
                         if reason is not None:
                             if type(reason) is not str:
                                 raise Bad("'finish_reason' is not a string")
                             if reason:
                                 self.finish_reason = reason
+                                if think is not None:  # the text is complete
+                                    self._flush_think(out)
+                                    think = None
                 usage = obj.get("usage")
                 if usage:
                     self.usage = usage_from_openai(usage)
@@ -234,22 +320,44 @@ class OpenAIParser(StreamParser):
         if refusal is not None:
             refusal = string(refusal, "'refusal'")
             if refusal:
-                text += refusal
                 self._refused = True
         if not reasoning:
             reasoning = string(delta.get("reasoning_content"), "'reasoning_content'") or string(
                 delta.get("reasoning"), "'reasoning'"
             )
+        think = self._think
+        if think is not None:
+            if reasoning and not think.seen_text:
+                # The server splits the reasoning out itself: no tags in the text.
+                self._think = think = None
+            elif text:
+                text, thought = think.feed(text)
+                if think.off:
+                    self._think = None
+                if thought:
+                    reasoning += thought
+                if not (text or reasoning):
+                    out.append(Delta(activity=True))  # held back: still a sign of life
+        if refusal:
+            text += refusal
         if text or reasoning:
             self.emit(out, text, reasoning)
         tool_calls = delta.get("tool_calls")
         if tool_calls:
             if type(tool_calls) is not list:
                 raise Bad("'tool_calls' is not a list")
-            self._tool_fragments(tool_calls)
-            out.append(Delta(activity=True))
+            self._tool_fragments(tool_calls, out)
 
-    def _tool_fragments(self, fragments: list[Any]) -> None:
+    def _flush_think(self, out: list[ProviderEvent]) -> None:
+        """The end of the answer: send what the splitter holds back, and bypass it."""
+        think = self._think
+        self._think = None
+        if think is not None:
+            text, reasoning = think.flush()
+            if text or reasoning:
+                self.emit(out, text, reasoning)
+
+    def _tool_fragments(self, fragments: list[Any], out: list[ProviderEvent]) -> None:
         tools = self._tools
         if tools is None:
             tools = self._tools = {}
@@ -278,6 +386,7 @@ class OpenAIParser(StreamParser):
             if arguments:
                 self.charge_tools(len(arguments))
                 slot[2].append(arguments)
+            out.append(ToolCallDelta(index, call_id, name, arguments))
 
     def _finish(self) -> Finish:
         tools: tuple[ToolCall, ...] = ()

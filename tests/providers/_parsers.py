@@ -31,9 +31,21 @@ class StubProvider:
         self.limits = limits
 
     def finish(
-        self, reason: str | None, usage: Usage | None, tool_calls: Any, model: str | None
+        self,
+        reason: str | None,
+        usage: Usage | None,
+        tool_calls: Any,
+        model: str | None,
+        *,
+        reasoning_blocks: Any = (),
     ) -> Finish:
-        return Finish(reason=reason, usage=usage, tool_calls=tuple(tool_calls), model=model)
+        return Finish(
+            reason=reason,
+            usage=usage,
+            tool_calls=tuple(tool_calls),
+            model=model,
+            reasoning_blocks=tuple(reasoning_blocks),
+        )
 
 
 def make_parser(
