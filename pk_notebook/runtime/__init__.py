@@ -9,6 +9,7 @@ from .errors import (
     ConfigurationError,
     MissingAPIKey,
     NetworkError,
+    OutputValidationError,
     PkNotebookError,
     ProtocolError,
     ProviderError,
@@ -41,6 +42,7 @@ from .pricing import (
 from .provider import (
     Provider,
 )
+from .schema import OutputSchema, output_schema
 from .store import (
     HistoryLimit,
     SessionInfo,
@@ -97,6 +99,8 @@ __all__ = [
     "Middleware",
     "MissingAPIKey",
     "NetworkError",
+    "OutputSchema",
+    "OutputValidationError",
     "Pipeline",
     "PkNotebookError",
     "Price",
@@ -137,6 +141,7 @@ __all__ = [
     "coalesce",
     "iter_lines",
     "lookup_price",
+    "output_schema",
     "redact",
     "run_sync",
     "tool",

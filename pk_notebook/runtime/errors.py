@@ -10,6 +10,7 @@
     │   ├── StreamTimeout            total deadline or idle timeout (kind="total"|"idle")
     │   ├── TruncatedStream          the stream ended without the provider's end marker
     │   ├── ProtocolError            bytes that are not the protocol; carries the raw line
+    │   ├── OutputValidationError    a structured answer that does not fit its schema
     │   └── StreamCancelled          stopped by the caller (Stop button, stop(), Interrupt)
     ├── ConfigurationError           bad options, unknown provider, missing key
     │   └── MissingAPIKey            names the environment variable to set
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigurationError",
     "MissingAPIKey",
     "NetworkError",
+    "OutputValidationError",
     "PkNotebookError",
     "ProtocolError",
     "ProviderError",
@@ -294,6 +296,27 @@ class ProtocolError(StreamError):
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["raw"] = self.raw
+        return data
+
+
+class OutputValidationError(StreamError):
+    """A structured answer (``schema=``) that is not valid JSON for its schema.
+
+    ``raw`` is the whole answer text, ``errors`` says what failed (one line per
+    problem, with the path into the object). The answer is kept, in the result
+    and in the session, as the text it was.
+    """
+
+    def __init__(
+        self, message: str, *, raw: str, errors: tuple[str, ...] = (), partial_text: str = ""
+    ) -> None:
+        super().__init__(message, partial_text=partial_text or raw)
+        self.raw = raw
+        self.errors = errors
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["errors"] = list(self.errors)
         return data
 
 

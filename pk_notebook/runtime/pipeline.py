@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .errors import ConfigurationError, UsageError
 from .memory import MemoryStore
 from .middleware import CallNext, Middleware, ProviderMiddleware
+from .schema import output_schema
 from .store import HistoryLimit, StateStore, check_session_id
 from .stream import Stream
 from .tools import DEFAULT_MAX_TOOL_ROUNDS, Approver, as_tools
@@ -152,6 +153,7 @@ class Pipeline:
         tools: Any = None,
         max_tool_rounds: int | None = None,
         approve: Approver | None = None,
+        schema: Any = None,
     ) -> Stream:
         """A turn, ready to run: ``async with pipe.stream("...") as s: async for c in s``.
 
@@ -167,6 +169,10 @@ class Pipeline:
         back, for up to ``max_tool_rounds`` rounds, all under one lock, one save
         and one :meth:`Stream.stop`. ``approve(call)`` (sync or async) is asked
         before each call runs; a false answer denies it.
+
+        ``schema`` (a pydantic model, dataclass, TypedDict or JSON-schema dict)
+        asks for a structured answer: ``stream.partial`` while it streams,
+        ``result.parsed`` at the end (see :mod:`pk_notebook.runtime.schema`).
         """
         self._check_open()
         if config is not None and not isinstance(config, ProviderConfig):
@@ -198,6 +204,7 @@ class Pipeline:
             tools=as_tools(tools),
             max_tool_rounds=rounds,
             approve=approve,
+            schema=output_schema(schema) if schema is not None else None,
         )
 
     async def execute_stream(

@@ -47,6 +47,7 @@ from .errors import (
     TruncatedStream,
     UsageError,
 )
+from .schema import OutputSchema
 from .toolrun import Fragments, ToolRound, with_ids
 from .tools import DEFAULT_MAX_TOOL_ROUNDS, Approver, ToolSpec
 from .types import (
@@ -131,6 +132,7 @@ class Stream:
         tools: tuple[ToolSpec, ...] = (),
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         approve: Approver | None = None,
+        schema: OutputSchema | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._message = message
@@ -139,7 +141,13 @@ class Stream:
         self._config = config or ProviderConfig()
         self._timeout = timeout
         self._idle_timeout = idle_timeout
-        self._request = Request((*history, message), self._config, session_id, tools=tools)
+        self._request = Request(
+            (*history, message), self._config, session_id, tools=tools, schema=schema
+        )
+        self._schema = schema
+        self._parsed: Any = None
+        self._partial_at = -1
+        self._partial: Any = None
 
         # A turn with tools spans several model calls ("rounds"): what came before
         # the current one is kept here, and each round's answer starts at these marks.
@@ -208,6 +216,18 @@ class Stream:
     def reasoning(self) -> str:
         """The reasoning ("thinking") received so far, kept apart from the answer."""
         return "".join(self._reasoning)
+
+    @property
+    def partial(self) -> Any:
+        """With ``schema=``: the answer parsed so far (dicts and lists; ``None`` before it
+        begins). Parsed when read, so it costs nothing unless someone looks."""
+        if self._schema is None:
+            return None
+        text = self.text
+        if len(text) != self._partial_at:
+            self._partial_at = len(text)
+            self._partial = self._schema.partial(text)
+        return self._partial
 
     @property
     def tool_results(self) -> tuple[ToolResult, ...]:
@@ -361,9 +381,7 @@ class Stream:
         past = await store.load(session_id)
         if pipeline.history is not None:
             past = pipeline.history.apply(past)
-        self._request = Request(
-            (*past, self._message), self._config, session_id, tools=self._request.tools
-        )
+        self._request = self._request.replace(messages=(*past, self._message))
 
     async def __aenter__(self) -> Stream:
         return await self.open()
@@ -440,6 +458,11 @@ class Stream:
                         self._waiter = None
                         return await self.next()
                     self._waiter = None
+                    if self._schema is not None and not event.tool_calls:
+                        # Validated here, so a bad answer ends the stream with its error
+                        # like any other failure: raised once, the text kept.
+                        answer = "".join(self._parts[self._round_text :])
+                        self._parsed = self._schema.parse(answer, event.reason)
                     await self._end(StreamStatus.FINISHED, None)
                     return await self._after_end()
                 raise ProtocolError(
@@ -917,6 +940,8 @@ class Stream:
             tool_calls=tuple(calls),
             tool_results=tuple(results),
             model_calls=self._round,
+            parsed=self._parsed,
+            schema_mode=call.schema_mode,
             chunks=self._count,
             attempts=max(call.attempts, 1),
             time_to_first_chunk=self.time_to_first_chunk,

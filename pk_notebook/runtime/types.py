@@ -410,6 +410,9 @@ class Result:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_results: tuple[ToolResult, ...] = ()
     model_calls: int = 1
+    #: with ``schema=``: the validated answer, and how the provider was asked for it
+    parsed: Any = field(default=None, compare=False)
+    schema_mode: str | None = None
     chunks: int = 0
     attempts: int = 1
     time_to_first_chunk: float | None = None
@@ -451,6 +454,8 @@ class Result:
             "tool_calls": [t.to_dict() for t in self.tool_calls],
             "tool_results": [t.to_dict() for t in self.tool_results],
             "model_calls": self.model_calls,
+            "parsed": _jsonable(self.parsed),
+            "schema_mode": self.schema_mode,
             "chunks": self.chunks,
             "attempts": self.attempts,
             "time_to_first_chunk": self.time_to_first_chunk,
@@ -459,6 +464,17 @@ class Result:
             "warnings": list(self.warnings),
             "error": _error_dict(self.error),
         }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    try:
+        from pydantic_core import to_jsonable_python
+
+        return to_jsonable_python(value)
+    except Exception:
+        return repr(value)
 
 
 def _error_dict(error: BaseException | None) -> dict[str, Any] | None:
@@ -550,6 +566,9 @@ class CallInfo:
     provider: str | None = None
     model: str | None = None
     attempts: int = 0
+    #: how the provider asked for structured output (``schema=``): ``"json_schema"``,
+    #: ``"tool"``, ``"prompt"``... set by the provider when it builds the request
+    schema_mode: str | None = None
 
 
 @dataclass(slots=True)
@@ -574,6 +593,8 @@ class Request:
     #: ``None`` (the provider's default: the model decides), ``"auto"``, ``"none"``
     #: (answer in text; sent after the last allowed tool round) or ``"required"``
     tool_choice: str | None = None
+    #: the shape the answer must have (:class:`~pk_notebook.runtime.schema.OutputSchema`)
+    schema: Any = None
 
     def replace(self, **changes: Any) -> Request:
         return replace(self, **changes)
