@@ -4,6 +4,7 @@ It imports nothing from ``providers``, ``notebook`` or ``web`` (pydantic only
 when a tool is described), so scripts, servers and kernels all share it.
 """
 
+from .attachments import Attachment, as_attachment
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -87,6 +88,7 @@ from .types import (
 
 __all__ = [
     "DEFAULT_MAX_TOOL_ROUNDS",
+    "Attachment",
     "AuthenticationError",
     "CallInfo",
     "Chunk",
@@ -138,6 +140,7 @@ __all__ = [
     "Usage",
     "UsageError",
     "UsageMiddleware",
+    "as_attachment",
     "coalesce",
     "iter_lines",
     "lookup_price",

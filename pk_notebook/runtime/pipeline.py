@@ -27,6 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from .attachments import as_attachments
 from .errors import ConfigurationError, UsageError
 from .memory import MemoryStore
 from .middleware import CallNext, Middleware, ProviderMiddleware
@@ -154,6 +155,7 @@ class Pipeline:
         max_tool_rounds: int | None = None,
         approve: Approver | None = None,
         schema: Any = None,
+        attachments: Any = None,
     ) -> Stream:
         """A turn, ready to run: ``async with pipe.stream("...") as s: async for c in s``.
 
@@ -173,6 +175,10 @@ class Pipeline:
         ``schema`` (a pydantic model, dataclass, TypedDict or JSON-schema dict)
         asks for a structured answer: ``stream.partial`` while it streams,
         ``result.parsed`` at the end (see :mod:`pk_notebook.runtime.schema`).
+
+        ``attachments`` are images and PDFs sent with the message: figures, PIL
+        images, ``IPython.display.Image``, paths (see
+        :mod:`pk_notebook.runtime.attachments`, which also says what a session keeps).
         """
         self._check_open()
         if config is not None and not isinstance(config, ProviderConfig):
@@ -193,9 +199,10 @@ class Pipeline:
         _check_rounds(rounds)
         if approve is not None and not callable(approve):
             raise ConfigurationError("approve must be a function: approve(call) -> bool")
+        files = as_attachments(attachments)
         return Stream(
             self,
-            Message(role, content),  # type: ignore[arg-type]  # checked by Message
+            Message(role, content, attachments=files),  # type: ignore[arg-type]  # checked by Message
             session_id=session,
             history=tuple(history or ()),
             config=config,

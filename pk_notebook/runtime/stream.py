@@ -39,6 +39,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .attachments import for_history
 from .errors import (
     PkNotebookError,
     ProtocolError,
@@ -858,7 +859,7 @@ class Stream:
         session_id = self._session_id
         try:
             await asyncio.wait_for(
-                pipeline.state_store.append(session_id, [self._message, *added]),  # type: ignore[arg-type]
+                pipeline.state_store.append(session_id, [for_history(self._message), *added]),  # type: ignore[arg-type]
                 SAVE_TIMEOUT,
             )
         except asyncio.TimeoutError:

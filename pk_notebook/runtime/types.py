@@ -68,6 +68,9 @@ class Message:
     #: signed and redacted thinking blocks); each has a ``"provider"`` key, and other
     #: providers skip them
     reasoning_blocks: tuple[Mapping[str, Any], ...] = ()
+    #: images and files sent with a user message
+    #: (:class:`~pk_notebook.runtime.attachments.Attachment`)
+    attachments: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -115,6 +118,8 @@ class Message:
             data["reasoning"] = self.reasoning
         if self.reasoning_blocks:
             data["reasoning_blocks"] = [dict(b) for b in self.reasoning_blocks]
+        if self.attachments:
+            data["attachments"] = [a.to_dict() for a in self.attachments]
         return data
 
     @classmethod
@@ -145,6 +150,11 @@ def parts_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     blocks = data.get("reasoning_blocks")
     if blocks:
         parts["reasoning_blocks"] = tuple(dict(b) for b in blocks)
+    files = data.get("attachments")
+    if files:
+        from .attachments import Attachment
+
+        parts["attachments"] = tuple(Attachment.from_dict(a) for a in files)
     return parts
 
 
