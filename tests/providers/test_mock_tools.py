@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pk_notebook import ConfigurationError
+from pk_notebook import ConfigurationError, Pipeline
 from pk_notebook.providers import MockProvider, Scenario
 from pk_notebook.runtime.tools import ToolSpec
 from pk_notebook.runtime.types import (
@@ -346,3 +346,49 @@ async def test_the_demo_weather_prompts_find_the_city(prompt: str, city: str) ->
     provider = MockProvider.demo(chunk_delay=0, first_chunk_delay=0)
     (call,) = finish_of(await events(provider, request([Message("user", prompt)]))).tool_calls
     assert json.loads(call.arguments) == {"city": city}
+
+
+# --- through the pipeline's tool loop ----------------------------------------------------
+
+
+def get_weather(city: str) -> str:
+    """Current weather for a city."""
+    return f"light rain over {city}, 14 °C"
+
+
+async def test_the_demo_runs_a_whole_tool_turn_in_the_pipeline() -> None:
+    provider = MockProvider.demo(chunk_delay=0, first_chunk_delay=0)
+    async with Pipeline(provider) as pipe:
+        kinds: list[str] = []
+        async with pipe.stream(
+            "Should I take an umbrella in Paris?", session="trip", tools=[get_weather]
+        ) as stream:
+            async for chunk in stream:
+                if chunk.tool is not None:
+                    kinds.append(chunk.tool.kind)
+        result = stream.result
+        history = await pipe.state_store.load("trip")
+    assert result.complete and result.model_calls == 2
+    assert "light rain over Paris, 14 °C" in result.text
+    assert "get_weather" in result.reasoning
+    assert kinds[0] == "start" and kinds.count("arguments") > 1
+    assert kinds[-3:] == ["call", "running", "result"]
+    assert [m.role for m in history] == ["user", "assistant", "tool", "assistant"]
+    assert history[1].tool_calls[0].id == history[2].tool_call_id == "call_1"
+
+
+async def test_a_scenario_with_many_rounds_reaches_max_tool_rounds() -> None:
+    scenario = {
+        "match": r"weather in (?P<city>\w+)",
+        "tool_calls": [{"name": "get_weather", "arguments": {"city": "{city}"}}],
+        "rounds": 10,
+        "answer": "Done after {results}",
+    }
+    provider = MockProvider([scenario])
+    async with Pipeline(provider) as pipe:
+        result = await pipe.execute(
+            "user", "weather in Oslo", tools=[get_weather], max_tool_rounds=2
+        )
+    assert [c.request.tool_choice for c in provider.calls] == [None, None, "none"]
+    assert result.complete and len(result.tool_results) == 2
+    assert result.text == "Done after light rain over Oslo, 14 °C\nlight rain over Oslo, 14 °C"
