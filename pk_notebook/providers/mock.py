@@ -10,6 +10,11 @@ punctuation mark, with the spaces before it), sent after ``first_chunk_delay``
 and then every ``chunk_delay`` seconds, and usage is estimated the same way a
 real provider would count it. A :class:`Fault` rehearses what real servers do
 wrong: an error after N chunks, a stall, a cut connection, rate limiting.
+
+A scenario can also think (``reasoning``) and use tools: ``tool_calls`` makes it
+call them (streamed as :class:`ToolCallDelta` fragments), and ``answer`` is what
+it says once the results come back, with ``{result}`` in it (see
+:class:`Scenario`). The demo set's ``get_weather`` scenario shows both offline.
 """
 
 from __future__ import annotations

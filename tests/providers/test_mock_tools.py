@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from pk_notebook import ConfigurationError, Pipeline
+from pk_notebook import ConfigurationError, Pipeline, ProviderMiddleware
 from pk_notebook.providers import MockProvider, Scenario
+from pk_notebook.providers.mock import ScriptedCall
 from pk_notebook.runtime.tools import ToolSpec
 from pk_notebook.runtime.types import (
     Delta,
@@ -178,7 +179,10 @@ async def test_a_tool_message_without_a_name_is_matched_to_its_call_by_id() -> N
         Message("assistant", "", tool_calls=tuple(calls)),
         Message("tool", "mild", tool_call_id=calls[0].id),
     ]
-    scenario = Scenario(tool_calls=WEATHER["tool_calls"], answer="{result[get_weather]}")
+    scenario = Scenario(
+        tool_calls=(ScriptedCall("get_weather", {"city": "{city}"}),),
+        answer="{result[get_weather]}",
+    )
     evs = await events(MockProvider([scenario]), request(history))
     assert text_of(evs) == "mild"
 
@@ -340,6 +344,8 @@ async def test_the_demo_compares_two_cities_with_parallel_calls() -> None:
         ("What's the weather in New York today?", "New York"),
         ("weather in Rio de Janeiro", "Rio de Janeiro"),
         ("Will I need a raincoat in Lisbon, do you think?", "Lisbon"),
+        ("Is it raining in Paris right now?", "Paris"),
+        ("What is the forecast in Rio de Janeiro next week?", "Rio de Janeiro"),
     ],
 )
 async def test_the_demo_weather_prompts_find_the_city(prompt: str, city: str) -> None:
@@ -358,7 +364,7 @@ def get_weather(city: str) -> str:
 
 async def test_the_demo_runs_a_whole_tool_turn_in_the_pipeline() -> None:
     provider = MockProvider.demo(chunk_delay=0, first_chunk_delay=0)
-    async with Pipeline(provider) as pipe:
+    async with Pipeline(ProviderMiddleware(provider)) as pipe:
         kinds: list[str] = []
         async with pipe.stream(
             "Should I take an umbrella in Paris?", session="trip", tools=[get_weather]
@@ -385,10 +391,26 @@ async def test_a_scenario_with_many_rounds_reaches_max_tool_rounds() -> None:
         "answer": "Done after {results}",
     }
     provider = MockProvider([scenario])
-    async with Pipeline(provider) as pipe:
+    async with Pipeline(ProviderMiddleware(provider)) as pipe:
         result = await pipe.execute(
             "user", "weather in Oslo", tools=[get_weather], max_tool_rounds=2
         )
     assert [c.request.tool_choice for c in provider.calls] == [None, None, "none"]
     assert result.complete and len(result.tool_results) == 2
     assert result.text == "Done after light rain over Oslo, 14 °C\nlight rain over Oslo, 14 °C"
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Write a haiku about autumn rain",
+        "Describe autumn rain. Then tell me what is in Paris",
+        "Describe autumn rain with this structure: {topic}",
+        "Plan a day in Paris",
+    ],
+)
+def test_other_demo_prompts_do_not_call_tools(prompt: str) -> None:
+    provider = MockProvider.demo()
+    plan = provider.plan(request([Message("user", prompt)]))
+    assert plan.tool_calls == ()
+    assert plan.scenario is None or not (plan.scenario.name or "").startswith("weather")
