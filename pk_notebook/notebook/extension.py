@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import transformer
+from . import context, transformer
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -12,11 +12,19 @@ def load_ipython_extension(ipython: Any) -> None:
 
     ipython.register_magics(StreamMagics)
     transformer.install(ipython)
+    # Tracebacks of failing cells, for {Err} in prompts (IPython keeps In and Out itself).
+    log = context.ERRORS
+    if log.post_run_cell not in ipython.events.callbacks.get("post_run_cell", []):
+        ipython.events.register("post_run_cell", log.post_run_cell)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     from .defaults import reset_defaults
 
+    try:
+        ipython.events.unregister("post_run_cell", context.ERRORS.post_run_cell)
+    except ValueError:
+        pass
     transformer.uninstall(ipython)
     magics = ipython.magics_manager.magics
     for kind in ("line", "cell"):

@@ -13,9 +13,12 @@ wrong code, and the data goes to the provider). So the rule is deliberately narr
   These are Markdown's own rules (CommonMark), so what the user sees as code in
   the rendered prompt is what stays code.
 - Elsewhere, ``{name}`` and ``{name.attr.attr}`` (Python identifiers joined by
-  dots, nothing else between the braces, no spaces) are variables: ``str(value)``
-  of ``name`` in the user namespace. A name (or attribute) that does not exist is
-  an error that names it, never a silent ``{name}`` left in.
+  dots, nothing else between the braces, no spaces) are variables of the user
+  namespace, rendered for a model to read (:mod:`pk_notebook.notebook.context`: a
+  DataFrame as its shape, types and first rows; a figure or image as an image
+  attachment). ``{In[3]}``, ``{Out[3]}``, ``{Err}``, ``{Err[3]}`` and ``{_}`` are the
+  notebook's cells, outputs and tracebacks. A name (or attribute, or cell) that
+  does not exist is an error that names it, never a silent ``{name}`` left in.
 - A value is never pasted whole when it is large: past ``max_chars`` characters
   it is cut, and the prompt itself says so (``…[cut: 2,000 of 48,311
   characters]``), so neither the model nor the user is misled about what was sent.
@@ -33,7 +36,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+from .context import DEFAULT_MAX_ROWS, ErrorLog, is_image, render
+
+# A dotted name, or a notebook cell: In[3], Out[-1], Err[3] (only these three take
+# an index, so ``{a[0]}`` in pasted code stays text).
+_NAME = (
+    r"(?:(?:In|Out|Err)\[-?[0-9]+\]"
+    r"|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+)
+_CELL = re.compile(r"(In|Out|Err)\[(-?[0-9]+)\]")
 # One scan, left to right: an escaped placeholder first, so ``{{x}}`` never
 # matches as ``{`` + variable ``{x}`` + ``}``.
 _PATTERN = re.compile(r"\{\{(" + _NAME + r")\}\}|\{(" + _NAME + r")\}")
@@ -50,7 +61,10 @@ _BLANK_LINE = re.compile(r"\n[ \t]*(?:\r?\n|$)")
 DEFAULT_MAX_CHARS = 2000
 
 RULE = (
-    "{name} and {name.attr} are replaced by your variables' values, each cut to "
+    "{name} and {name.attr} are replaced by your variables' values (a DataFrame as its "
+    "shape, types and first rows; a figure or image is sent as an image), {In[3]}, "
+    "{Out[3]}, {Err} and {Err[3]} by cell 3's source, its output and a traceback; each is "
+    "cut to "
     + f"{DEFAULT_MAX_CHARS:,}"
     + " characters (change it with %stream config --max-var-chars N) with a note in the "
     "prompt saying so, and the cell names what it substituted. Inside code (``` or ~~~ "
@@ -73,8 +87,9 @@ class Substitution:
     """One variable pasted into a prompt: its placeholder, its length, what was sent."""
 
     name: str  # as written between the braces: "city", "trip.city"
-    chars: int  # characters of str(value)
+    chars: int  # characters of the value's rendering
     sent: int  # characters of it that went into the prompt (chars unless cut)
+    image: str = ""  # for a figure or image: what was attached instead of text
 
     @property
     def truncated(self) -> bool:
@@ -87,19 +102,28 @@ class Interpolated:
 
     text: str
     substitutions: list[Substitution] = field(default_factory=list)
+    #: figures and images among the values, to send with the prompt
+    attachments: list[Any] = field(default_factory=list)
 
 
 def substitute(
-    template: str, namespace: Mapping[str, Any], *, max_chars: int = DEFAULT_MAX_CHARS
+    template: str,
+    namespace: Mapping[str, Any],
+    *,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    errors: ErrorLog | None = None,
 ) -> Interpolated:
     """Replace ``{name}`` placeholders outside code (see the module doc); report each one.
 
     Each distinct placeholder is looked up once, so a name used twice is one
-    :class:`Substitution` and the same text in both places.
+    :class:`Substitution` and the same text in both places. ``errors`` supplies
+    ``{Err}``; without it, ``{Err}`` is an error that says tracebacks are not kept.
     """
     if max_chars < 1:
         raise ValueError(f"max_chars must be at least 1, got {max_chars}")
     values: dict[str, tuple[str, Substitution]] = {}
+    attachments: list[Any] = []
 
     def replace(match: re.Match[str]) -> str:
         escaped = match.group(1)
@@ -107,11 +131,21 @@ def substitute(
             return "{" + escaped + "}"
         name = match.group(2)
         if name not in values:
-            values[name] = _capped(name, str(_lookup(name, namespace)), max_chars)
+            value = _lookup(name, namespace, errors)
+            if is_image(value):
+                from ..runtime.attachments import as_attachment
+
+                label = name.replace("[", "_").replace("]", "").replace(".", "_")
+                attachment = as_attachment(value, name=f"{label}.png")
+                attachments.append(attachment)
+                marker = f"[image {len(attachments)}: {attachment.name}]"
+                values[name] = marker, Substitution(name, 0, 0, image=attachment.describe())
+            else:
+                values[name] = _capped(name, render(value, max_rows=max_rows), max_chars)
         return values[name][0]
 
     parts = [text if code else _PATTERN.sub(replace, text) for code, text in _pieces(template)]
-    return Interpolated("".join(parts), [sub for _, sub in values.values()])
+    return Interpolated("".join(parts), [sub for _, sub in values.values()], attachments)
 
 
 def interpolate(
@@ -147,6 +181,9 @@ def describe_substitutions(substitutions: Sequence[Substitution]) -> str:
         return ""
     parts = []
     for sub in substitutions:
+        if sub.image:
+            parts.append(f"{{{sub.name}}} (attached: {sub.image})")
+            continue
         if sub.truncated:
             size = f"{sub.sent:,} of {sub.chars:,} chars: cut"
         else:
@@ -228,7 +265,47 @@ def _closing_run(text: str, opener: re.Match[str]) -> re.Match[str] | None:
     return None
 
 
-def _lookup(dotted: str, namespace: Mapping[str, Any]) -> Any:
+def _cell(kind: str, number: int, namespace: Mapping[str, Any], errors: ErrorLog | None) -> Any:
+    """``In[n]``, ``Out[n]`` or ``Err[n]``, with errors that say which cells exist."""
+    if kind == "Err":
+        if errors is None:
+            raise InterpolationError(
+                "the prompt uses {Err[...]} but tracebacks are kept only once the "
+                "extension is loaded (%load_ext pk_notebook) before the failing cell ran",
+                "Err",
+            )
+        try:
+            return errors[number]
+        except KeyError as exc:
+            raise InterpolationError(f"{{Err[{number}]}}: {exc.args[0]}", "Err") from None
+    history = namespace.get(kind)
+    try:
+        value = history[number]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        what = "input" if kind == "In" else "output value"
+        raise InterpolationError(
+            f"the prompt uses {{{kind}[{number}]}} but cell {number} has no {what} "
+            "(In[n] is the source of cell n, Out[n] the value it displayed)",
+            kind,
+        ) from None
+    return value
+
+
+def _lookup(dotted: str, namespace: Mapping[str, Any], errors: ErrorLog | None = None) -> Any:
+    cell = _CELL.fullmatch(dotted)
+    if cell is not None:
+        return _cell(cell.group(1), int(cell.group(2)), namespace, errors)
+    if dotted == "Err" and "Err" not in namespace:
+        if errors is None:
+            raise InterpolationError(
+                "the prompt uses {Err} but tracebacks are kept only once the extension "
+                "is loaded (%load_ext pk_notebook) before the failing cell ran",
+                "Err",
+            )
+        try:
+            return str(errors)
+        except LookupError as exc:
+            raise InterpolationError(str(exc.args[0]), "Err") from None
     head, *attrs = dotted.split(".")
     if head not in namespace:
         raise InterpolationError(
