@@ -3,6 +3,7 @@
     from pk_notebook.web import create_app
     app = create_app(pipe)                        # serve with: uvicorn module:app
     app = create_app(pipe, token="s3cret-token")  # WebSettings fields as keywords
+    app = create_app(pipe, tools=[get_weather])   # server tools: every turn gets them
 
 Routes: ``/stream`` (SSE), ``/ws`` (WebSocket), ``/v1/chat/completions`` and
 ``/v1/models`` (OpenAI-compatible), ``/healthz``, and the demo page at ``/``.
@@ -40,6 +41,7 @@ from .security import (
 from .settings import WebSettings
 from .sse import StreamEndpoint
 from .streaming import json_response_messages
+from .tools import ServerTools
 from .ws import WebSocketEndpoint
 
 logger = logging.getLogger("pk_notebook")
@@ -103,13 +105,20 @@ def create_app(
     pipe: Pipeline,
     settings: WebSettings | None = None,
     *,
+    tools: Any = None,
+    max_tool_rounds: int | None = None,
     close_pipeline: bool = False,
     **options: Any,
 ) -> Starlette:
     """An ASGI (Starlette) app serving ``pipe``.
 
     ``settings`` (or its fields as keyword arguments) sets the access rules and
-    limits; the defaults are the safe ones (see :class:`WebSettings`). With
+    limits; the defaults are the safe ones (see :class:`WebSettings`). ``tools``
+    are the server's tools (Python functions or ``tool(...)`` objects), given to
+    every turn on every endpoint and run by the pipeline inside it, at most
+    ``max_tool_rounds`` rounds (``None``: the pipeline's default); clients cannot
+    choose them (see :mod:`pk_notebook.web.tools`). A function that cannot be
+    described raises :class:`~pk_notebook.runtime.errors.ConfigurationError` here. With
     ``close_pipeline=True`` the app shuts the pipeline down (letting running streams
     finish for its ``shutdown_grace``) and closes its session store when the server stops.
     """
@@ -117,6 +126,7 @@ def create_app(
     if options:
         settings = replace(settings, **options)
     slots = Slots(settings.max_concurrent)
+    server_tools = ServerTools.build(tools, max_tool_rounds)
     # uvicorn logs WebSocket URLs (with ?access_token=) whatever the access-log setting:
     # its loggers get a filter that removes query strings, the token and the keys.
     register_pipeline_secrets(pipe, settings)
@@ -206,11 +216,15 @@ def create_app(
             Route("/demo", page, methods=["GET"]),
             Route("/static/{name}", page, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
-            Route("/stream", StreamEndpoint(pipe, settings, slots), methods=["GET", "POST"]),
-            WebSocketRoute("/ws", WebSocketEndpoint(pipe, settings, slots)),
+            Route(
+                "/stream",
+                StreamEndpoint(pipe, settings, slots, server_tools),
+                methods=["GET", "POST"],
+            ),
+            WebSocketRoute("/ws", WebSocketEndpoint(pipe, settings, slots, server_tools)),
             Route(
                 "/v1/chat/completions",
-                ChatCompletionsEndpoint(pipe, settings, slots),
+                ChatCompletionsEndpoint(pipe, settings, slots, server_tools),
                 methods=["POST"],
             ),
             Route("/v1/models", models, methods=["GET"]),
@@ -226,4 +240,5 @@ def create_app(
     app.state.pipeline = pipe
     app.state.settings = settings
     app.state.slots = slots
+    app.state.tools = server_tools
     return app

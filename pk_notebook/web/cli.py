@@ -3,6 +3,7 @@
     pk-notebook serve --provider mock --port 8080
     PK_NOTEBOOK_TOKEN=... pk-notebook serve --provider openai:gpt-4o-mini --host 0.0.0.0 \\
         --allow-host llm.example.com --allow-origin https://app.example.com
+    pk-notebook serve --provider openai:gpt-4o-mini --tools mypackage.tools:get_weather
 """
 
 from __future__ import annotations
@@ -132,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest accepted request header block (default: %(default)s)",
     )
     serve.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION,...",
+        help="the server's tools: Python functions every turn may call, run by the server "
+        "(comma-separated, repeatable; clients cannot choose them)",
+    )
+    serve.add_argument(
+        "--max-tool-rounds",
+        type=int,
+        default=None,
+        help="rounds of tool calls in one turn before the model must answer (default: "
+        "the pipeline's, 8)",
+    )
+    serve.add_argument(
         "--store",
         default="memory",
         help="session store, as in %%stream config --store: memory, sqlite (the default "
@@ -205,14 +221,25 @@ async def _serve(args: argparse.Namespace, settings: Any) -> None:
     from ..sessions.spec import describe_store, open_store
     from .app import create_app
     from .server import server_config
+    from .tools import ServerTools, load_tools
 
+    # Imported and described before anything starts: a bad name is a one-line error.
+    tools = ServerTools.build(load_tools(args.tools), args.max_tool_rounds)
+    if tools.tools:
+        logger.info("server tools: %s", ", ".join(sorted(tools.names)))
     store = open_store(args.store)  # the same specs as %stream config --store
     logger.info("sessions: %s", describe_store(args.store))
     pipe = Pipeline(ProviderMiddleware(create_provider(args.provider)), state_store=store)
     try:
         # The lifespan closes the pipeline and the store while the loop still runs:
         # uvicorn re-raises SIGINT/SIGTERM after serving, which may end the process.
-        app = create_app(pipe, settings, close_pipeline=True)
+        app = create_app(
+            pipe,
+            settings,
+            tools=tools.tools,
+            max_tool_rounds=tools.max_tool_rounds,
+            close_pipeline=True,
+        )
         config = server_config(
             app,
             settings,

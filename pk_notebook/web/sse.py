@@ -5,12 +5,18 @@ GET takes ``prompt`` and ``session`` query parameters (for ``EventSource``). Wit
 session, the session's history is sent along and the turn is saved (a turn cut
 short by the client is saved marked as interrupted).
 
-The events (see :class:`~pk_notebook.web.streaming.NativeEncoder`)::
+The events (see :class:`~pk_notebook.web.streaming.NativeEncoder`, and the table
+in :mod:`pk_notebook.web`)::
 
-    event: chunk    data: {"index": 0, "content": "Hello"}
-    event: error    data: {"error": {"type": "ProviderError", "message": ..., "partial_text": ...}}
-    event: result   data: {"text": ..., "status": "finished", "finish_reason": "stop", ...}
+    event: reasoning data: {"index": 0, "text": "The user wants..."}
+    event: tool      data: {"kind": "start", "call_id": "c1", "name": "get_weather", ...}
+    event: chunk     data: {"index": 0, "content": "Hello"}
+    event: error     data: {"error": {"type": "ProviderError", "message": ..., "partial_text": ...}}
+    event: result    data: {"text": ..., "status": "finished", "finish_reason": "stop", ...}
     data: [DONE]
+
+Tools are the server's (``create_app(tools=...)``); a request naming ``tools``
+is refused (:func:`~pk_notebook.web.tools.refuse_client_tools`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .security import (
 )
 from .settings import WebSettings
 from .streaming import NativeEncoder, run_sse, send_json
+from .tools import ServerTools, refuse_client_tools
 
 
 def check_client_system(settings: WebSettings) -> None:
@@ -110,10 +117,17 @@ def parse_session(session: Any) -> str | None:
 class StreamEndpoint:
     """The ASGI app behind ``/stream`` (raw ASGI: it needs ``receive`` for disconnects)."""
 
-    def __init__(self, pipe: Pipeline, settings: WebSettings, slots: Slots) -> None:
+    def __init__(
+        self,
+        pipe: Pipeline,
+        settings: WebSettings,
+        slots: Slots,
+        tools: ServerTools | None = None,
+    ) -> None:
         self.pipe = pipe
         self.settings = settings
         self.slots = slots
+        self.tools = tools or ServerTools()
         self.encoder = NativeEncoder()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -133,6 +147,7 @@ class StreamEndpoint:
             check_token(scope, settings, query_ok=get)
             if get:
                 query = query_params(scope)
+                refuse_client_tools(query)
                 data: dict[str, Any] = {
                     name: values[0] for name in ("prompt", "session") if (values := query.get(name))
                 }
@@ -141,10 +156,13 @@ class StreamEndpoint:
                     scope, receive, settings.max_body_bytes, settings.read_timeout
                 )
                 data = parse_json_body(scope, body)
+            refuse_client_tools(data)
             prompt = check_prompt(data.get("prompt"), settings)
             session = parse_session(data.get("session", data.get("session_id")))
             config = parse_options(data.get("options"), settings)
-            stream = self.pipe.stream(prompt, session=session, config=config)
+            stream = self.pipe.stream(
+                prompt, session=session, config=config, **self.tools.stream_options()
+            )
             self.slots.acquire()
         except WebError as exc:
             if exc.status != 499:

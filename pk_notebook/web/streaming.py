@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from ..runtime.errors import PkNotebookError
 from ..runtime.stream import Stream
-from ..runtime.types import Chunk, Result
+from ..runtime.types import Chunk, Result, ToolEvent
 from . import logs
 from .security import client_warnings, error_dict, error_headers, log_unexpected, status_for
 
@@ -239,7 +239,9 @@ async def run_sse(
         try:
             async for chunk in stream:
                 if not chunk.final:
-                    await writer.write(encoder.chunk(chunk))
+                    data = encoder.chunk(chunk)
+                    if data:  # an encoder may have nothing to say (a hidden tool event)
+                        await writer.write(data)
         except PkNotebookError:
             pass  # the stream ended with an error: it is on stream.result
         except OSError:
@@ -261,8 +263,7 @@ async def run_sse(
             # Said once, here, in the request's own task: uvicorn's ERROR about the
             # response left incomplete (it comes from this task too) is dropped.
             logs.quiet(
-                "a client read nothing for %g s; its stream was stopped and the "
-                "connection closed",
+                "a client read nothing for %g s; its stream was stopped and the connection closed",
                 write_timeout,
             )
         stream.stop()  # a no-op once it has ended
@@ -280,14 +281,20 @@ def encoder_error(encoder: Encoder, exc: BaseException) -> bytes:
 
 
 class NativeEncoder:
-    """The ``/stream`` format: ``event: chunk`` per chunk, ``event: error`` if the stream
-    failed, ``event: result`` with the :class:`Result`, then ``data: [DONE]``."""
+    """The ``/stream`` format: ``event: chunk`` per piece of text, ``event: reasoning``
+    per piece of thinking, ``event: tool`` per step of a tool call, ``event: error`` if
+    the stream failed, ``event: result`` with the :class:`Result`, then ``data: [DONE]``
+    (the payloads are in :mod:`pk_notebook.web`'s docstring)."""
 
     def chunk(self, chunk: Chunk) -> bytes:
-        payload: dict[str, Any] = {"index": chunk.index, "content": chunk.content}
-        if chunk.reasoning:
-            payload["reasoning"] = chunk.reasoning
-        return sse_event(dumps(payload), "chunk")
+        if chunk.tool is None and not chunk.reasoning:  # the hot path: text only
+            return sse_event(dumps({"index": chunk.index, "content": chunk.content}), "chunk")
+        if chunk.tool is not None:
+            return sse_event(dumps(tool_payload(chunk.tool)), "tool")
+        out = sse_event(dumps({"index": chunk.index, "text": chunk.reasoning}), "reasoning")
+        if chunk.content:
+            out += sse_event(dumps({"index": chunk.index, "content": chunk.content}), "chunk")
+        return out
 
     def end(self, result: Result) -> bytes:
         data = result_dict(result)
@@ -298,6 +305,34 @@ class NativeEncoder:
 
     def error_body(self, exc: BaseException) -> Any:
         return {"error": error_dict(exc)}
+
+
+def tool_payload(event: ToolEvent) -> dict[str, Any]:
+    """A :class:`ToolEvent` as the ``tool`` event (SSE) or message (WebSocket) carries it.
+
+    Always ``kind``, ``call_id``, ``name``, ``index``, ``round``; then only the fields
+    the event sets: ``arguments`` (the arguments' JSON text so far; whole from
+    ``"call"`` on), ``delta`` (its new piece, on ``"arguments"``), ``output`` (the
+    full text the model was sent: the server's own tools, so not capped; the
+    pipeline has already redacted a failed call's error text) and ``duration``
+    (seconds the function ran).
+    """
+    data: dict[str, Any] = {
+        "kind": event.kind,
+        "call_id": event.call_id,
+        "name": event.name,
+        "index": event.index,
+        "round": event.round,
+    }
+    if event.arguments:
+        data["arguments"] = event.arguments
+    if event.delta:
+        data["delta"] = event.delta
+    if event.output is not None:
+        data["output"] = event.output
+    if event.duration is not None:
+        data["duration"] = event.duration
+    return data
 
 
 def result_dict(result: Result) -> dict[str, Any]:

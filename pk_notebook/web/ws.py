@@ -7,10 +7,18 @@ Client to server (text frames):
 
 Server to client (JSON), ``id`` numbering the prompts of the connection::
 
-    {"type": "start",  "id": 1}
-    {"type": "chunk",  "id": 1, "index": 0, "content": "Hel"}
-    {"type": "error",  "id": 1, "final": false, "error": {...}}   # the answer failed midway
-    {"type": "result", "id": 1, "result": {"status": "finished", "text": ..., "usage": ...}}
+    {"type": "start",     "id": 1}
+    {"type": "reasoning", "id": 1, "index": 0, "text": "The user wants..."}
+    {"type": "tool",      "id": 1, "kind": "start", "call_id": "c1", "name": "get_weather",
+                          "index": 0, "round": 1}
+    {"type": "chunk",     "id": 1, "index": 0, "content": "Hel"}
+    {"type": "error",     "id": 1, "final": false, "error": {...}}   # the answer failed midway
+    {"type": "result",    "id": 1, "result": {"status": "finished", "text": ..., "usage": ...}}
+
+``reasoning`` and ``tool`` carry the same payloads as the SSE events of the same
+names (the table in :mod:`pk_notebook.web`). Tools are the server's
+(``create_app(tools=...)``); a prompt message naming ``tools`` is refused
+(``"type": "ToolsNotAllowed"``).
 
 A prompt ends with its ``result``, or with an ``error`` whose ``final`` is true
 when it failed before its first chunk (or was refused). Prompts on a connection
@@ -39,6 +47,7 @@ from typing import Any
 from ..runtime.errors import PkNotebookError
 from ..runtime.pipeline import Pipeline
 from ..runtime.stream import Stream
+from ..runtime.types import Chunk
 from . import logs
 from .security import (
     Slots,
@@ -51,7 +60,8 @@ from .security import (
 )
 from .settings import WebSettings
 from .sse import parse_options, parse_session
-from .streaming import bounded_send, dumps, json_response_messages, result_dict
+from .streaming import bounded_send, dumps, json_response_messages, result_dict, tool_payload
+from .tools import ServerTools, refuse_client_tools
 
 logger = logging.getLogger("pk_notebook")
 
@@ -168,18 +178,23 @@ class _Connection:
             return
         self.count += 1
         try:
+            refuse_client_tools(data)
             prompt = check_prompt(data.get("prompt"), settings)
             session = parse_session(data.get("session", data.get("session_id")))
             config = parse_options(data.get("options"), settings)
-            stream = self.endpoint.pipe.stream(prompt, session=session, config=config)
+            stream = self.endpoint.pipe.stream(
+                prompt,
+                session=session,
+                config=config,
+                **self.endpoint.tools.stream_options(),
+            )
             self.endpoint.slots.acquire()
         except WebError as exc:
             await self.refuse(exc, id=self.count)
             return
         except PkNotebookError as exc:  # the pipeline is shutting down
             await self.send(
-                {"type": "error", "id": self.count, "final": True,
-                 "error": error_dict(exc)}
+                {"type": "error", "id": self.count, "final": True, "error": error_dict(exc)}
             )
             return
         self.stream = stream
@@ -199,8 +214,7 @@ class _Connection:
             except Exception as exc:
                 log_unexpected(exc, "opening a WebSocket stream")
                 await self.send(
-                    {"type": "error", "id": id, "final": True,
-                     "error": error_dict(exc)}
+                    {"type": "error", "id": id, "final": True, "error": error_dict(exc)}
                 )
                 return
             await self.send({"type": "start", "id": id})
@@ -208,15 +222,8 @@ class _Connection:
                 async for chunk in stream:
                     if chunk.final:
                         continue
-                    message: dict[str, Any] = {
-                        "type": "chunk",
-                        "id": id,
-                        "index": chunk.index,
-                        "content": chunk.content,
-                    }
-                    if chunk.reasoning:
-                        message["reasoning"] = chunk.reasoning
-                    await self.send(message)
+                    for message in chunk_messages(id, chunk):
+                        await self.send(message)
                     if self.broken:
                         stream.stop()
             except PkNotebookError:
@@ -233,13 +240,34 @@ class _Connection:
             self.endpoint.slots.release()
 
 
+def chunk_messages(id: int, chunk: Chunk) -> list[dict[str, Any]]:
+    """The messages for one chunk: a ``tool`` message, or ``reasoning`` and/or ``chunk``."""
+    if chunk.tool is not None:
+        return [{"type": "tool", "id": id, **tool_payload(chunk.tool)}]
+    messages: list[dict[str, Any]] = []
+    if chunk.reasoning:
+        messages.append(
+            {"type": "reasoning", "id": id, "index": chunk.index, "text": chunk.reasoning}
+        )
+    if chunk.content or not messages:
+        messages.append({"type": "chunk", "id": id, "index": chunk.index, "content": chunk.content})
+    return messages
+
+
 class WebSocketEndpoint:
     """The ASGI app behind ``/ws``."""
 
-    def __init__(self, pipe: Pipeline, settings: WebSettings, slots: Slots) -> None:
+    def __init__(
+        self,
+        pipe: Pipeline,
+        settings: WebSettings,
+        slots: Slots,
+        tools: ServerTools | None = None,
+    ) -> None:
         self.pipe = pipe
         self.settings = settings
         self.slots = slots
+        self.tools = tools or ServerTools()
         self.connections = 0
         #: the answers running on the endpoint's connections
         self.tasks: set[asyncio.Task[None]] = set()

@@ -1,5 +1,7 @@
 // The demo page: one prompt streamed over EventSource (GET /stream) or a WebSocket (/ws).
 // Text is always inserted with textContent, never as HTML: answers are untrusted.
+// Reasoning goes to a "Thinking" section (open while the model thinks, closed when the
+// answer starts); each tool call of the server's tools is a line: name, arguments, outcome.
 "use strict";
 
 (function () {
@@ -27,6 +29,69 @@
     span.className = "note";
     span.textContent = "\n[" + text + "]";
     $(which + "-output").appendChild(span);
+  }
+
+  const MAX_OUTPUT = 300; // characters of a tool's output shown (the result has it all)
+
+  function resetPanel(which) {
+    $(which + "-output").textContent = "";
+    const thinking = $(which + "-thinking");
+    thinking.hidden = true;
+    thinking.open = false;
+    thinking.dataset.answered = "";
+    thinking.querySelector("pre").textContent = "";
+    thinking.querySelector("summary").textContent = "Thinking";
+    const tools = $(which + "-tools");
+    tools.hidden = true;
+    tools.textContent = "";
+  }
+
+  function showReasoning(which, text) {
+    const thinking = $(which + "-thinking");
+    if (thinking.hidden) {
+      thinking.hidden = false;
+      thinking.open = true;
+    }
+    const pre = thinking.querySelector("pre");
+    pre.appendChild(document.createTextNode(text));
+    thinking.querySelector("summary").textContent =
+      "Thinking · " + pre.textContent.length + " characters";
+  }
+
+  function showText(which, text) {
+    const thinking = $(which + "-thinking");
+    if (text && !thinking.hidden && !thinking.dataset.answered) {
+      thinking.dataset.answered = "1";
+      thinking.open = false; // the answer has started
+    }
+    $(which + "-output").appendChild(document.createTextNode(text));
+  }
+
+  function showTool(which, ev) {
+    const list = $(which + "-tools");
+    list.hidden = false;
+    const key = ev.round + ":" + ev.index;
+    let item = Array.from(list.children).find((li) => li.dataset.key === key);
+    if (!item) {
+      item = document.createElement("li");
+      item.dataset.key = key;
+      for (const part of ["name", "args", "out"]) {
+        const span = document.createElement("span");
+        span.className = part;
+        item.appendChild(span);
+      }
+      list.appendChild(item);
+    }
+    item.dataset.kind = ev.kind;
+    item.querySelector(".name").textContent = ev.name;
+    if (ev.arguments !== undefined) item.querySelector(".args").textContent = "(" + ev.arguments + ")";
+    let out = ev.kind === "running" ? "running…" : "";
+    if (ev.output !== undefined) {
+      out = ev.output.length > MAX_OUTPUT ? ev.output.slice(0, MAX_OUTPUT) + "…" : ev.output;
+      out = (ev.kind === "result" ? "→ " : ev.kind + ": ") + out;
+      if (typeof ev.duration === "number") out += "  (" + ev.duration.toFixed(2) + " s)";
+    }
+    if (out || ev.kind !== "arguments") item.querySelector(".out").textContent = out;
   }
 
   function updateStop() {
@@ -58,8 +123,7 @@
     url.searchParams.set("prompt", p.prompt);
     if (p.session) url.searchParams.set("session", p.session);
     if (p.token) url.searchParams.set("access_token", p.token);
-    const out = $("sse-output");
-    out.textContent = "";
+    resetPanel("sse");
     setStatus("sse", "connecting");
     const es = new EventSource(url.toString());
     source = es;
@@ -67,7 +131,15 @@
     es.addEventListener("chunk", (event) => {
       const chunk = JSON.parse(event.data);
       if (chunk.index === 0) setStatus("sse", "streaming");
-      out.appendChild(document.createTextNode(chunk.content));
+      showText("sse", chunk.content);
+    });
+    es.addEventListener("reasoning", (event) => {
+      setStatus("sse", "streaming");
+      showReasoning("sse", JSON.parse(event.data).text);
+    });
+    es.addEventListener("tool", (event) => {
+      setStatus("sse", "streaming");
+      showTool("sse", JSON.parse(event.data));
     });
     es.addEventListener("result", (event) => {
       const result = JSON.parse(event.data);
@@ -114,11 +186,14 @@
   }
 
   function onSocketMessage(msg) {
-    const out = $("ws-output");
     if (msg.type === "start") {
       setStatus("ws", "streaming");
     } else if (msg.type === "chunk") {
-      out.appendChild(document.createTextNode(msg.content));
+      showText("ws", msg.content);
+    } else if (msg.type === "reasoning") {
+      showReasoning("ws", msg.text);
+    } else if (msg.type === "tool") {
+      showTool("ws", msg);
     } else if (msg.type === "error") {
       note("ws", msg.error.type + ": " + msg.error.message);
       if (msg.final) { wsBusy = false; setStatus("ws", "error", msg.error.type); updateStop(); }
@@ -133,7 +208,7 @@
   async function startWS() {
     if (wsBusy) return;
     const p = params();
-    $("ws-output").textContent = "";
+    resetPanel("ws");
     setStatus("ws", "connecting");
     try {
       const ws = await openSocket(p.token);
