@@ -121,14 +121,19 @@ def _message(error: BaseException | None) -> str:
 
 
 def format_status(source: Stream | Result, *, waiting: bool = False) -> str:
-    """``"1.2 s · first chunk 0.05 s · 83 chunks · 83 tokens · 70 tok/s · finished (stop)"``."""
+    """``"1.2 s · first chunk 0.05 s · 83 chunks · 83 tokens · 70 tok/s · finished (stop)"``.
+
+    Estimated usage (:mod:`pk_notebook.runtime.tokens`) reads ``≈83 tokens (estimated)``.
+    """
     if isinstance(source, Result):
         elapsed, ttfc, chunks = source.duration, source.time_to_first_chunk, source.chunks
         status, finish = source.status, source.finish_reason
         tokens = source.usage.output_tokens if source.usage else None
+        estimated = bool(source.usage and source.usage.estimated)
     else:
         elapsed, ttfc, chunks = source.elapsed, source.time_to_first_chunk, source.chunk_count
         status, finish, tokens = source.status, None, None
+        estimated = False
     parts = [f"{elapsed:.1f} s"]
     if ttfc is not None:
         parts.append(f"first chunk {ttfc:.2f} s")
@@ -136,7 +141,8 @@ def format_status(source: Stream | Result, *, waiting: bool = False) -> str:
         parts.append("waiting for the first chunk")
     parts.append(f"{chunks} chunks")
     if tokens is not None:
-        parts.append(f"{tokens} tokens")
+        # A provider that sent no usage: the count is an estimate, and says so.
+        parts.append(f"≈{tokens} tokens (estimated)" if estimated else f"{tokens} tokens")
     rate_base = tokens if tokens is not None else chunks
     if elapsed > 0 and rate_base:
         parts.append(f"{rate_base / elapsed:.0f} {'tok' if tokens is not None else 'chunks'}/s")

@@ -48,7 +48,9 @@ from .errors import (
     TruncatedStream,
     UsageError,
 )
+from .pricing import lookup_price
 from .schema import OutputSchema
+from .tokens import estimate_usage
 from .toolrun import Fragments, ToolRound, with_ids
 from .tools import DEFAULT_MAX_TOOL_ROUNDS, Approver, ToolSpec
 from .types import (
@@ -700,7 +702,7 @@ class Stream:
                 "",
                 self._count,
                 finish_reason=finish.reason if finish else None,
-                usage=self._total_usage(),
+                usage=self._result.usage if self._result else self._total_usage(),
                 final=True,
             )
         error = self._error
@@ -898,6 +900,7 @@ class Stream:
         # The messages this turn adds after the user's: each tool round's call and
         # result messages, then the answer. A round stopped while its tools ran has
         # every call paired with a (stopped) result, so the history stays valid.
+        usage, cost = self._usage_and_cost(status, model)
         turn = list(self._turn)
         results = list(self._tool_results)
         if self._tool_round is not None:
@@ -908,10 +911,8 @@ class Stream:
             # What is known about the answer travels with it into the session store, so
             # a later reader (the chat footer, an export) can total tokens and cost.
             meta = _answer_meta(finish, call.model)
-            usage = self._total_usage()
             if usage is not None:
                 meta["usage"] = usage.to_dict()
-            cost = self._total_cost()
             if cost is not None:
                 meta["cost"] = cost
             answer = Message(
@@ -932,8 +933,8 @@ class Stream:
             text=text,
             status=status,
             messages=(*base, *turn),
-            usage=self._total_usage(),
-            cost=self._total_cost(),
+            usage=usage,
+            cost=cost,
             finish_reason=finish.reason if finish else None,
             model=model,
             provider=call.provider,
@@ -951,6 +952,25 @@ class Stream:
             warnings=tuple(self._warnings),
             error=error,
         )
+
+    def _usage_and_cost(
+        self, status: StreamStatus, model: str | None
+    ) -> tuple[Usage | None, float | None]:
+        """The turn's usage and cost; estimated (and labelled) for a model call that
+        produced output but reported no usage (Ollama, a stopped stream)."""
+        usage, cost = self._total_usage(), self._total_cost()
+        finish = self._finish
+        reported = finish is not None and finish.usage is not None
+        round_text = "".join(self._parts[self._round_text :])
+        round_reasoning = "".join(self._reasoning[self._round_reasoning :])
+        if reported or not (round_text or round_reasoning):
+            return usage, cost
+        guess = estimate_usage(self._request.messages, round_text, model, reasoning=round_reasoning)
+        prices = getattr(self._pipeline.provider, "prices", None)
+        price = lookup_price(prices, model) if prices else None
+        if price is not None:
+            cost = (cost or 0.0) + price.cost(guess)
+        return (guess if usage is None else usage + guess), cost
 
     def _total_usage(self) -> Usage | None:
         finish = self._finish

@@ -160,12 +160,18 @@ def parts_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts as the provider reported them (or as the mock estimated them)."""
+    """Token counts as the provider reported them, or estimated when it sent none.
+
+    ``estimated`` is ``None`` for counts the provider reported, else the method of
+    the estimate (``"chars/4"``, ``"tiktoken"``; see :mod:`pk_notebook.runtime.tokens`).
+    A sum is estimated if any part of it is.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    estimated: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -177,6 +183,7 @@ class Usage:
             self.output_tokens + other.output_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
             self.cached_tokens + other.cached_tokens,
+            self.estimated or other.estimated,
         )
 
     @classmethod
@@ -186,16 +193,20 @@ class Usage:
             int(data.get("output_tokens", 0)),
             int(data.get("reasoning_tokens", 0)),
             int(data.get("cached_tokens", 0)),
+            data.get("estimated") or None,
         )
 
-    def to_dict(self) -> dict[str, int]:
-        return {
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "total_tokens": self.total_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "cached_tokens": self.cached_tokens,
         }
+        if self.estimated:
+            data["estimated"] = self.estimated
+        return data
 
 
 @dataclass(frozen=True, slots=True)
