@@ -143,7 +143,7 @@ class Pipeline:
 
     def stream(
         self,
-        content: str,
+        content: str | Message,
         *,
         session: str | None = None,
         role: str = "user",
@@ -179,6 +179,9 @@ class Pipeline:
         ``attachments`` are images and PDFs sent with the message: figures, PIL
         images, ``IPython.display.Image``, paths (see
         :mod:`pk_notebook.runtime.attachments`, which also says what a session keeps).
+
+        ``content`` may also be a whole :class:`Message`: a client that runs its own
+        tools continues its turn with a ``role="tool"`` result this way.
         """
         self._check_open()
         if config is not None and not isinstance(config, ProviderConfig):
@@ -199,10 +202,15 @@ class Pipeline:
         _check_rounds(rounds)
         if approve is not None and not callable(approve):
             raise ConfigurationError("approve must be a function: approve(call) -> bool")
-        files = as_attachments(attachments)
+        if isinstance(content, Message):
+            if attachments:
+                raise ConfigurationError("attach files to the Message itself")
+            message = content
+        else:
+            message = Message(role, content, attachments=as_attachments(attachments))  # type: ignore[arg-type]
         return Stream(
             self,
-            Message(role, content, attachments=files),  # type: ignore[arg-type]  # checked by Message
+            message,
             session_id=session,
             history=tuple(history or ()),
             config=config,

@@ -42,11 +42,10 @@ from ..runtime.errors import (
     PkNotebookError,
     RateLimitError,
     StreamTimeout,
-    UsageError,
 )
 from ..runtime.pipeline import Pipeline
 from ..runtime.stream import Stream
-from ..runtime.tools import ToolSpec, as_tools
+from ..runtime.tools import ToolSpec
 from ..runtime.types import (
     Chunk,
     Message,
@@ -280,28 +279,11 @@ def parse_chat_request(
 def start_turn(pipe: Pipeline, request: ChatRequest, server: ServerTools) -> Stream:
     """The turn for a request: the server's tools and the client's, with its history.
 
-    A request that ends with a tool result continues the client's turn from it: the
-    stream is built with that message as the turn's last (``Pipeline.stream`` takes
-    text for a user's message), with the pipeline's own defaults.
+    A request that ends with a tool result continues the client's turn from it
+    (the whole message is the turn's last).
     """
     options = server.stream_options(request.tools)
-    message = request.message
-    if message.role == "user":
-        return pipe.stream(
-            message.content, config=request.config, history=request.history, **options
-        )
-    if pipe.closed:
-        raise UsageError("this pipeline has been shut down; create a new Pipeline")
-    return Stream(
-        pipe,
-        message,
-        history=tuple(request.history),
-        config=request.config,
-        timeout=pipe.timeout,
-        idle_timeout=pipe.idle_timeout,
-        tools=as_tools(options.get("tools")),
-        max_tool_rounds=options.get("max_tool_rounds", pipe.max_tool_rounds),
-    )
+    return pipe.stream(request.message, config=request.config, history=request.history, **options)
 
 
 def client_calls(result: Result, names: frozenset[str]) -> list[ToolCall]:
