@@ -7,6 +7,8 @@
     chat                                   # renders in the cell
     result = await chat.send("Hello")      # the same turn, from code
 
+    Chat(pipe, tools=[get_weather], approve=True)   # tools, with Run / Deny before each call
+
 Why it is built this way:
 
 - A Send click or an Enter is a widget message, handled while the kernel is
@@ -27,6 +29,11 @@ Why it is built this way:
 - Markdown is converted in Python (:mod:`pk_notebook.notebook.markdown`) into an
   ``HTML`` widget: one message per refresh, no async re-render in the browser,
   so the reply grows without flicker, and untrusted HTML in answers is escaped.
+- Reasoning and tool calls show in the assistant's bubble, above its answer, as
+  the cell shows them (:mod:`pk_notebook.notebook.parts_view`): a collapsible
+  "Thinking" section, one card per call. ``approve=True`` asks before each call
+  with Run / Deny buttons in the transcript (``chat.approve`` can be switched
+  at any time); a function instead decides by itself.
 """
 
 from __future__ import annotations
@@ -52,10 +59,12 @@ from ..runtime.pipeline import Pipeline
 from ..runtime.store import check_session_id
 from ..runtime.stream import Stream
 from ..runtime.text import Throttle
-from ..runtime.types import Message, ProviderConfig, Result, StreamStatus, Usage
+from ..runtime.tools import Approver, ToolSpec, as_tools
+from ..runtime.types import Message, ProviderConfig, Result, StreamStatus, ToolCall, Usage
 from . import chat_view as view
 from .chat_input import MessageBox
 from .options import usage_error
+from .parts_view import TurnParts, group_turns
 from .status import format_status
 
 logger = logging.getLogger("pk_notebook")
@@ -83,6 +92,12 @@ class Chat(widgets.VBox):
         title: shown in the header.
         config: per-call :class:`~pk_notebook.runtime.types.ProviderConfig` overrides.
         height: the transcript's fixed height (CSS), so nothing jumps while streaming.
+        tools: Python functions the model may call (as ``pipe.stream(tools=...)``).
+        approve: ``True`` asks before each tool call with Run / Deny buttons in the
+            transcript; a function ``approve(call) -> bool`` (or awaitable) decides
+            by itself; ``None`` or ``False`` runs every call. ``chat.approve`` can be
+            switched at any time (the approval mode toggle).
+        max_tool_rounds: at most this many rounds of tool calls per reply.
     """
 
     title = traitlets.Unicode("Chat", help="The heading shown above the transcript.")
@@ -108,7 +123,19 @@ class Chat(widgets.VBox):
                 default_pipeline()
             except ConfigurationError as exc:
                 raise usage_error(exc) from None
-        return super().__new__(cls, *args, **kwargs)
+        # Tools are checked here too, for the same reason (a half-built chat's __del__).
+        try:
+            tools = as_tools(kwargs.get("tools"))
+        except ConfigurationError as exc:
+            raise usage_error(exc) from None
+        approve = kwargs.get("approve")
+        if approve is not None and not isinstance(approve, bool) and not callable(approve):
+            raise IPythonUsageError(
+                "approve= takes True (Run / Deny buttons), a function deciding, or None"
+            )
+        chat = super().__new__(cls, *args, **kwargs)
+        chat._checked_tools = tools
+        return chat
 
     def __init__(
         self,
@@ -118,6 +145,9 @@ class Chat(widgets.VBox):
         title: str = "Chat",
         config: ProviderConfig | None = None,
         height: str = "420px",
+        tools: Any = None,
+        approve: bool | Approver | None = None,
+        max_tool_rounds: int | None = None,
         **kwargs: Any,
     ) -> None:
         if pipeline is not None and not isinstance(pipeline, Pipeline):
@@ -126,9 +156,12 @@ class Chat(widgets.VBox):
                 "Chat(Pipeline(ProviderMiddleware(MockProvider.demo())))"
             )
         session_id = check_session_id(session_id or f"chat-{secrets.token_hex(3)}")
+        self.tools: tuple[ToolSpec, ...] = getattr(self, "_checked_tools", None) or as_tools(tools)
         super().__init__(title=title, session_id=session_id, **kwargs)
         self._pipeline = pipeline
         self.config = config
+        self.approve = approve
+        self.max_tool_rounds = max_tool_rounds
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -496,8 +529,16 @@ class Chat(widgets.VBox):
 
     async def _turn(self, text: str) -> Result:
         # The turn exists before anything else happens, so Stop always has a target.
+        options: dict[str, Any] = {}
+        if self.tools:
+            options["tools"] = self.tools
+            if self.max_tool_rounds is not None:
+                options["max_tool_rounds"] = self.max_tool_rounds
+            options["approve"] = self._approve  # reads chat.approve at each call
         try:
-            stream = self.pipeline.stream(text, session=self.session_id, config=self.config)
+            stream = self.pipeline.stream(
+                text, session=self.session_id, config=self.config, **options
+            )
         except (ConfigurationError, PkNotebookError) as exc:
             # A missing key, a closed pipeline: said in the transcript and, for code
             # that awaited send(), as one line (IPython's UsageError), not a traceback.
@@ -520,9 +561,10 @@ class Chat(widgets.VBox):
             reply = widgets.HTMLMath(view.assistant_html("", streaming=True))
             reply_entry = self._add_entry("assistant", None, widget=reply)
             cancelled: asyncio.CancelledError | None = None
+            parts = TurnParts()
             try:
                 async with stream:
-                    await self._pump(stream, reply)
+                    await self._pump(stream, reply, parts)
             except asyncio.CancelledError as exc:
                 cancelled = exc  # not our Stop (that ends the stream): an Interrupt
             except Exception:
@@ -531,7 +573,10 @@ class Chat(widgets.VBox):
                 self._set_streaming(False)
             result = await stream.wait_closed()
 
-            reply.value = view.assistant_html(result.text, status=_status_of(result))
+            parts.finish(result.tool_results)
+            reply.value = view.assistant_html(
+                result.text, status=_status_of(result), parts=parts if parts.blocks else None
+            )
             reply_entry.message = result.messages[-1] if result.messages else None
             self._results.append(result)
             self._last_status = format_status(result)
@@ -550,20 +595,75 @@ class Chat(widgets.VBox):
         self._fire_reply(result)
         return result
 
-    async def _pump(self, stream: Stream, reply: widgets.HTML) -> None:
+    async def _pump(self, stream: Stream, reply: widgets.HTML, parts: TurnParts) -> None:
         """Read the stream into ``reply``, re-rendering at most once per interval."""
+        pieces: list[str] = []
 
-        def render(text: str) -> None:
-            reply.value = view.assistant_html(text, streaming=True)
+        def render(_changes: str) -> None:
+            shown = parts if parts.blocks and parts.has_parts else None
+            reply.value = view.assistant_html("".join(pieces), streaming=True, parts=shown)
             self._update_footer(format_status(stream))
 
+        # One mark per change (text, reasoning, a tool event): the throttle only counts them.
         throttle = Throttle(render, interval=self.update_interval)
         try:
             async for chunk in stream:
+                if chunk.reasoning:
+                    parts.add_reasoning(chunk.reasoning)
+                    throttle.push(".")
+                if chunk.tool is not None:
+                    parts.add_tool_event(chunk.tool)
+                    throttle.push(".")
                 if chunk.content:
-                    throttle.push(chunk.content)
+                    parts.add_text(chunk.content)
+                    pieces.append(chunk.content)
+                    throttle.push(".")
         finally:
             throttle.close()
+
+    async def _approve(self, call: ToolCall) -> bool:
+        """The hook the turn awaits before each tool call (``approve=``)."""
+        approve = self.approve
+        if approve is None or approve is False:
+            return True
+        if callable(approve):
+            outcome = approve(call)
+            return bool(await outcome) if inspect.isawaitable(outcome) else bool(outcome)
+        return await self._ask(call)
+
+    async def _ask(self, call: ToolCall) -> bool:
+        """Run / Deny buttons in the transcript; True once Run is clicked."""
+        loop = self._own_loop()
+        decision: asyncio.Future[bool] = loop.create_future()
+
+        def decide(value: bool) -> None:  # a click, possibly on a subshell's thread
+            def settle() -> None:
+                if not decision.done():
+                    decision.set_result(value)
+
+            loop.call_soon_threadsafe(settle)
+
+        question = widgets.HTML(view.approval_html(call.name, call.arguments))
+        run = widgets.Button(description="Run", button_style="success", tooltip="Run this call")
+        deny = widgets.Button(description="Deny", tooltip="Do not run it; the model is told")
+        for button in (run, deny):
+            button.add_class("pk-chat-tool")
+        run.add_class("pk-chat-run")
+        deny.add_class("pk-chat-deny")
+        run.on_click(lambda _b: decide(True))
+        deny.on_click(lambda _b: decide(False))
+        box = widgets.HBox([question, run, deny])
+        box.add_class("pk-chat-approve")
+        entry = _Entry("notice", box)
+        self._entries.append(entry)
+        self._show_entries()
+        try:
+            return await decision
+        finally:
+            if entry in self._entries:
+                self._entries.remove(entry)
+            self._show_entries()
+            _close_tree(box)
 
     def _set_streaming(self, value: bool) -> None:
         self.set_trait("streaming", value)
@@ -611,7 +711,7 @@ class Chat(widgets.VBox):
             for entry in self._entries:
                 if entry.synced or id(entry) in pending:
                     _close_tree(entry.widget)
-            self._entries = [self._entry_for(m) for m in stored if _shown(m)]
+            self._entries = self._entries_for(stored)
             self._entries.extend(kept)
             self._synced = list(stored)
             self._show_entries()
@@ -619,23 +719,33 @@ class Chat(widgets.VBox):
         new = stored[known:]
         if turn is not None:
             user_entry, reply_entry = turn
-            ours = [user_entry.message, reply_entry.message]
-            if len(new) >= 2 and new[-2:] == ours:
-                user_entry.message, reply_entry.message = new[-2], new[-1]
-                user_entry.synced = reply_entry.synced = True
-                new = new[:-2]
+            # The turn's messages: the user's, then (with tools) the assistant's calls and
+            # the tools' results, shown inside the reply, then the reply.
+            if len(new) >= 2 and new[-1] == reply_entry.message:
+                for k in range(len(new) - 2, -1, -1):
+                    if new[k] == user_entry.message:
+                        user_entry.message, reply_entry.message = new[k], new[-1]
+                        user_entry.synced = reply_entry.synced = True
+                        new = new[:k]
+                        break
             at = self._entries.index(user_entry)
         else:
             at = len(self._entries)
-        self._entries[at:at] = [self._entry_for(m) for m in new if _shown(m)]
+        self._entries[at:at] = self._entries_for(new)
         self._synced = list(stored)
         self._show_entries()
 
-    def _entry_for(self, message: Message) -> _Entry:
+    def _entries_for(self, messages: list[Message]) -> list[_Entry]:
+        """Entries for stored messages; a turn's tool messages go inside its reply."""
+        return [self._entry_for(m, parts) for m, parts in group_turns(messages)]
+
+    def _entry_for(self, message: Message, parts: TurnParts | None = None) -> _Entry:
         if message.role == "user":
             widget = widgets.HTML(view.user_html(message.content))
         else:
-            widget = widgets.HTMLMath(view.assistant_html(message.content, status=message.status))
+            widget = widgets.HTMLMath(
+                view.assistant_html(message.content, status=message.status, parts=parts)
+            )
         return _Entry(message.role, widget, message, synced=True)
 
     def _add_entry(
@@ -710,10 +820,6 @@ class Chat(widgets.VBox):
             else:
                 lines += [f"### {message.role.capitalize()}", "", message.content, ""]
         return "\n".join(lines).rstrip() + "\n"
-
-
-def _shown(message: Message) -> bool:
-    return message.role in ("user", "assistant")
 
 
 def _status_of(result: Result) -> str | None:

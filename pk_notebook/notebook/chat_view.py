@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ..runtime.types import Message
 from .markdown import escape_text, highlight_css, render_markdown
+from .parts_view import TurnParts, group_turns, parts_html
 from .status import STATUS_TEXT, StatusText
 
 SCOPE = ".pk-chat"
@@ -144,6 +145,35 @@ _CSS = """
   border: 1px solid color-mix(in srgb, var(--jp-warn-color1) 40%, transparent);
   align-self: flex-start;
 }
+/* reasoning and tool calls (parts_view.py): small, muted, collapsible */
+.pk-chat .pk-parts { margin: 0 0 4px 0; }
+.pk-chat .pk-parts details {
+  margin: 2px 0 4px 0;
+  padding: 2px 8px;
+  border: 1px solid var(--jp-border-color2);
+  border-radius: 4px;
+  background: var(--jp-layout-color2);
+  font-size: var(--jp-ui-font-size1);
+  color: var(--jp-ui-font-color2);
+}
+.pk-chat .pk-parts summary { cursor: pointer; user-select: none; }
+.pk-chat .pk-parts summary code { font-size: var(--jp-code-font-size); }
+.pk-chat .pk-parts .pk-thinking-body { color: var(--jp-ui-font-color2); font-style: italic; }
+.pk-chat .pk-parts pre {
+  margin: 2px 0 6px 0;
+  padding: 4px 8px;
+  max-height: 16em;
+  overflow: auto;
+  white-space: pre-wrap;
+  background: var(--jp-cell-editor-background);
+  border-radius: 3px;
+}
+.pk-chat .pk-tool-label { font-weight: 600; margin-top: 4px; }
+.pk-chat .pk-tool-note { font-style: italic; }
+.pk-chat .pk-tool-error .pk-tool-mark { color: var(--jp-error-color1); }
+.pk-chat .pk-tool-ok .pk-tool-mark { color: var(--jp-success-color1); }
+.pk-chat-approve { align-items: center; gap: 8px; margin: 2px 0 8px 0; }
+.pk-chat-approve .pk-notice-text { flex: 1 1 auto; }
 .pk-chat .pk-math { overflow-wrap: anywhere; }
 .pk-chat .pk-math-display {
   display: block;
@@ -280,15 +310,30 @@ def user_html(text: str) -> str:
     )
 
 
-def assistant_html(text: str, *, status: str | None = None, streaming: bool = False) -> str:
+def assistant_html(
+    text: str,
+    *,
+    status: str | None = None,
+    streaming: bool = False,
+    parts: TurnParts | None = None,
+) -> str:
     """An assistant message: Markdown, a typing indicator before the first words, a marker
-    if it did not finish (``status`` is a stored message status or a ``StreamStatus`` value)."""
+    if it did not finish (``status`` is a stored message status or a ``StreamStatus`` value).
+
+    ``parts`` (reasoning, tool calls) come first, as collapsible sections (see
+    :mod:`.parts_view`): live while ``streaming``, collapsed afterwards.
+    """
+    shown = parts_html(parts, live=streaming) if parts is not None else ""
     if text:
         body = render_markdown(text)
     elif streaming:
         body = _TYPING
+    elif shown:
+        body = ""
     else:
         body = '<p class="pk-empty-answer"><em>(no text)</em></p>'
+    if shown:
+        body = f'<div class="pk-parts">{shown}</div>{body}'
     marker = ""
     if status is not None and status in _MARKERS:
         words = _MARKERS[status]
@@ -312,6 +357,16 @@ def notice_html(message: str) -> str:
     return f'<div class="pk-notice-text">{html.escape(message)}</div>'
 
 
+def approval_html(name: str, arguments: str) -> str:
+    """The question above a tool call's Run / Deny buttons."""
+    from .parts_view import one_line
+
+    return (
+        f'<div class="pk-notice-text">Run <strong>{html.escape(name)}</strong> '
+        f"<code>{html.escape(one_line(arguments))}</code>?</div>"
+    )
+
+
 def footer_html(summary: str, status: str = "") -> str:
     right = f'<span class="pk-footer-status">{html.escape(status)}</span>' if status else ""
     return f"{right}<span>{html.escape(summary)}</span>"
@@ -328,11 +383,11 @@ def saved_transcript_html(
     an HTML export) the copy is what the reader sees.
     """
     items = []
-    for message in messages:
+    for message, parts in group_turns(messages):
         if message.role == "user":
             items.append(user_html(message.content))
         elif message.role == "assistant":
-            items.append(assistant_html(message.content, status=message.status))
+            items.append(assistant_html(message.content, status=message.status, parts=parts))
     body = "".join(items) or empty_html()
     # While the live chat is on the page, hide this copy; where it is not (the kernel
     # is gone), hide the widget's own output above the copy instead, which can only

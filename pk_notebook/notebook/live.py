@@ -34,6 +34,17 @@ Surfaces (``surface=``):
 ``text``    no kernel (terminal IPython, scripts): the text is printed as it arrives.
 ``none``    batch runs: nothing live, only the final output.
 ``auto``    picks one of the above with :func:`detect_surface`.
+
+Reasoning and tool calls (:meth:`LiveOutput.push_reasoning`,
+:meth:`LiveOutput.tool_event`) are parts of their own, in arrival order, each in
+a display of its own (see :mod:`.parts_view` for how they look): the first part
+takes the display the answer would have had, the next ones get new displays
+below it. So a Thinking section that has closed, or a tool card that is done, is
+never re-rendered again, and a reader who opens or closes it keeps it that way
+while the answer streams on. Text after a part starts a new display too. The
+final output is still one ``display_data`` holding every part in order (see
+:func:`~pk_notebook.notebook.parts_view.turn_bundle`); a turn without reasoning
+or tools renders exactly as it did before.
 """
 
 from __future__ import annotations
@@ -47,8 +58,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..runtime.text import Throttle
+from ..runtime.types import ToolCall, ToolEvent, ToolResult
 from .markdown import close_open_fence, safe_markdown
 from .markdown import escape_markdown as escape_markdown  # re-exported: magic.py uses it
+from .parts_view import (
+    Part,
+    TextBlock,
+    ThinkingBlock,
+    ToolCard,
+    TurnParts,
+    one_line,
+    part_markdown,
+    part_plain,
+    turn_bundle,
+)
 from .status import Note as Note  # re-exported: runner.py uses it
 
 logger = logging.getLogger("pk_notebook")
@@ -102,6 +125,29 @@ HINT_NO_IPYWIDGETS = (
     "Stop needs ipywidgets in this kernel (pip install ipywidgets); "
     "Kernel > Interrupt stops the answer and keeps what arrived."
 )
+
+HINT_APPROVE_NO_WIDGETS = (
+    "Run / Deny need Jupyter widgets in this front end (install jupyterlab_widgets where "
+    "JupyterLab runs); Kernel > Interrupt ends the turn."
+)
+
+
+def approve_hint(surface: str) -> str:
+    """Why ``--approve`` cannot ask on ``surface`` (every call is then denied), in one line."""
+    if surface == "none":
+        why = "nobody can click Run in a batch run (nbconvert, nbval, papermill)"
+    elif surface == "text":
+        why = "Run / Deny buttons need a notebook front end"
+    elif not widgets_available():
+        why = "Run / Deny buttons need ipywidgets in this kernel (pip install ipywidgets)"
+    else:
+        version = kernel_version()
+        why = (
+            f"Run / Deny buttons need ipykernel >= {STOP_KERNEL[0]}.{STOP_KERNEL[1]} "
+            f"(this kernel has {version or 'an unknown version'})"
+        )
+    return f"--approve: {why}, so every tool call is denied."
+
 
 #: the first ipykernel that handles a widget message while a cell awaits (ipykernel#1565)
 STOP_KERNEL = (7, 4)
@@ -277,6 +323,14 @@ class LiveOutput:
         self._shell = shell
         self._cell = ""
         self._final: dict[str, str] | None = None
+        # Reasoning, tool cards and stretches of text, in order; each shown in its own display.
+        self.parts = TurnParts()
+        self._text_block: TextBlock | None = None
+        self._handles: dict[int, Any] = {}  # id(part) -> its display handle
+        self._free_handle: Any = None  # the first display, taken by the first part
+        self._dirty: list[Part] = []
+        self._parts_timer: asyncio.TimerHandle | None = None
+        self._parts_last: float | None = None
 
     def __repr__(self) -> str:
         return f"<LiveOutput surface={self.surface} format={self.format} updates={self.updates}>"
@@ -315,27 +369,73 @@ class LiveOutput:
             # The answer itself is a plain display, updated in place: it grows in any
             # front end, with or without a widget manager.
             self._body_handle = display({"text/plain": ""}, raw=True, display_id=True)
+            self._free_handle = self._body_handle
         if self.surface in ("widget", "display") and self.status is not None and self.tick:
             self._ticker = self._loop.call_later(self.tick, self._on_tick)
         return self
 
     def push(self, text: str) -> None:
         """Add ``text`` to the answer; it is rendered now or within ``interval``."""
-        if text and not self._finished:
-            self._throttle.push(text)
+        if not text or self._finished:
+            return
+        block, closed = self.parts.add_text(text)
+        if block is not self._text_block:
+            self._part_closed(closed)
+            self._text_block = block
+            self._take_display(block)
+        self._throttle.push(text)
 
-    def finish(self, notes: Sequence[Note] = ()) -> dict[str, str]:
+    def push_reasoning(self, text: str) -> None:
+        """Add reasoning ("thinking") text: its own collapsible section, never the answer."""
+        if not text or self._finished:
+            return
+        if isinstance(self.parts.last, TextBlock):
+            self._throttle.close()  # the text so far goes to its own display first
+        block = self.parts.add_reasoning(text)
+        self._take_display(block)
+        self._mark(block)
+
+    def tool_event(self, event: ToolEvent) -> ToolCard | None:
+        """Show a tool call's progress (its card is made on the first event)."""
+        if self._finished:
+            return None
+        if self.parts.find(event) is None and isinstance(self.parts.last, TextBlock):
+            self._throttle.close()
+        card, closed = self.parts.add_tool_event(event)
+        self._part_closed(closed)
+        self._take_display(card)
+        self._mark(card)
+        if card.done and self.surface == "text":
+            self._flush_parts()
+        return card
+
+    def show_part(self, part: Part) -> None:
+        """Re-render ``part`` (e.g. a card whose state was changed from outside)."""
+        if not self._finished:
+            self._mark(part)
+
+    def finish(
+        self, notes: Sequence[Note] = (), tool_results: Sequence[ToolResult] = ()
+    ) -> dict[str, str]:
         """End the live view and show the final text (with ``notes``) once.
 
         The cell's live outputs are cleared and the final text is displayed as one
-        fresh ``display_data`` that batch tools record. Returns the final bundle.
+        fresh ``display_data`` that batch tools record. ``tool_results`` (the
+        result's) give each tool card its final status. Returns the final bundle.
         """
         text = self._throttle.close()
+        if self.surface == "text":
+            self.parts.finish(tool_results)
+            self._flush_parts()
         self._finished = True
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
-        bundle = render_bundle(text, format=self.format, lang=self.lang, notes=notes)
+        if self._parts_timer is not None:
+            self._parts_timer.cancel()
+            self._parts_timer = None
+        self.parts.finish(tool_results)
+        bundle = self.final_bundle(text, notes)
         if self.surface == "text":
             out = text[self._printed :]
             if text and not text.endswith("\n"):
@@ -355,11 +455,31 @@ class LiveOutput:
         self._replace_cell_outputs(group or [self])
         return bundle
 
+    def final_bundle(self, text: str, notes: Sequence[Note] = ()) -> dict[str, str]:
+        """The final output: the answer as always, or, with reasoning or tool calls,
+        every part in order (collapsed, no durations: byte-stable), then the notes."""
+        if not self.parts.has_parts:
+            return render_bundle(text, format=self.format, lang=self.lang, notes=notes)
+        return turn_bundle(
+            self.parts,
+            text,
+            render_text=self._text_markdown,
+            notes_markdown="\n>\n".join(n.markdown() for n in notes),
+            notes_plain="\n".join(n.plain() for n in notes),
+            markdown=self.format != "text",
+        )
+
+    def _text_markdown(self, piece: str) -> str:
+        return render_bundle(piece, format=self.format, lang=self.lang)["text/markdown"]
+
     def _park(self, bundle: dict[str, str]) -> None:
         if self._root is not None:
             self._root.layout.display = "none"  # no Stop for an answer that has ended
-        if self._body_handle is not None:
-            self._body_handle.update(bundle, raw=True)
+        handles = [self._body_handle] + [
+            h for h in self._handles.values() if h is not self._body_handle
+        ]
+        for k, handle in enumerate(h for h in handles if h is not None):
+            handle.update(bundle if k == 0 else {"text/plain": ""}, raw=True)
 
     @staticmethod
     def _replace_cell_outputs(group: list[LiveOutput]) -> None:
@@ -408,8 +528,12 @@ class LiveOutput:
     # --- rendering --------------------------------------------------------------------
 
     def _render(self, text: str) -> None:
+        block = self._text_block
+        start = block.start if block is not None else 0
         # Long answers render less often: bytes re-sent per second stay bounded.
-        self._throttle.interval = max(self.interval, len(text) / self.max_bytes_per_second)
+        self._throttle.interval = max(
+            self.interval, (len(text) - start) / self.max_bytes_per_second
+        )
         self.updates += 1
         if self.surface == "text":
             sys.stdout.write(text[self._printed :])
@@ -418,15 +542,175 @@ class LiveOutput:
             return
         if self.surface == "none":
             return
-        bundle = render_bundle(text, format=self.format, lang=self.lang)
-        if self._body_handle is not None:
-            self._body_handle.update(bundle, raw=True)
+        bundle = render_bundle(text[start:], format=self.format, lang=self.lang)
+        handle = self._handles.get(id(block)) if block is not None else self._body_handle
+        if handle is not None:
+            handle.update(bundle, raw=True)
         self._show_status(self._status_text())
+
+    # --- approval ---------------------------------------------------------------------
+
+    @property
+    def can_ask(self) -> bool:
+        """True if Run / Deny buttons can be clicked in this cell while it runs."""
+        return self.surface == "widget" and not self._finished
+
+    async def ask_approval(self, call: ToolCall) -> bool:
+        """Run / Deny buttons under the call's card; True once Run is clicked.
+
+        Where buttons cannot be clicked (see :attr:`can_ask`) the answer is no at
+        once: a call is never left waiting for a click that cannot come. A Stop
+        while waiting cancels this (the loop's doing), and the buttons go away.
+        """
+        card = self.parts.waiting_for_approval(call.id, call.name, call.arguments)
+        if card is not None:
+            self._mark(card)
+        if not self.can_ask:
+            return False
+        import ipywidgets as w
+        from IPython.display import display
+
+        loop = self._loop
+        decision: asyncio.Future[bool] = loop.create_future()
+
+        def decide(value: bool) -> None:  # a click, possibly on a subshell's thread
+            def settle() -> None:
+                if not decision.done():
+                    decision.set_result(value)
+
+            loop.call_soon_threadsafe(settle)
+
+        question = w.HTML(
+            '<span class="pk-approve-question">Run <strong>'
+            f"{html.escape(call.name)}</strong> <code>{html.escape(one_line(call.arguments))}"
+            "</code>?</span>"
+        )
+        run = w.Button(description="Run", button_style="success", icon="play",
+                       tooltip=f"Run {call.name} with these arguments",
+                       layout=w.Layout(width="auto"))  # fmt: skip
+        deny = w.Button(description="Deny", icon="ban",
+                        tooltip="Do not run it; the model is told it was denied",
+                        layout=w.Layout(width="auto"))  # fmt: skip
+        run.add_class("pk-approve-run")
+        deny.add_class("pk-approve-deny")
+        run.on_click(lambda _b: decide(True))
+        deny.on_click(lambda _b: decide(False))
+        box = w.HBox([question, run, deny], layout=w.Layout(align_items="center"))
+        box.add_class("pk-approve")
+        view = {"version_major": 2, "version_minor": 0, "model_id": box.model_id}
+        handle = display(
+            {WIDGET_MIME: view, "text/plain": HINT_APPROVE_NO_WIDGETS}, raw=True, display_id=True
+        )
+        outcome = "not decided (the turn ended)"
+        try:
+            approved = await decision
+            outcome = "run" if approved else "denied"
+            return approved
+        finally:
+            try:
+                handle.update({"text/plain": f"{call.name}: {outcome}"}, raw=True)
+            except Exception:
+                logger.debug("could not update the approval prompt", exc_info=True)
+            for widget in (run, deny, question, box):
+                for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+                    if part is not None:
+                        part.close()
+                widget.close()
+
+    # --- parts: reasoning and tool cards ------------------------------------------------
+
+    def _take_display(self, part: Part) -> None:
+        """Give ``part`` a display of its own (the first part takes the answer's)."""
+        if id(part) in self._handles or self.surface not in ("widget", "display"):
+            return
+        if not self._shown:
+            return
+        if self._free_handle is not None:
+            handle, self._free_handle = self._free_handle, None
+        else:
+            from IPython.display import display
+
+            handle = display({"text/plain": ""}, raw=True, display_id=True)
+        self._handles[id(part)] = handle
+
+    def _part_closed(self, part: Part | None) -> None:
+        """A Thinking section closed (something else follows): show it collapsed now."""
+        if part is None:
+            return
+        if part not in self._dirty:
+            self._dirty.append(part)
+        self._flush_parts()
+
+    def _mark(self, part: Part) -> None:
+        """Re-render ``part`` now, or within ``interval`` (at most 20 renders a second)."""
+        if part not in self._dirty:
+            self._dirty.append(part)
+        now = self._loop.time()
+        if self._parts_last is None or now - self._parts_last >= self.interval:
+            self._flush_parts()
+        elif self._parts_timer is None:
+            self._parts_timer = self._loop.call_at(
+                self._parts_last + self.interval, self._on_parts_timer
+            )
+
+    def _on_parts_timer(self) -> None:
+        self._parts_timer = None
+        if not self._finished:
+            self._flush_parts()
+
+    def _flush_parts(self) -> None:
+        if self._parts_timer is not None:
+            self._parts_timer.cancel()
+            self._parts_timer = None
+        self._parts_last = self._loop.time()
+        dirty, self._dirty = self._dirty, []
+        if self.surface == "text":
+            self._print_parts(dirty)
+            return
+        if self.surface == "none":
+            return
+        now = self.parts.clock()
+        for part in dirty:
+            handle = self._handles.get(id(part))
+            if handle is None:
+                continue
+            self.updates += 1
+            plain = part_plain(part, live=True, now=now)
+            bundle = {"text/plain": plain}
+            if self.format != "text":
+                bundle["text/markdown"] = part_markdown(part, live=True, now=now)
+            handle.update(bundle, raw=True)
+        if dirty:
+            self._show_status(self._status_text())
+
+    def _print_parts(self, dirty: list[Part]) -> None:
+        """In a terminal: one line per Thinking section and per tool call, once each is done."""
+        for part in dirty:
+            done = (isinstance(part, ThinkingBlock) and part.done) or (
+                isinstance(part, ToolCard) and part.done
+            )
+            if not done or id(part) in self._handles:
+                if not done:
+                    self._dirty.append(part)  # printed when it is done
+                continue
+            self._handles[id(part)] = None  # printed
+            if isinstance(part, ThinkingBlock) and not part.text.strip():
+                continue
+            self._throttle.close()
+            before = "" if self._printed == 0 or self.text.endswith("\n") else "\n"
+            sys.stdout.write(before + part_plain(part) + "\n")
+            sys.stdout.flush()
 
     def _on_tick(self) -> None:
         self._ticker = None
         if self._finished:
             return
+        # Open Thinking sections and running tools show how long they have lasted.
+        for part in self.parts.blocks:
+            if (isinstance(part, ThinkingBlock) and not part.done) or (
+                isinstance(part, ToolCard) and part.state == "running"
+            ):
+                self._mark(part)
         self._show_status(self._status_text())
         self._ticker = self._loop.call_later(self.tick, self._on_tick)
 

@@ -58,6 +58,17 @@ def identifier(text: str) -> str:
     return text
 
 
+def names(text: str) -> tuple[str, ...]:
+    """``"get_weather, search_docs"`` -> ``("get_weather", "search_docs")`` (variable names)."""
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not found:
+        raise argparse.ArgumentTypeError("expected function names separated by commas")
+    for name in found:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a Python function name")
+    return found
+
+
 @magic_arguments(name="%stream")
 @argument(
     "-s",
@@ -115,6 +126,23 @@ def identifier(text: str) -> str:
     help="use the Pipeline object in VAR instead of the notebook's",
 )
 @argument(
+    "--tools",
+    type=names,
+    metavar="F1,F2",
+    help="Python functions of this notebook the model may call, e.g. get_weather,search_docs",
+)
+@argument(
+    "--max-tool-rounds",
+    type=positive_int,
+    metavar="N",
+    help="at most N rounds of tool calls before the final answer (default 8)",
+)
+@argument(
+    "--approve",
+    action="store_true",
+    help="ask before each tool call: Run / Deny buttons in the cell",
+)
+@argument(
     "--live",
     choices=SURFACES,
     default="auto",
@@ -135,6 +163,13 @@ def cell_spec(line: str = "", cell: str | None = None) -> None:
     marked as stopped, and a session stores it as an interrupted turn. The final
     output is the answer alone (plus a note if it is incomplete), so notebooks
     re-run under nbval give the same output.
+
+    Tools: ``--tools get_weather,search_docs`` lets the model call these
+    functions of the notebook (sync or async; their type hints and docstring
+    tell the model how); each call shows as a card in the cell, and the model's
+    thinking, if it shows any, as a collapsible "Thinking" section above the
+    answer. ``--approve`` shows Run / Deny before each call (where buttons cannot
+    work, calls are denied and a line says why).
 
     Variables: RULE_PLACEHOLDER
 
@@ -248,6 +283,9 @@ class CellOptions:
     raw: bool = False
     pipeline: str | None = None
     live: str = "auto"
+    tools: tuple[str, ...] = ()
+    max_tool_rounds: int | None = None
+    approve: bool = False
     help: bool = False
 
     @property
@@ -295,6 +333,9 @@ def parse_cell_options(line: str) -> CellOptions:
         raise UsageError(
             "--pipeline and --provider exclude each other: the pipeline has its own provider"
         )
+    if not args.tools and (args.approve or args.max_tool_rounds is not None):
+        flag = "--approve" if args.approve else "--max-tool-rounds"
+        raise UsageError(f"{flag} goes with --tools NAMES (the functions the model may call)")
     fmt = args.format or ("code" if args.lang else "markdown")
     if args.lang and fmt != "code":
         raise UsageError(f"--lang goes with -f code, not -f {fmt}")
@@ -322,4 +363,7 @@ def parse_cell_options(line: str) -> CellOptions:
         raw=args.raw,
         pipeline=args.pipeline,
         live=args.live,
+        tools=args.tools or (),
+        max_tool_rounds=args.max_tool_rounds,
+        approve=args.approve,
     )

@@ -33,15 +33,15 @@ from ..runtime.errors import ConfigurationError, PkNotebookError, redact
 from ..runtime.pipeline import Pipeline
 from ..runtime.stream import Stream
 from ..runtime.sync import run_sync
-from ..runtime.types import UNSET, Result
+from ..runtime.tools import ToolSpec, as_tools
+from ..runtime.types import UNSET, Result, StreamStatus, ToolCall
 from .defaults import defaults
 from .interpolate import InterpolationError, Substitution, describe_substitutions, substitute
-from .live import LiveOutput
-from .options import CellOptions, cell_spec, parse_cell_options
-from .status import format_status, notes_for
+from .live import LiveOutput, approve_hint
+from .options import CellOptions, cell_spec, parse_cell_options, usage_error
+from .status import Note, format_status, note_for, notes_for
 
 logger = logging.getLogger("pk_notebook")
-
 
 
 class CellInterrupted(KeyboardInterrupt):
@@ -105,6 +105,8 @@ class CellRun:
     interrupted: bool = False
     # What ``{name}`` placeholders put into the prompt (see interpolate.describe_substitutions).
     substitutions: list[Substitution] = field(default_factory=list)
+    # ``--tools``: the functions, described for the model.
+    tools: tuple[ToolSpec, ...] = ()
 
     # --- setup: everything that can be a usage error happens before any output ------
 
@@ -130,6 +132,7 @@ class CellRun:
                 "the cell has no prompt: write your question on the lines under %%stream"
             )
         pipeline = _pick_pipeline(options, namespace)
+        tools = _pick_tools(options.tools, namespace)
         surface = options.live
         if sync and surface == "auto":
             from .live import detect_surface
@@ -139,7 +142,13 @@ class CellRun:
                 # A blocked cell cannot receive a button click: offer Interrupt only.
                 surface = "display"
         return cls(
-            shell, options, prompt.strip("\n"), pipeline, surface, substitutions=substitutions
+            shell,
+            options,
+            prompt.strip("\n"),
+            pipeline,
+            surface,
+            substitutions=substitutions,
+            tools=tools,
         )
 
     # --- the run ----------------------------------------------------------------------
@@ -152,7 +161,16 @@ class CellRun:
             kwargs["timeout"] = opts.timeout
         if opts.idle_timeout is not UNSET:
             kwargs["idle_timeout"] = opts.idle_timeout
-        stream = self.stream = self.pipeline.stream(self.prompt, **kwargs)
+        if self.tools:
+            kwargs["tools"] = self.tools
+            if opts.max_tool_rounds is not None:
+                kwargs["max_tool_rounds"] = opts.max_tool_rounds
+            if opts.approve:
+                kwargs["approve"] = self.approve
+        try:
+            stream = self.stream = self.pipeline.stream(self.prompt, **kwargs)
+        except ConfigurationError as exc:
+            raise usage_error(exc) from None
         live = LiveOutput(
             format=opts.format,
             lang=opts.lang,
@@ -163,12 +181,18 @@ class CellRun:
             note=describe_substitutions(self.substitutions),
         )
         self.live = live
+        if opts.approve and not live.can_ask:
+            live.note = "\n".join(p for p in (live.note, approve_hint(live.surface)) if p)
         live.show()
         error: BaseException | None = None
         try:
             async with stream:
                 live.refresh_status()
                 async for chunk in stream:
+                    if chunk.reasoning:
+                        live.push_reasoning(chunk.reasoning)
+                    if chunk.tool is not None:
+                        live.tool_event(chunk.tool)
                     if chunk.content:
                         live.push(chunk.content)
         except asyncio.CancelledError:
@@ -186,13 +210,37 @@ class CellRun:
             error = exc
         result = await stream.wait_closed()
         self.result = result
-        bundle = live.finish(notes_for(result, error))
+        bundle = live.finish(self.notes(result, error), result.tool_results)
         if opts.out:
             self.shell.user_ns[opts.out] = result
         _last[:] = [LastAnswer(result, bundle, describe_substitutions(self.substitutions))]
         if self.interrupted:
             raise CellInterrupted()
         return result
+
+    async def approve(self, call: ToolCall) -> bool:
+        """``--approve``: Run / Deny in the cell; no where buttons cannot be clicked."""
+        live = self.live
+        if live is None:
+            return False
+        return await live.ask_approval(call)
+
+    def notes(self, result: Result, error: BaseException | None) -> list[Note]:
+        """The notes under the answer; a Stop during a tool call says which tool."""
+        notes = notes_for(result, error)
+        if result.status is StreamStatus.STOPPED:
+            cut = [r for r in result.tool_results if r.status in ("stopped", "abandoned")]
+            if cut:
+                names = ", ".join(dict.fromkeys(r.call.name for r in cut))
+                detail = f"while {names} ran"
+                if any(r.status == "abandoned" for r in cut):
+                    detail += " (a sync function's thread is left to finish: Python cannot stop it)"
+                detail += "; the rest was not generated."
+                notes[:1] = [note_for(StreamStatus.STOPPED, detail)]
+        if self.options.approve and self.live is not None and not self.live.can_ask:
+            if any(r.status == "denied" for r in result.tool_results):
+                notes.append(Note("⚠", "Note:", approve_hint(self.live.surface)))
+        return notes
 
     def request_stop(self) -> None:
         """The Stop button: end the stream, keep the text. Safe from any thread, any phase.
@@ -209,7 +257,13 @@ class CellRun:
             return "0.0 s · waiting for the first chunk"
         if stream.ended:
             return format_status(stream.result)
-        return format_status(stream, waiting=True)
+        line = format_status(stream, waiting=True)
+        live = self.live
+        if live is not None:
+            running = live.parts.running()
+            if running:
+                line += " · running " + ", ".join(dict.fromkeys(c.name for c in running))
+        return line
 
 
 def _pick_pipeline(options: CellOptions, namespace: Any) -> Pipeline:
@@ -231,6 +285,29 @@ def _pick_pipeline(options: CellOptions, namespace: Any) -> Pipeline:
         return defaults().pipeline_for(options.provider)
     except ConfigurationError as exc:
         raise UsageError(redact(str(exc))) from None
+
+
+def _pick_tools(names: tuple[str, ...], namespace: Any) -> tuple[ToolSpec, ...]:
+    """``--tools a,b``: the functions of those names in the notebook, described for the model."""
+    functions = []
+    for name in names:
+        if name not in namespace:
+            raise UsageError(
+                f"--tools {name}: there is no function {name!r} in this notebook; "
+                f"define it in a cell above (def {name}(...): ...) and run that cell first"
+            )
+        value = namespace[name]
+        if not callable(value):
+            raise UsageError(
+                f"--tools {name}: {name!r} is not a function (its type is "
+                f"{type(value).__name__}); "
+                "name a Python function (sync or async) the model may call"
+            )
+        functions.append(value)
+    try:
+        return as_tools(functions)
+    except ConfigurationError as exc:
+        raise usage_error(exc) from None
 
 
 # --- entry points ---------------------------------------------------------------------
