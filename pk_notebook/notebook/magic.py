@@ -36,6 +36,7 @@ from .options import (
     sessions_spec,
     usage_error,
 )
+from .parts_view import TextBlock, group_turns, part_markdown, part_plain
 from .runner import last_answer, last_result, run_cell_sync
 from .status import format_status
 
@@ -161,13 +162,26 @@ class StreamMagics(Magics):
             print(f"session {session!r} has no messages in {where}")
             return
         md, plain = [], []
+        # A turn with tools: its calls and results show as cards inside the answer, with
+        # its thinking, as in the cell (parts_view.py), not as messages of their own.
+        grouped = group_turns(messages)
+        shown = {id(m) for m, _ in grouped}
+        parts_of = {id(m): p for m, p in grouped if p is not None}
         for message in messages:
+            if message.role in ("assistant", "tool") and id(message) not in shown:
+                continue
             flag = f" ({message.status})" if message.status else ""
             # Stored answers are model text: shown through the same safe Markdown as
             # the cell (raw HTML inert, dangerous links dead, math intact).
             body = safe_markdown(message.content)
+            text = message.content
+            parts = parts_of.get(id(message))
+            if parts is not None:
+                shown_parts = [b for b in parts.blocks if not isinstance(b, TextBlock)]
+                body = "\n\n".join([*(part_markdown(b) for b in shown_parts), body])
+                text = "\n\n".join([*(part_plain(b) for b in shown_parts), text])
             md.append(f"**{message.role}**{escape_markdown(flag)}\n\n{body}")
-            plain.append(f"[{message.role}{flag}]\n{message.content}")
+            plain.append(f"[{message.role}{flag}]\n{text}")
         display(
             {"text/markdown": "\n\n---\n\n".join(md), "text/plain": "\n\n".join(plain)}, raw=True
         )

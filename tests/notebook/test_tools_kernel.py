@@ -183,3 +183,27 @@ def test_a_missing_or_wrong_tool_is_one_line(k: KernelSession) -> None:
     k.ok("not_a_function = 42", interactive=False)
     run = k.run("%%stream --tools not_a_function\nhi", interactive=False)
     assert "'not_a_function' is not a function (its type is int)" in run.reply["content"]["evalue"]
+
+
+@pytest.mark.slow
+def test_approve_on_colabs_kernel_denies_with_a_hint_and_no_dead_button(
+    old_kernel: KernelSession,
+) -> None:
+    old_kernel.ok(
+        'def get_weather(city: str) -> str:\n    """Current weather."""\n    return "rain"',
+        interactive=False,
+    )
+    run = old_kernel.ok(
+        "%%stream --tools get_weather --approve -o approved\nShould I take an umbrella in Paris?"
+    )
+    assert not button_comm_ids(run), "no button on a kernel that cannot handle its click"
+    hint = "--approve: Run / Deny buttons need ipykernel >= 7.4 (this kernel has 6.17.1)"
+    statuses = [
+        m["content"]["data"].get("text/plain", "")
+        for m in run.of_type("display_data", "update_display_data")
+    ]
+    assert any(hint in s for s in statuses), "the live status says why"
+    md = final_markdown(run)
+    escaped = hint.replace(">", "\\>")  # Markdown-escaped in the note
+    assert "· denied</summary>" in md and md.endswith(escaped + ", so every tool call is denied.")
+    assert old_kernel.value("[r.status for r in approved.tool_results]") == "['denied']"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
@@ -329,3 +330,19 @@ def test_the_tool_options() -> None:
         parse_cell_options("--approve")
     with pytest.raises(UsageError, match="not a Python function name"):
         parse_cell_options("--tools get-weather")
+
+
+def test_tools_in_a_terminal_and_in_history(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_cell("def get_weather(city: str) -> str:\n    return f'Light rain in {city}'")
+    ip.run_cell("%%stream --tools get_weather -s wet -o wet\nShould I take an umbrella in Paris?")
+    out = capsys.readouterr().out
+    assert out.startswith("▸ Thinking · ")
+    assert '✓ get_weather {"city": "Paris"}\n  → Light rain in Paris\n▸ Thinking · ' in out
+    assert out.rstrip().endswith("otherwise you can leave it at home.")
+    assert [r.status for r in ip.user_ns["wet"].tool_results] == ["ok"]
+    ip.run_line_magic("stream", "history wet")
+    history = capsys.readouterr().out
+    # One user message and one answer; the calls and results are inside the answer.
+    assert history.count("[user]") == 1 and history.count("[assistant]") == 1
+    assert "[tool]" not in history
+    assert '[assistant]\n▸ Thinking · 193 characters\n\n✓ get_weather {"city": "Paris"}' in history
