@@ -644,10 +644,13 @@ class Chat(widgets.VBox):
             loop.call_soon_threadsafe(settle)
 
         question = widgets.HTML(view.approval_html(call.name, call.arguments))
-        run = widgets.Button(description="Run", button_style="success", tooltip="Run this call")
-        deny = widgets.Button(description="Deny", tooltip="Do not run it; the model is told")
-        for button in (run, deny):
-            button.add_class("pk-chat-tool")
+        auto = widgets.Layout(width="auto")
+        run = widgets.Button(
+            description="Run", button_style="success", tooltip="Run this call", layout=auto
+        )
+        deny = widgets.Button(
+            description="Deny", tooltip="Do not run it; the model is told", layout=auto
+        )
         run.add_class("pk-chat-run")
         deny.add_class("pk-chat-deny")
         run.on_click(lambda _b: decide(True))

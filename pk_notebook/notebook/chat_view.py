@@ -172,8 +172,17 @@ _CSS = """
 .pk-chat .pk-tool-note { font-style: italic; }
 .pk-chat .pk-tool-error .pk-tool-mark { color: var(--jp-error-color1); }
 .pk-chat .pk-tool-ok .pk-tool-mark { color: var(--jp-success-color1); }
-.pk-chat-approve { align-items: center; gap: 8px; margin: 2px 0 8px 0; }
-.pk-chat-approve .pk-notice-text { flex: 1 1 auto; }
+.pk-chat-approve {
+  align-items: center;
+  gap: 8px;
+  margin: 2px 0 8px 12px;
+  padding: 4px 8px;
+  border-left: 3px solid var(--jp-brand-color1);
+  border-radius: 0 4px 4px 0;
+  background: var(--jp-layout-color2);
+}
+.pk-chat-approve .pk-notice-text { font-size: var(--jp-ui-font-size1); }
+.pk-chat-approve .jupyter-button { height: 26px; line-height: 26px; padding: 0 14px; }
 .pk-chat .pk-math { overflow-wrap: anywhere; }
 .pk-chat .pk-math-display {
   display: block;

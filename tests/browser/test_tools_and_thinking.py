@@ -125,3 +125,44 @@ def test_the_saved_tutorial_shows_collapsed_sections_when_reopened(
     out.first.scroll_into_view_if_needed()
     lab.page.screenshot(path=str(SHOT / "tools-thinking-saved.png"))
     lab.screenshot("tools-thinking-saved")
+
+
+def test_the_chat_shows_thinking_and_cards_in_the_bubble_and_asks_before_a_call(
+    lab_page: LabPage, lab_root: Path
+) -> None:
+    write_notebook(
+        lab_root / "chat-tools.ipynb",
+        [
+            "from pk_notebook import Chat, Pipeline, ProviderMiddleware\n"
+            "from pk_notebook.providers import MockProvider\n"
+            "def get_weather(city: str) -> str:\n"
+            '    """Current weather for a city."""\n'
+            '    return f"light rain, 14 °C in {city}"\n'
+            "pipe = Pipeline(ProviderMiddleware(MockProvider.demo(chunk_delay=0.01)))\n"
+            "chat = Chat(pipe, tools=[get_weather], approve=True, height='520px')\n"
+            "chat",
+        ],
+    )
+    lab = lab_page
+    lab.open("chat-tools.ipynb")
+    lab.run_cell_and_wait(0)
+    box = lab.cell(0).locator(".pk-chat-input textarea")
+    box.fill("Should I take an umbrella in Paris?")
+    lab.cell(0).locator(".pk-chat-send").click()
+    ask = lab.cell(0).locator(".pk-chat-approve")
+    ask.wait_for(state="visible", timeout=20_000)
+    assert "get_weather" in ask.inner_text() and "Paris" in ask.inner_text()
+    lab.page.screenshot(path=str(SHOT / "chat-tools-approve.png"))
+    ask.locator(".pk-chat-run").click()
+    card = lab.cell(0).locator(".pk-chat:not(.pk-chat-saved) details.pk-tool-ok")
+    card.wait_for(state="attached", timeout=20_000)
+    lab.page.wait_for_function("() => !document.querySelector('.pk-chat-busy')", timeout=20_000)
+    bubble = lab.cell(0).locator(".pk-chat:not(.pk-chat-saved) .pk-msg-assistant").last
+    assert bubble.locator("details.pk-thinking").count() == 2
+    assert bubble.locator("details[open]").count() == 0
+    assert "I asked the get_weather tool about Paris" in bubble.inner_text()
+    bubble.locator("details.pk-tool-ok summary").click()
+    assert "light rain, 14 °C in Paris" in bubble.inner_text()
+    assert ask.count() == 0
+    lab.page.screenshot(path=str(SHOT / "chat-tools.png"))
+    lab.screenshot("chat-tools")
