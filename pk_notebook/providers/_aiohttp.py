@@ -21,6 +21,7 @@ dropped connection says ``ServerDisconnectedError``, a stalled read
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 from collections.abc import Mapping
 
@@ -33,6 +34,8 @@ from ._http import Peer, network_error
 #: what aiohttp raises when a connection or a request fails (``connect`` timeouts
 #: included: aiohttp's timeout errors derive from ``ClientError`` and ``TimeoutError``)
 _FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
+#: request bodies larger than this are sent from a file object (see _Exchange)
+_LARGE = 1024 * 1024
 
 
 class AiohttpResponse:
@@ -82,7 +85,9 @@ class _Exchange:
                 "POST",
                 self._url,
                 headers=self._headers,
-                data=self._content,
+                # A large body (attachments) as a file object: aiohttp warns that raw
+                # bytes over 1 MiB "might lock the event loop", and streams a file.
+                data=io.BytesIO(self._content) if len(self._content) > _LARGE else self._content,
                 proxy=client._proxy,
                 timeout=client._timeout,
                 allow_redirects=False,

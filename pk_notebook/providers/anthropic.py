@@ -12,6 +12,24 @@ Thinking streams as reasoning; each thinking block (with the signature that
 arrives in its ``signature_delta``) and each ``redacted_thinking`` block is kept
 in :attr:`Finish.reasoning_blocks`, because a follow-up request in a tool loop
 must send them back unchanged, before the ``tool_use`` blocks they led to.
+
+**Structured output** (``schema=``) uses forced tool use (``result.schema_mode``
+``"tool"``): the request declares one more tool, named after the schema, whose
+``input_schema`` is the schema, and ``tool_choice`` ``{"type": "tool", "name":
+...}`` forces it. With real tools too, they are kept and ``tool_choice`` becomes
+``{"type": "any"}`` (call a tool, or answer through the schema tool); after the
+last tool round (``tool_choice="none"``) the schema tool is forced again. The
+parser turns that tool's ``input_json_delta`` pieces into answer *text*, so the
+stream shows, parses and validates the JSON like any answer; it is never a tool
+call. A finished structured answer ends with ``stop_reason`` ``"tool_use"`` on
+the wire; it is reported as ``"end_turn"``, the finish reason of any complete
+Anthropic answer (``"max_tokens"`` stays what it is: the cut-off case). A schema
+whose root is not an object (tool input must be one) is asked for with
+instructions in the system prompt instead (``schema_mode`` ``"prompt"``).
+
+**Attachments** become blocks after the text block: images as ``image`` blocks
+(base64 source; JPEG, PNG, GIF, WebP; at most 5 MB each), PDFs as ``document``
+blocks (base64, at most 32 MB). Both are taken by default (``accepts=``).
 """
 
 from __future__ import annotations
@@ -20,6 +38,7 @@ import json
 from typing import Any, ClassVar
 
 from ..runtime.errors import ProtocolError, ProviderError
+from ..runtime.schema import OutputSchema
 from ..runtime.types import (
     Delta,
     Finish,
@@ -75,6 +94,9 @@ class AnthropicProvider(HTTPProvider):
         self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
 
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
+        self.check_attachments(
+            request.messages, image_cap=ANTHROPIC_IMAGE_BYTES, pdf_cap=ANTHROPIC_PDF_BYTES
+        )
         system = [config.system] if config.system else []
         messages = anthropic_messages(request.messages, system)
         payload: dict[str, Any] = {
@@ -83,6 +105,10 @@ class AnthropicProvider(HTTPProvider):
             "messages": messages,
             "stream": True,
         }
+        answer_tool = _answer_tool(request)
+        if request.schema is not None and answer_tool is None:
+            system.append(request.schema.instructions())
+            request.call.schema_mode = "prompt"
         if request.tools:
             payload["tools"] = [anthropic_tool(spec) for spec in request.tools]
             choice = _TOOL_CHOICE.get(request.tool_choice or "")
@@ -103,6 +129,23 @@ class AnthropicProvider(HTTPProvider):
                     for name in used
                 ]
                 payload["tool_choice"] = {"type": "none"}
+        if answer_tool is not None:
+            schema: OutputSchema = request.schema
+            payload.setdefault("tools", []).append(
+                {
+                    "name": answer_tool,
+                    "description": (
+                        f"Give your answer ({schema.name}) through this tool: its input is "
+                        "the answer."
+                    ),
+                    "input_schema": _input_schema(schema.json_schema),
+                }
+            )
+            if request.tools and request.tool_choice != "none":
+                payload["tool_choice"] = {"type": "any"}
+            else:
+                payload["tool_choice"] = {"type": "tool", "name": answer_tool}
+            request.call.schema_mode = "tool"
         if system:
             payload["system"] = "\n\n".join(system)
         if config.temperature is not None:
@@ -123,6 +166,42 @@ class AnthropicProvider(HTTPProvider):
 
     def parser(self, config: ProviderConfig) -> AnthropicParser:
         return AnthropicParser(self)
+
+    def parser_for(self, request: Request, config: ProviderConfig) -> AnthropicParser:
+        return AnthropicParser(self, answer_tool=_answer_tool(request))
+
+
+#: Anthropic's caps: 5 MB per image, 32 MB per request (so per PDF)
+ANTHROPIC_IMAGE_BYTES = 5 * 1024 * 1024
+ANTHROPIC_PDF_BYTES = 32 * 1024 * 1024
+
+
+def _answer_tool(request: Request) -> str | None:
+    """The name of the tool that carries a structured answer, or None without one.
+
+    The schema's name, made unique among the request's tools; None when there is no
+    schema, or when its root is not an object (a tool's input must be one).
+    """
+    schema: OutputSchema | None = request.schema
+    if schema is None:
+        return None
+    root = schema.json_schema
+    if not _object_root(root):
+        return None
+    taken = {str(getattr(spec, "name", "")) for spec in request.tools}
+    name = schema.name
+    if name in taken:
+        name = name[:57] + "_answer"
+    return None if name in taken else name
+
+
+def _object_root(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return kind == "object" or (kind is None and "properties" in schema)
+
+
+def _input_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return schema if "type" in schema else {"type": "object", **schema}
 
 
 _TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "any"}
@@ -174,6 +253,9 @@ def anthropic_messages(
                 content = message.content
             else:
                 continue  # neither text nor calls: nothing to send
+        elif message.attachments:
+            role = "user"
+            content = _user_blocks(message)
         else:
             role = "user"
             content = message.content
@@ -183,6 +265,15 @@ def anthropic_messages(
         else:
             out.append({"role": role, "content": content})
     return out
+
+
+def _user_blocks(message: Message) -> list[dict[str, Any]]:
+    """A user message with attachments: its text block, then an image or document each."""
+    blocks = _blocks(message.content)
+    for item in message.attachments:
+        source = {"type": "base64", "media_type": item.mime_type, "data": item.base64}
+        blocks.append({"type": "image" if item.is_image else "document", "source": source})
+    return blocks
 
 
 def _used_tools(history: tuple[Message, ...] | list[Message]) -> list[str]:
@@ -235,10 +326,22 @@ class AnthropicParser(StreamParser):
     wrong type are a :class:`ProtocolError` with the raw line.
     """
 
-    __slots__ = ("_blocks", "_thinking", "_usage", "model", "stop_reason")
+    __slots__ = (
+        "_answer_block",
+        "_answer_tool",
+        "_blocks",
+        "_thinking",
+        "_usage",
+        "model",
+        "stop_reason",
+    )
 
-    def __init__(self, provider: HTTPProvider) -> None:
+    def __init__(self, provider: HTTPProvider, answer_tool: str | None = None) -> None:
         super().__init__(provider)
+        #: the structured answer's tool (its input is answer text), and its block's
+        #: index: [index, whether pieces came, the input of its start event]
+        self._answer_tool = answer_tool
+        self._answer_block: list[Any] | None = None
         # index -> [id, name, [json pieces], input JSON, ordinal among the calls]
         self._blocks: dict[int, list[Any]] = {}
         # index -> the thinking block's record ("thinking" and "signature" kept as lists
@@ -340,6 +443,14 @@ class AnthropicParser(StreamParser):
                     record["thinking"].append(thinking)
         elif dtype == "input_json_delta":
             piece = string(delta.get("partial_json"), "'partial_json'")
+            answer = self._answer_block
+            if answer is not None and answer[0] == _index(obj, -1):
+                if piece:
+                    answer[1] = True
+                    self.emit(out, piece)
+                else:
+                    out.append(Delta(activity=True))
+                return
             block = self._blocks.get(_index(obj, -1))
             if block is None:
                 out.append(Delta(activity=True))
@@ -362,6 +473,13 @@ class AnthropicParser(StreamParser):
         if kind == "tool_use":
             tool_id = string(opened.get("id"), "a tool_use block's 'id'")
             name = string(opened.get("name"), "a tool_use block's 'name'")
+            if self._answer_tool is not None and name == self._answer_tool:
+                if self._answer_block is None:  # the answer: its input is text
+                    initial = opened.get("input")
+                    whole = dump_json(initial) if initial else ""
+                    self._answer_block = [_index(obj, -1), False, whole]
+                out.append(Delta(activity=True))
+                return
             initial = opened.get("input")
             arguments = dump_json(initial) if initial else "{}"  # used if no deltas follow
             self.charge_tools(TOOL_CALL_OVERHEAD + len(tool_id) + len(name) + len(arguments))
@@ -389,6 +507,11 @@ class AnthropicParser(StreamParser):
             out.append(Delta(activity=True))
 
     def _block_stop(self, obj: dict[str, Any], out: list[ProviderEvent]) -> None:
+        answer = self._answer_block
+        if answer is not None and answer[0] == _index(obj, -1) and not answer[1] and answer[2]:
+            answer[1] = True  # an answer whose input came whole in its start event
+            self.emit(out, answer[2])
+            return
         block = self._blocks.get(_index(obj, -1))
         if block is not None and not block[2] and block[3] != "{}":
             # A tool_use whose input came whole in its start event: report it too, so
@@ -407,11 +530,14 @@ class AnthropicParser(StreamParser):
         for _, (tool_id, name, pieces, initial, _ordinal) in sorted(self._blocks.items()):
             tools.append(ToolCall(tool_id, name, "".join(pieces) or initial))
         usage = usage_from_anthropic(self._usage)
+        reason = self.stop_reason
+        if reason == "tool_use" and not tools and self._answer_block is not None:
+            reason = "end_turn"  # the structured answer is complete: not a tool call
         blocks = self.reasoning_blocks()
         if not blocks:
-            return self._provider.finish(self.stop_reason, usage, tuple(tools), self.model)
+            return self._provider.finish(reason, usage, tuple(tools), self.model)
         return self._provider.finish(
-            self.stop_reason, usage, tuple(tools), self.model, reasoning_blocks=blocks
+            reason, usage, tuple(tools), self.model, reasoning_blocks=blocks
         )
 
     def reasoning_blocks(self) -> tuple[dict[str, Any], ...]:

@@ -19,10 +19,21 @@ from typing import Any, ClassVar, Protocol
 import httpx
 
 from ..runtime.errors import ConfigurationError, StreamError, register_secret
-from ..runtime.types import Finish, ProviderConfig, ProviderEvent, Request, Usage
+from ..runtime.types import Finish, Message, ProviderConfig, ProviderEvent, Request, Usage
 from . import _http
 from .limits import DEFAULT_LIMITS, StreamLimits
 from .pricing import Price, lookup_price
+
+#: the kinds of attachment a provider may take (``accepts=``)
+ATTACHMENT_KINDS = ("image", "pdf")
+
+
+def size_text(n: int) -> str:
+    """``5 MB``, ``41 kB``: a size as the errors state it."""
+    if n >= 1024 * 1024:
+        value = n / 1024 / 1024
+        return f"{value:.0f} MB" if value == int(value) else f"{value:.1f} MB"
+    return f"{n / 1024:.0f} kB" if n >= 1024 else f"{n} B"
 
 
 class Parser(Protocol):
@@ -63,6 +74,10 @@ class HTTPProvider(abc.ABC):
         name, key_env, require_key: for aliases (``"ollama"``, ``"groq"``): the name
             shown in results, the variables the key is read from, and whether a
             missing key is an error (default: only for the official host).
+        accepts: the kinds of attachment the server takes, among ``"image"`` and
+            ``"pdf"`` (``()``: text only). The default is each provider's (see its
+            docstring); an attachment of another kind is refused before anything is
+            sent, with a :class:`ConfigurationError` that says what to do.
     """
 
     #: registry name and the name shown in results
@@ -71,6 +86,8 @@ class HTTPProvider(abc.ABC):
     official_hosts: ClassVar[frozenset[str]] = frozenset()
     key_env: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[ProviderConfig] = ProviderConfig()
+    #: the attachment kinds taken when ``accepts`` is not given
+    default_accepts: ClassVar[tuple[str, ...]] = ("image", "pdf")
 
     def __init__(
         self,
@@ -94,9 +111,22 @@ class HTTPProvider(abc.ABC):
         max_decompressed_bytes: int = _http.DEFAULT_MAX_BYTES,
         max_compression_ratio: float = _http.DEFAULT_MAX_RATIO,
         limits: StreamLimits | None = None,
+        accepts: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         if name is not None:
             self.name = name
+        if accepts is not None:
+            if isinstance(accepts, str):
+                accepts = (accepts,)
+            unknown = set(accepts) - set(ATTACHMENT_KINDS)
+            if unknown:
+                raise ConfigurationError(
+                    f"accepts takes {' and '.join(map(repr, ATTACHMENT_KINDS))}, "
+                    f"got {sorted(unknown)}"
+                )
+            self.accepts: tuple[str, ...] | None = tuple(accepts)
+        else:
+            self.accepts = None  # the provider's default, decided once the URL is known
         base = (base_url or self.default_base_url).rstrip("/")
         try:
             url = httpx.URL(base)
@@ -113,7 +143,10 @@ class HTTPProvider(abc.ABC):
             self.name,
             api_key,
             env,
-            required=url.host in self.official_hosts if require_key is None else require_key,
+            # A cassette player (providers/cassette.py) sends nothing anywhere: no key needed.
+            required=(url.host in self.official_hosts and not getattr(transport, "offline", False))
+            if require_key is None
+            else require_key,
         )
         # From here on every redact() in this process removes this exact key, whatever
         # its shape (an Azure hex key, a vLLM --api-key): errors built anywhere below.
@@ -170,6 +203,11 @@ class HTTPProvider(abc.ABC):
     def parser(self, config: ProviderConfig) -> Parser:
         """A fresh parser for one response (it keeps the state of that stream)."""
 
+    def parser_for(self, request: Request, config: ProviderConfig) -> Parser:
+        """The parser for ``request``'s response; override when it depends on the request
+        (Anthropic's forced-tool structured answers)."""
+        return self.parser(config)
+
     # --- the call -------------------------------------------------------------------
 
     async def stream(self, request: Request) -> AsyncIterator[ProviderEvent]:
@@ -179,7 +217,7 @@ class HTTPProvider(abc.ABC):
                 f"{self.name} needs a model: use '{self.name}:MODEL' or pass model=..."
             )
         url, headers, body = self.build(request, config)
-        parser = self.parser(config)
+        parser = self.parser_for(request, config)
         secret = self._api_key
         client = await self._clients.get()
         # Every failure below is already one of the runtime's typed errors: the
@@ -220,6 +258,70 @@ class HTTPProvider(abc.ABC):
         await self._clients.aclose()
 
     # --- helpers for subclasses -----------------------------------------------------
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        """The attachment kinds this provider sends (``accepts``, or the class default)."""
+        return self.accepts if self.accepts is not None else self.default_accepts
+
+    def check_attachments(
+        self,
+        messages: tuple[Message, ...] | list[Message],
+        *,
+        image_cap: int | None = None,
+        pdf_cap: int | None = None,
+        image_types: tuple[str, ...] | None = None,
+        hint: str = "",
+    ) -> None:
+        """Refuse, before anything is sent, an attachment this provider cannot take.
+
+        Raises :class:`ConfigurationError` naming the file and what to do: a kind
+        the server does not take (see ``accepts``), a type it does not read, or a
+        file over the per-file cap.
+        """
+        for message in messages:
+            for item in message.attachments:
+                kind = "image" if item.is_image else "pdf"
+                label = item.describe()
+                if kind not in self.accepted:
+                    raise ConfigurationError(self._refusal(kind, label, hint))
+                if image_types is not None and item.is_image and item.mime_type not in image_types:
+                    raise ConfigurationError(
+                        f"{self.name} does not read {item.mime_type} images ({label}): "
+                        f"convert it to {' or '.join(t.split('/')[1].upper() for t in image_types)}"
+                        " first (e.g. PIL: image.save(buffer, format='PNG'))"
+                    )
+                cap = image_cap if item.is_image else pdf_cap
+                if cap is not None and item.size > cap:
+                    what = "images" if item.is_image else "PDFs"
+                    advice = (
+                        "downscale it or save it as JPEG (a figure: savefig(..., dpi=100))"
+                        if item.is_image
+                        else "split it or send only the pages that matter"
+                    )
+                    raise ConfigurationError(
+                        f"{label} is too large for {self.name}, which takes {what} of at "
+                        f"most {size_text(cap)} each: {advice}"
+                    )
+
+    def _refusal(self, kind: str, label: str, hint: str) -> str:
+        taken = (
+            " and ".join({"image": "images", "pdf": "PDFs"}[k] for k in self.accepted)
+            or "text only"
+        )
+        if kind == "pdf":
+            advice = (
+                "extract its text (e.g. pypdf) and put it in the prompt, or use a provider "
+                "that reads PDFs (openai on api.openai.com, anthropic, gemini)"
+            )
+        else:
+            advice = "describe the image in words, or use a provider and model that see images"
+        override = f"; if this server does take them, pass accepts={(*self.accepted, kind)!r}"
+        what = "PDF files" if kind == "pdf" else "images"
+        return (
+            f"{self.name} ({self.base_url}) does not take {what} ({label}): it is set up "
+            f"for {taken}{hint}. To send it, {advice}{override}"
+        )
 
     def finish(
         self,

@@ -10,6 +10,17 @@ never in the URL, so it cannot leak through a logged URL.
 A ``functionCall`` part may carry a ``thoughtSignature`` (Gemini's record of the
 thinking that led to the call): it is kept in :attr:`ToolCall.signature` and sent
 back with the call, as the API requires in a tool loop.
+
+**Structured output** (``schema=``): ``generationConfig.responseMimeType``
+``"application/json"`` and ``generationConfig.responseJsonSchema`` (the full JSON
+schema, ``$defs`` and ``$ref`` included); the JSON arrives as text parts
+(``result.schema_mode`` ``"response_schema"``).
+
+**Attachments** are ``inlineData`` parts (``mimeType``, base64 ``data``) after the
+text part: images (PNG, JPEG, WebP; a GIF is refused with a hint to convert it)
+and PDFs, both taken by default (``accepts=``). Inline data is capped at 20 MB per
+request in total, counted as sent (base64, so about 15 MB of files); larger files
+need Gemini's Files API, which this provider does not use.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import json
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from ..runtime.errors import ProtocolError, ProviderError
+from ..runtime.errors import ConfigurationError, ProtocolError, ProviderError
 from ..runtime.types import (
     Finish,
     Message,
@@ -40,7 +51,7 @@ from ._parse import (
     mapping,
     string,
 )
-from .base import HTTPProvider
+from .base import HTTPProvider, size_text
 
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 
@@ -71,6 +82,14 @@ class GeminiProvider(HTTPProvider):
         )
 
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
+        self.check_attachments(request.messages, image_types=GEMINI_IMAGE_TYPES)
+        inline = sum(_base64_size(a.size) for m in request.messages for a in m.attachments)
+        if inline > GEMINI_INLINE_BYTES:
+            raise ConfigurationError(
+                f"the attachments of this request are {size_text(inline)} as sent (base64); "
+                f"{self.name} takes at most {size_text(GEMINI_INLINE_BYTES)} of inline data per "
+                "request: send fewer or smaller files (downscale images, split the PDF)"
+            )
         system = [config.system] if config.system else []
         contents = gemini_contents(request.messages, system)
         payload: dict[str, Any] = {"contents": contents}
@@ -92,6 +111,10 @@ class GeminiProvider(HTTPProvider):
             generation["maxOutputTokens"] = config.max_tokens
         if config.stop:
             generation["stopSequences"] = list(config.stop)
+        if request.schema is not None:
+            generation["responseMimeType"] = "application/json"
+            generation["responseJsonSchema"] = request.schema.json_schema
+            request.call.schema_mode = "response_schema"
         if generation:
             payload["generationConfig"] = generation
         model = str(config.model)
@@ -109,6 +132,13 @@ class GeminiProvider(HTTPProvider):
 
 
 _MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+#: the image types Gemini reads (no GIF), and its cap on inline data per request
+GEMINI_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+GEMINI_INLINE_BYTES = 20 * 1024 * 1024
+
+
+def _base64_size(n: int) -> int:
+    return 4 * ((n + 2) // 3)
 
 
 def gemini_function(spec: Any) -> dict[str, Any]:
@@ -155,7 +185,12 @@ def gemini_contents(
                 continue  # neither text nor calls: nothing to send
         else:
             role = "user"
-            parts = [{"text": message.content}]
+            keep_text = message.content or not message.attachments
+            parts = [{"text": message.content}] if keep_text else []
+            parts += [
+                {"inlineData": {"mimeType": item.mime_type, "data": item.base64}}
+                for item in message.attachments
+            ]
         if out and out[-1]["role"] == role:
             out[-1]["parts"].extend(parts)
         else:

@@ -15,6 +15,21 @@ A scenario can also think (``reasoning``) and use tools: ``tool_calls`` makes it
 call them (streamed as :class:`ToolCallDelta` fragments), and ``answer`` is what
 it says once the results come back, with ``{result}`` in it (see
 :class:`Scenario`). The demo set's ``get_weather`` scenario shows both offline.
+
+**Structured output** (``schema=``): the mock answers with a valid object for the
+schema, made by :func:`example_for_schema` (deterministic: the same schema gives
+the same object) and streamed as JSON text in token-sized pieces;
+``result.schema_mode`` is ``"mock"``. Only scenarios that name the schema
+(``schema: Trip``, or ``"*"`` for any) answer a structured request, so the prose
+of the demo set never does; such a scenario's ``response`` is the JSON to send
+(templated like any answer): use it to script an exact object, or an invalid
+one to rehearse a validation error. Without a ``response`` it sends the generated
+object, and with ``finish_reason: length`` only the first half of it, to rehearse
+an answer cut short by the token limit (so does a small ``max_tokens``).
+
+**Attachments**: the mock takes every kind. Its default answer ends with what it
+received (``I received 1 image (figure.png, image/png, 41 kB).``), and a scenario's
+answer can say it with ``{attachments}``.
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +193,14 @@ class Scenario:
     when ``request.tool_choice == "none"``; then it answers in text instead:
     ``answer`` if the turn already has tool results, else ``without_tools`` (or
     ``response``, or ``answer`` with no results, whichever is set first).
+
+    **Structured output.** ``schema`` is the name of the schema (``schema=`` on the
+    call: a pydantic model's class name, a dict schema's ``title``) this scenario
+    answers, or ``"*"`` for any. A scenario with ``schema`` answers only structured
+    requests for that schema, one without answers only plain ones. Its text
+    (``response``, or ``answer`` after tools) is the JSON sent; left empty, the
+    mock sends a valid generated object (:func:`example_for_schema`), cut in half
+    when ``finish_reason`` is ``"length"``.
     """
 
     response: str = ""
@@ -193,6 +216,7 @@ class Scenario:
     answer_reasoning: str = ""
     rounds: int = 1
     without_tools: str | None = None
+    schema: str | None = None
 
     def __post_init__(self) -> None:
         for attr in ("match", "recall"):
@@ -215,6 +239,12 @@ class Scenario:
             raise ConfigurationError(
                 f"scenario {label!r}: rounds must be a positive integer, got {self.rounds!r}"
             )
+
+    def answers(self, schema: Any) -> bool:
+        """Whether this scenario answers a request for ``schema`` (None: a plain request)."""
+        if schema is None:
+            return self.schema is None
+        return self.schema is not None and self.schema in ("*", getattr(schema, "name", None))
 
     def matches(self, prompt: str, turn: int, earlier: Sequence[str] = ()) -> dict[str, str] | None:
         if self.turn is not None and self.turn != turn:
@@ -247,7 +277,7 @@ class Scenario:
                 f"scenario {data.get('name', '?')!r} has unknown keys {sorted(extra)}; "
                 f"allowed: {sorted(known)}"
             )
-        if "response" not in data and not data.get("tool_calls"):
+        if "response" not in data and not data.get("tool_calls") and not data.get("schema"):
             raise ConfigurationError(f"scenario {data.get('name', '?')!r} has no 'response'")
         values = dict(data)
         if values.get("fault") is not None:
@@ -304,6 +334,8 @@ class MockPlan:
     text: str
     reasoning: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    #: the text is an object generated from the request's schema
+    generated: bool = False
 
 
 def _plan(scenario: Scenario, request: Request, values: dict[str, str]) -> MockPlan:
@@ -331,7 +363,8 @@ def _plan(scenario: Scenario, request: Request, values: dict[str, str]) -> MockP
         text = scenario.render(values["prompt"], values)
         return MockPlan(scenario, text, fmt.format(scenario.reasoning, **values), calls)
     if scenario.tool_calls and results:
-        template = scenario.answer if scenario.answer is not None else "{results}"
+        fallback = "" if scenario.schema else "{results}"  # "": a generated object
+        template = scenario.answer if scenario.answer is not None else fallback
         reasoning = scenario.answer_reasoning
     elif scenario.tool_calls:  # its tools are not offered, or tool_choice is "none"
         template = scenario.without_tools or scenario.response or scenario.answer or ""
@@ -379,6 +412,184 @@ def _result_table(turn: Sequence[Message]) -> dict[str, str]:
 def _argument_pieces(arguments: str) -> list[str]:
     """Cut a call's JSON arguments into pieces of about four characters, as models stream them."""
     return [arguments[i : i + 4] for i in range(0, len(arguments), 4)] or [""]
+
+
+def _latest_attachments(request: Request) -> tuple[Any, ...]:
+    for message in reversed(request.messages):
+        if message.role == "user":
+            return tuple(message.attachments)
+    return ()
+
+
+def describe_received(files: Sequence[Any]) -> str:
+    """``I received 1 image (figure.png, image/png, 41 kB).`` ("" for no files)."""
+    if not files:
+        return ""
+    groups = []
+    for kind, plural, chosen in (
+        ("image", "images", [f for f in files if f.is_image]),
+        ("PDF", "PDFs", [f for f in files if not f.is_image]),
+    ):
+        if chosen:
+            listed = "; ".join(_received(f) for f in chosen)
+            groups.append(f"{len(chosen)} {kind if len(chosen) == 1 else plural} ({listed})")
+    return "I received " + " and ".join(groups) + "."
+
+
+def _received(item: Any) -> str:
+    label = item.name or "attachment"
+    return f"{label}, {item.describe()[len(label) + 2 : -1]}"
+
+
+# --- objects for a schema ----------------------------------------------------------
+
+#: how deep the generator follows nested (or recursive) schemas before it stops
+EXAMPLE_MAX_DEPTH = 8
+_FORMATS = {
+    "date": "2024-01-01",
+    "date-time": "2024-01-01T09:00:00Z",
+    "time": "09:00:00",
+    "email": "{word}@example.com",
+    "uri": "https://example.com/{word}",
+    "url": "https://example.com/{word}",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
+def example_for_schema(schema: Mapping[str, Any]) -> Any:
+    """A small, deterministic value valid for the JSON ``schema`` (what the mock answers).
+
+    It covers what models are asked for: ``object`` (every property, in order),
+    ``array`` (two items, or ``minItems``/``maxItems`` if they say otherwise;
+    ``prefixItems`` one each), ``string`` (a word from the property's name, e.g.
+    ``"city"``, numbered in a list, ``"sights 1"``; a few ``format`` values such as
+    ``date`` and ``email``; padded to ``minLength``), ``integer``/``number`` (1 and
+    1.5, moved inside ``minimum``/``maximum``), ``boolean`` (true), ``null``,
+    ``enum``/``const`` (the first value), ``anyOf``/``oneOf`` (the first branch),
+    ``allOf`` (merged), and ``$ref`` into ``$defs``/``definitions``. ``pattern``
+    is not followed. Past :data:`EXAMPLE_MAX_DEPTH` levels (a recursive schema),
+    optional parts are left out and lists are empty.
+    """
+    return _Example(schema).value(schema, "value", 0)
+
+
+class _Example:
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+
+    def resolve(self, ref: str) -> Mapping[str, Any]:
+        node: Any = self.root
+        if not ref.startswith("#"):
+            return {}
+        for key in ref[1:].strip("/").split("/") if ref != "#" else ():
+            key = key.replace("~1", "/").replace("~0", "~")
+            if not isinstance(node, Mapping) or key not in node:
+                return {}
+            node = node[key]
+        return node if isinstance(node, Mapping) else {}
+
+    def value(self, schema: Any, name: str, depth: int) -> Any:
+        if depth > 3 * EXAMPLE_MAX_DEPTH:  # a schema that requires itself: give up there
+            return None
+        if not isinstance(schema, Mapping):
+            return name if schema is not False else None
+        if "$ref" in schema:
+            target = self.resolve(str(schema["$ref"]))
+            rest = {k: v for k, v in schema.items() if k != "$ref"}
+            return self.value({**target, **rest}, name, depth + 1)
+        if "const" in schema:
+            return schema["const"]
+        if schema.get("enum"):
+            return schema["enum"][0]
+        if "default" in schema and depth > EXAMPLE_MAX_DEPTH:
+            return schema["default"]
+        for key in ("anyOf", "oneOf"):
+            branches = schema.get(key)
+            if branches:
+                if depth > EXAMPLE_MAX_DEPTH and {"type": "null"} in branches:
+                    return None
+                return self.value(branches[0], name, depth + 1)
+        if schema.get("allOf"):
+            merged: dict[str, Any] = {}
+            for part in schema["allOf"]:
+                if isinstance(part, Mapping) and "$ref" in part:
+                    part = self.resolve(str(part["$ref"]))
+                if isinstance(part, Mapping):
+                    merged.update(part)
+            rest = {k: v for k, v in schema.items() if k != "allOf"}
+            return self.value({**merged, **rest}, name, depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if k != "null"] or ["null"]
+            kind = kinds[0]
+        if kind is None:
+            if "properties" in schema:
+                kind = "object"
+            elif "items" in schema or "prefixItems" in schema:
+                kind = "array"
+            else:
+                return name
+        if kind == "object":
+            required = set(schema.get("required", ()))
+            properties = schema.get("properties") or {}
+            return {
+                key: self.value(sub, key, depth + 1)
+                for key, sub in properties.items()
+                if depth <= EXAMPLE_MAX_DEPTH or key in required
+            }
+        if kind == "array":
+            return self.array(schema, name, depth)
+        if kind == "string":
+            return _string(schema, name)
+        if kind in ("integer", "number"):
+            return _number(schema, kind == "integer")
+        if kind == "boolean":
+            return True
+        return None
+
+    def array(self, schema: Mapping[str, Any], name: str, depth: int) -> list[Any]:
+        prefix = schema.get("prefixItems")
+        if prefix:
+            return [self.value(sub, f"{name} {i}", depth + 1) for i, sub in enumerate(prefix, 1)]
+        count = 2 if depth <= EXAMPLE_MAX_DEPTH else 0
+        count = max(count, int(schema.get("minItems", 0)))
+        if "maxItems" in schema:
+            count = min(count, int(schema["maxItems"]))
+        items = schema.get("items", {})
+        return [self.value(items, f"{name} {i}", depth + 1) for i in range(1, count + 1)]
+
+
+def _string(schema: Mapping[str, Any], name: str) -> str:
+    word = name.replace("_", " ").strip() or "text"
+    fmt = _FORMATS.get(str(schema.get("format", "")))
+    text = fmt.format(word=word.replace(" ", "-")) if fmt else word
+    text = text.ljust(int(schema.get("minLength", 0)), "x")
+    if "maxLength" in schema:
+        text = text[: int(schema["maxLength"])]
+    return text
+
+
+def _number(schema: Mapping[str, Any], integer: bool) -> int | float:
+    value: float = 1 if integer else 1.5
+    step = 1 if integer else 0.5
+    low = schema.get("minimum")
+    if low is None and "exclusiveMinimum" in schema:
+        low = schema["exclusiveMinimum"] + step
+    high = schema.get("maximum")
+    if high is None and "exclusiveMaximum" in schema:
+        high = schema["exclusiveMaximum"] - step
+    if low is not None and value < low:
+        value = low
+    if high is not None and value > high:
+        value = high
+    if integer:
+        return int(value) if float(value).is_integer() else int(value) + 1
+    return value
+
+
+def _example_text(schema: Any) -> str:
+    """The generated object for an :class:`OutputSchema`, as the JSON the mock streams."""
+    return json.dumps(example_for_schema(schema.json_schema), ensure_ascii=False)
 
 
 @dataclass
@@ -480,19 +691,35 @@ class MockProvider:
         prompt = request.prompt
         asked = [m.content for m in request.messages if m.role == "user"]
         turn = len(asked)
+        schema = request.schema
+        received = describe_received(_latest_attachments(request))
         for scenario in self.scenarios:
+            if not scenario.answers(schema):
+                continue
             groups = scenario.matches(prompt, turn, asked[:-1])
             if groups is not None:
-                return _plan(scenario, request, {"prompt": prompt.strip(), **groups})
+                values = {"prompt": prompt.strip(), "attachments": received, **groups}
+                plan = _plan(scenario, request, values)
+                if schema is not None and not plan.tool_calls and not plan.text.strip():
+                    return replace(plan, text=_example_text(schema), generated=True)
+                return plan
+        if schema is not None:
+            return MockPlan(None, _example_text(schema), generated=True)
         excerpt = " ".join(prompt.split())
         if len(excerpt) > 160:
             excerpt = excerpt[:157] + "..."
-        text = _SafeFormatter().format(self.default, excerpt=excerpt or "(empty)", prompt=prompt)
+        text = _SafeFormatter().format(
+            self.default, excerpt=excerpt or "(empty)", prompt=prompt, attachments=received
+        )
+        if received and "{attachments}" not in self.default:
+            text = f"{text}\n\n{received}"
         return MockPlan(None, text)
 
     async def stream(self, request: Request) -> AsyncIterator[ProviderEvent]:
         plan = self.plan(request)
         scenario = plan.scenario
+        if request.schema is not None:
+            request.call.schema_mode = "mock"
         fault = (scenario.fault if scenario and scenario.fault else None) or self.fault
         call = MockCall(request, time.monotonic())
         self.calls.append(call)
@@ -501,6 +728,8 @@ class MockProvider:
         calls = plan.tool_calls
         max_tokens = request.config.max_tokens
         finish_reason = "tool_calls" if calls else scenario.finish_reason if scenario else "stop"
+        if plan.generated and finish_reason in ("length", "max_tokens"):
+            pieces = pieces[: len(pieces) // 2]  # rehearse JSON cut short by the token limit
         if max_tokens is not None and len(pieces) > max_tokens:
             pieces = pieces[:max_tokens]
             finish_reason = "length"

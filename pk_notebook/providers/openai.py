@@ -15,6 +15,25 @@ their ``index`` and reported as :class:`ToolCallDelta` as they arrive.
 
 ``<think>...</think>`` in the text (local reasoning models) becomes reasoning:
 see :mod:`pk_notebook.providers._think` and the ``think_tags`` option.
+
+**Structured output** (``schema=``): ``response_format`` ``{"type": "json_schema",
+"json_schema": {"name", "schema", "strict"}}`` with the schema closed for strict
+mode (``strict`` is false when an optional property would have to change
+meaning; see :meth:`OutputSchema.strict_schema`); ``result.schema_mode`` is
+``"json_schema"``. For a server without ``json_schema`` support, pass
+``structured_output="prompt"``: the schema goes into the system message as an
+instruction, no ``response_format`` is sent (``schema_mode`` ``"prompt"``), and the
+answer is validated the same way.
+
+**Attachments** are content parts after the text part: images as ``image_url``
+parts with a ``data:`` URL (at most 20 MB each), PDFs as ``file`` parts
+(``filename``, ``file_data`` as a ``data:`` URL). Which servers take what (the
+decision): the official host (``api.openai.com``) takes images and PDFs; other
+OpenAI-compatible servers (Ollama, vLLM, LM Studio, Groq...) take images only,
+because few of them read ``file`` parts, and a PDF they drop silently would be a
+wrong answer instead of an error. Override with ``accepts=("image", "pdf")``
+(OpenRouter, Azure with a model that reads PDFs) or ``accepts=()`` (a text-only
+model).
 """
 
 from __future__ import annotations
@@ -23,6 +42,7 @@ from json import loads
 from typing import Any, ClassVar
 
 from ..runtime.errors import ConfigurationError, ProtocolError
+from ..runtime.schema import OutputSchema
 from ..runtime.types import (
     Delta,
     Finish,
@@ -61,6 +81,12 @@ class OpenAIProvider(HTTPProvider):
             ``</think>``; ``"open"`` starts every model inside it; ``"off"`` leaves
             the text alone. A server that sends reasoning in its own field turns
             it off. Details in :mod:`pk_notebook.providers._think`.
+        structured_output: how ``schema=`` is asked for: ``"native"`` (the default:
+            ``response_format`` with a JSON schema) or ``"prompt"`` (instructions in
+            the system message, for servers without ``json_schema`` support, which
+            reject or ignore ``response_format``); validated at the end either way.
+        accepts: attachment kinds, ``("image", "pdf")`` on api.openai.com and
+            ``("image",)`` elsewhere by default (see the module docstring).
 
     Tools go out as ``tools`` of ``{"type": "function", ...}``, ``tool_choice`` as
     the string it is; an assistant message's tool calls as its ``tool_calls``, a
@@ -84,17 +110,26 @@ class OpenAIProvider(HTTPProvider):
         max_tokens_field: str | None = None,
         query: dict[str, str] | None = None,
         think_tags: str = "auto",
+        structured_output: str = "native",
         **options: Any,
     ) -> None:
         if think_tags not in THINK_TAGS:
             raise ConfigurationError(
                 f"think_tags must be one of {', '.join(THINK_TAGS)}, got {think_tags!r}"
             )
+        if structured_output not in STRUCTURED_OUTPUT:
+            raise ConfigurationError(
+                f"structured_output must be {' or '.join(map(repr, STRUCTURED_OUTPUT))}, "
+                f"got {structured_output!r}"
+            )
         super().__init__(model, **options)
+        self.structured_output = structured_output
         self.think_tags = think_tags
         self.api_key_header = api_key_header.lower()
         self.include_usage = include_usage
         official = self.base_url.startswith(OPENAI_BASE_URL)
+        if self.accepts is None:
+            self.accepts = ("image", "pdf") if official else ("image",)
         self.max_tokens_field = max_tokens_field or (
             "max_completion_tokens" if official else "max_tokens"
         )
@@ -105,16 +140,43 @@ class OpenAIProvider(HTTPProvider):
             self.url += "?" + urlencode(query)
 
     def build(self, request: Request, config: ProviderConfig) -> tuple[str, dict[str, str], bytes]:
+        self.check_attachments(
+            request.messages,
+            image_cap=OPENAI_IMAGE_BYTES,
+            pdf_cap=OPENAI_PDF_BYTES,
+            hint=(
+                ""
+                if self.base_url.startswith(OPENAI_BASE_URL)
+                else " (OpenAI-compatible servers other than api.openai.com, such as Ollama, "
+                "vLLM or LM Studio, take images but not PDF file parts)"
+            ),
+        )
+        schema: OutputSchema | None = request.schema
+        system = config.system
+        if schema is not None and self.structured_output == "prompt":
+            system = f"{system}\n\n{schema.instructions()}" if system else schema.instructions()
         messages: list[dict[str, Any]] = []
-        if config.system:
-            messages.append({"role": "system", "content": config.system})
+        if system:
+            messages.append({"role": "system", "content": system})
         for m in request.messages:
             if m.tool_calls or m.role == "tool":
                 messages.append(openai_message(m))
+            elif m.attachments and m.role == "user":
+                messages.append({"role": "user", "content": openai_parts(m)})
             elif m.role != "assistant" or m.content:
                 messages.append({"role": m.role, "content": m.content})
             # an assistant message with neither text nor calls: nothing to send
         payload: dict[str, Any] = {"model": config.model, "messages": messages, "stream": True}
+        if schema is not None:
+            if self.structured_output == "prompt":
+                request.call.schema_mode = "prompt"
+            else:
+                strict_schema, strict = schema.strict_schema()
+                payload["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": schema.name, "schema": strict_schema, "strict": strict},
+                }
+                request.call.schema_mode = "json_schema"
         if request.tools:
             payload["tools"] = [openai_tool(spec) for spec in request.tools]
             if request.tool_choice is not None:
@@ -140,6 +202,31 @@ class OpenAIProvider(HTTPProvider):
 
     def parser(self, config: ProviderConfig) -> OpenAIParser:
         return OpenAIParser(self, config)
+
+
+#: ``structured_output`` values
+STRUCTURED_OUTPUT = ("native", "prompt")
+#: OpenAI's caps: 20 MB per image, 32 MB of PDF content per request
+OPENAI_IMAGE_BYTES = 20 * 1024 * 1024
+OPENAI_PDF_BYTES = 32 * 1024 * 1024
+
+
+def openai_parts(message: Message) -> list[dict[str, Any]]:
+    """A user message with attachments as content parts: the text first, then the files."""
+    parts: list[dict[str, Any]] = []
+    if message.content:
+        parts.append({"type": "text", "text": message.content})
+    for item in message.attachments:
+        if item.is_image:
+            parts.append({"type": "image_url", "image_url": {"url": item.data_url}})
+        else:
+            parts.append(
+                {
+                    "type": "file",
+                    "file": {"filename": item.name or "document.pdf", "file_data": item.data_url},
+                }
+            )
+    return parts
 
 
 def openai_tool(spec: Any) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
 import json
@@ -88,6 +89,73 @@ class RecordedRequest:
     def ended(self) -> bool:
         return self._ended.is_set()
 
+    def content_parts(self) -> list[dict[str, Any]]:
+        """The last user message's parts, the same in every dialect.
+
+        Each is ``{"type": "text", "text": ...}``, ``{"type": "image", "mime_type",
+        "data" (bytes)}`` or ``{"type": "file", "mime_type", "data", "name"}`` (a
+        PDF; ``name`` only where the dialect sends one), in the order sent. A
+        plain-string message is one text part; tool results are left out.
+        """
+        body = self.json
+        if not isinstance(body, dict):
+            return []
+        if self.dialect == "gemini":
+            users = [c for c in body.get("contents", []) if c.get("role") == "user"]
+            raw = users[-1].get("parts", []) if users else []
+        else:
+            users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+            raw = users[-1].get("content", []) if users else []
+        if isinstance(raw, str):
+            return [{"type": "text", "text": raw}]
+        return [part for item in raw if (part := _neutral_part(item)) is not None]
+
+    def requested_schema(self) -> dict[str, Any] | None:
+        """How the request asked for structured output, the same in every dialect.
+
+        ``{"mode", "name", "schema", "strict"}``: mode ``"json_schema"`` (OpenAI
+        ``response_format``), ``"tool"`` (an Anthropic tool that ``tool_choice``
+        forces, or the last tool with ``tool_choice`` ``any``), ``"response_schema"``
+        (Gemini ``generationConfig``); None if it did not ask natively.
+        """
+        body = self.json
+        if not isinstance(body, dict):
+            return None
+        if self.dialect == "openai":
+            fmt = body.get("response_format") or {}
+            if fmt.get("type") != "json_schema":
+                return None
+            spec = fmt.get("json_schema") or {}
+            return {
+                "mode": "json_schema",
+                "name": spec.get("name"),
+                "schema": spec.get("schema"),
+                "strict": spec.get("strict"),
+            }
+        if self.dialect == "anthropic":
+            choice = body.get("tool_choice") or {}
+            if choice.get("type") not in ("tool", "any"):
+                return None
+            name = _forced_tool(body)
+            tool = next((t for t in body.get("tools", []) if t.get("name") == name), None)
+            if tool is None:
+                return None
+            return {
+                "mode": "tool",
+                "name": name,
+                "schema": tool.get("input_schema"),
+                "strict": None,
+            }
+        generation = body.get("generationConfig") or {}
+        if "responseJsonSchema" not in generation and "responseSchema" not in generation:
+            return None
+        return {
+            "mode": "response_schema",
+            "name": None,
+            "schema": generation.get("responseJsonSchema", generation.get("responseSchema")),
+            "strict": None,
+        }
+
     def wait_ended(self, timeout: float = 5.0) -> bool:
         """Block until the response was completed or the client disconnected."""
         return self._ended.wait(timeout)
@@ -128,6 +196,47 @@ class RecordedRequest:
             self.completed = completed
         self.ended_at = now
         self._ended.set()
+
+
+def _data_url(url: str) -> tuple[str, bytes]:
+    """``(media type, bytes)`` of a ``data:...;base64,...`` URL."""
+    head, _, data = url.partition(",")
+    return head[5:].split(";", 1)[0], base64.b64decode(data)
+
+
+def _neutral_part(item: Any) -> dict[str, Any] | None:
+    """One content part of any dialect as ``{"type": "text" | "image" | "file", ...}``."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type")
+    if kind == "text" or (kind is None and "text" in item):
+        return {"type": "text", "text": item.get("text", "")}
+    if kind == "image_url":
+        mime, data = _data_url(item["image_url"]["url"])
+        return {"type": "image", "mime_type": mime, "data": data}
+    if kind == "file":
+        mime, data = _data_url(item["file"].get("file_data", ""))
+        return {
+            "type": "file",
+            "mime_type": mime,
+            "data": data,
+            "name": item["file"].get("filename"),
+        }
+    if kind in ("image", "document"):
+        source = item.get("source", {})
+        mime = source.get("media_type", "")
+        data = base64.b64decode(source.get("data", ""))
+        if kind == "image":
+            return {"type": "image", "mime_type": mime, "data": data}
+        return {"type": "file", "mime_type": mime, "data": data, "name": item.get("title")}
+    inline = item.get("inlineData") or item.get("inline_data")
+    if isinstance(inline, dict):
+        mime = inline.get("mimeType") or inline.get("mime_type") or ""
+        data = base64.b64decode(inline.get("data", ""))
+        if mime.startswith("image/"):
+            return {"type": "image", "mime_type": mime, "data": data}
+        return {"type": "file", "mime_type": mime, "data": data, "name": None}
+    return None
 
 
 def _redact_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -326,7 +435,7 @@ class _Connection(asyncio.Protocol):
             if script.echo_key:
                 script = script.with_key(_request_key(headers))
             model = _requested_model(dialect, path, record.json)
-            keep = await self._play(script, dialect, model, record)
+            keep = await self._play(script, dialect, model, record, _forced_tool(record.json))
             if keep:
                 record._end(disconnected=False)
             return keep
@@ -339,7 +448,12 @@ class _Connection(asyncio.Protocol):
         await self._write(self._head(status, content_type, extra or {}, len(body)) + body)
 
     async def _play(
-        self, script: Script, dialect: str, model: str, record: RecordedRequest
+        self,
+        script: Script,
+        dialect: str,
+        model: str,
+        record: RecordedRequest,
+        answer_tool: str = "",
     ) -> bool:
         """Send the response; True if the connection may serve another request."""
         extra = dict(script.headers)
@@ -366,7 +480,7 @@ class _Connection(asyncio.Protocol):
         if script.body is not None:
             await self._play_recorded(script, record)
         else:
-            opening, pieces, closing = script.render(dialect, model)
+            opening, pieces, closing = script.render(dialect, model, answer_tool)
             sent = await self._events(opening, script.pace, record, first=True)
             fault_at = script.after if fault not in (None, "no_close") else -1
             for index, piece in enumerate(pieces):
@@ -471,6 +585,20 @@ class _Connection(asyncio.Protocol):
             return True
         await self._simple(200, "application/json", json.dumps(payload).encode())
         return True
+
+
+def _forced_tool(body: Any) -> str:
+    """The tool an Anthropic request forces (``tool_choice`` ``{"type": "tool"}``), else
+    its last tool (where the provider puts its structured-answer tool), else ""."""
+    if not isinstance(body, dict):
+        return ""
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        return str(choice.get("name") or "")
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools and isinstance(tools[-1], dict):
+        return str(tools[-1].get("name") or "")
+    return ""
 
 
 def _requested_model(dialect: str, path: str, body: Any) -> str:

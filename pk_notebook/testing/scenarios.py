@@ -31,6 +31,15 @@ parts (the first with a ``thoughtSignature``). With calls, the finish reason is
 the dialect's own (``"tool_calls"``, ``"tool_use"``, ``"STOP"``). A tool loop is
 two scripts enqueued for two requests: the calls, then the answer.
 
+**Structured answers.** A structured answer is JSON text in the OpenAI and
+Gemini dialects (the script's ``text``); Anthropic sends it as the input of the
+forced tool. ``structured=True`` renders the text that way in the Anthropic
+dialect: one ``tool_use`` block named after the tool the request forced (its
+``tool_choice`` name, else its last tool; or ``structured="Name"``), the text
+pieces as its ``input_json_delta`` pieces, ``stop_reason`` ``"tool_use"``.
+:meth:`Script.json` builds such a script from a value, cut in small pieces so
+a client sees the object fill in.
+
 ``body`` serves a recorded body byte for byte instead (conformance tests).
 ``echo_key=True`` replaces ``{key}`` in ``error_message`` and ``body`` with the API
 key the request carried, as a careless upstream that echoes it would: a client
@@ -102,7 +111,10 @@ class Script:
     body: bytes | None = None
     content_type: str = "text/event-stream"
     echo_key: bool = False
-    _cache: dict[tuple[str, str], tuple[list[bytes], list[bytes], list[bytes]]] = field(
+    #: the text is a structured answer: Anthropic sends it as a forced tool's input
+    #: (True: the tool the request forced; a string: that tool's name)
+    structured: bool | str = False
+    _cache: dict[tuple[str, ...], tuple[list[bytes], list[bytes], list[bytes]]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -121,6 +133,14 @@ class Script:
     def burst(cls, chunks: int, piece: str = "tok ", **options: Any) -> Script:
         """``chunks`` identical text pieces as fast as the socket takes them."""
         return cls(text=[piece] * chunks, **options)
+
+    @classmethod
+    def json(cls, value: Any, piece: int = 6, **options: Any) -> Script:
+        """A structured answer: ``value`` as JSON text (or a JSON text as it is), in
+        pieces of ``piece`` characters, sent as a forced tool's input to Anthropic."""
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        options.setdefault("structured", True)
+        return cls(text=[text[i : i + piece] for i in range(0, len(text), piece)], **options)
 
     @classmethod
     def recorded(
@@ -164,13 +184,29 @@ class Script:
     def pieces(self) -> list[str]:
         return _PIECE.findall(self.text) if isinstance(self.text, str) else list(self.text)
 
-    def render(self, dialect: str, model: str) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """``(opening, pieces, closing)`` events, each complete with its blank line."""
-        key = (dialect, model)
+    def render(
+        self, dialect: str, model: str, answer_tool: str = ""
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """``(opening, pieces, closing)`` events, each complete with its blank line.
+
+        ``answer_tool``: with ``structured``, the Anthropic tool the text is the input of
+        (a ``structured`` string wins).
+        """
+        if isinstance(self.structured, str) and self.structured:
+            answer_tool = self.structured
+        elif not self.structured or dialect != "anthropic":
+            answer_tool = ""
+        else:
+            answer_tool = answer_tool or "output"
+        key = (dialect, model, answer_tool)
         cached = self._cache.get(key)
         if cached is None:
-            render = {"openai": _openai, "anthropic": _anthropic, "gemini": _gemini}[dialect]
-            cached = self._cache[key] = render(self, self.model or model)
+            if dialect == "anthropic":
+                cached = _anthropic(self, self.model or model, answer_tool)
+            else:
+                render = {"openai": _openai, "gemini": _gemini}[dialect]
+                cached = render(self, self.model or model)
+            self._cache[key] = cached
         return cached
 
     def output_tokens(self) -> int:
@@ -240,6 +276,8 @@ def _calls(script: Script, dialect: str) -> list[tuple[str, str, str]]:
 def _finish_reason(script: Script, dialect: str) -> str:
     if script.finish_reason:
         return script.finish_reason
+    if script.structured and dialect == "anthropic":
+        return "tool_use"  # the forced tool's call ends the answer
     return (_TOOLS_FINISH if script.tool_calls else _DEFAULT_FINISH)[dialect]
 
 
@@ -314,7 +352,9 @@ def _openai(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[
     return opening, body, closing
 
 
-def _anthropic(script: Script, model: str) -> tuple[list[bytes], list[bytes], list[bytes]]:
+def _anthropic(
+    script: Script, model: str, answer_tool: str = ""
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
     def event(name: str, payload: Any) -> bytes:
         return f"event: {name}\ndata: ".encode() + _dumps(payload) + b"\n\n"
 
@@ -366,7 +406,16 @@ def _anthropic(script: Script, model: str) -> tuple[list[bytes], list[bytes], li
     pieces = script.pieces
     closing = []
     body = []
-    if pieces or not script.tool_calls:  # a tool-only answer has no text block
+    if answer_tool:  # a structured answer: the forced tool's input, in pieces
+        tool_id = "toolu_fake_answer"
+        opening.append(
+            start(index, {"type": "tool_use", "id": tool_id, "name": answer_tool, "input": {}})
+        )
+        opening.append(delta(index, {"type": "input_json_delta", "partial_json": ""}))
+        body = [delta(index, {"type": "input_json_delta", "partial_json": p}) for p in pieces]
+        closing.append(stop(index))
+        index += 1
+    elif pieces or not script.tool_calls:  # a tool-only answer has no text block
         opening.append(start(index, {"type": "text", "text": ""}))
         prefix = (
             'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
