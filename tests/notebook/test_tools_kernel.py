@@ -207,3 +207,31 @@ def test_approve_on_colabs_kernel_denies_with_a_hint_and_no_dead_button(
     escaped = hint.replace(">", "\\>")  # Markdown-escaped in the note
     assert "· denied</summary>" in md and md.endswith(escaped + ", so every tool call is denied.")
     assert old_kernel.value("[r.status for r in approved.tool_results]") == "['denied']"
+
+
+def test_stop_while_waiting_for_approval(k: KernelSession) -> None:
+    clicked: dict[str, Any] = {}
+
+    def stop_at_the_question(execution: Execution, msg: dict[str, Any]) -> None:
+        ids = button_comm_ids(execution)
+        if not clicked and len(ids) >= 3:
+            clicked["ids"] = ids
+            k.click(ids[0])  # Stop, not Run nor Deny
+
+    run = k.ok(
+        "%%stream --tools get_weather --approve -o waited\nShould I take an umbrella in Paris?",
+        during=stop_at_the_question,
+    )
+    assert clicked
+    assert k.value("waited.status.value") == "'stopped'"
+    texts = [
+        m["content"]["data"].get("text/plain", "")
+        for m in run.of_type("display_data", "update_display_data")
+    ]
+    assert "get_weather: not decided (the turn ended)" in texts
+    md = final_markdown(run)
+    assert "pk-tool-running" not in md and "pk-tool-ok" not in md
+    assert "■ **Stopped:**" in md
+    opened = {m["content"]["comm_id"] for m in run.of_type("comm_open")}
+    closed = {m["content"]["comm_id"] for m in run.of_type("comm_close")}
+    assert opened == closed
