@@ -177,6 +177,8 @@ class Chat(widgets.VBox):
         self._saved: list[Any] = []  # display handles of the transcript's saved copies
         self._last_failed: str | None = None
         self._last_status = ""
+        # The reply streaming now: its parts, and how to re-render it (for Run / Deny).
+        self._showing: tuple[TurnParts, Callable[[], None]] | None = None
 
         self._build(height)
         self.observe(self._on_title, names="title")
@@ -606,6 +608,7 @@ class Chat(widgets.VBox):
 
         # One mark per change (text, reasoning, a tool event): the throttle only counts them.
         throttle = Throttle(render, interval=self.update_interval)
+        self._showing = (parts, lambda: throttle.push("."))
         try:
             async for chunk in stream:
                 if chunk.reasoning:
@@ -619,6 +622,7 @@ class Chat(widgets.VBox):
                     pieces.append(chunk.content)
                     throttle.push(".")
         finally:
+            self._showing = None
             throttle.close()
 
     async def _approve(self, call: ToolCall) -> bool:
@@ -635,6 +639,10 @@ class Chat(widgets.VBox):
         """Run / Deny buttons in the transcript; True once Run is clicked."""
         loop = self._own_loop()
         decision: asyncio.Future[bool] = loop.create_future()
+        if self._showing is not None:  # the call's card says what it waits for
+            parts, changed = self._showing
+            if parts.waiting_for_approval(call.id, call.name, call.arguments) is not None:
+                changed()
 
         def decide(value: bool) -> None:  # a click, possibly on a subshell's thread
             def settle() -> None:

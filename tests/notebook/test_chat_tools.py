@@ -64,6 +64,7 @@ async def test_approval_mode_asks_with_run_and_deny(button: int, status: str) ->
     await wait_for(lambda: approval_box(chat) is not None)
     box = approval_box(chat)
     assert "get_weather" in box.children[0].value and "Paris" in box.children[0].value
+    await wait_for(lambda: "waiting for approval" in transcript(chat)[1])  # the card says so
     box.children[button].click()
     result = await task
     assert [r.status for r in result.tool_results] == [status]
