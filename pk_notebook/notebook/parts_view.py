@@ -583,10 +583,10 @@ def parts_from_messages(messages: Sequence[Message]) -> TurnParts:
             answer = results.get(call.id)
             if answer is not None:
                 card.output = answer.content
+                # Stored: ok, an error (also a denied call), or stopped (or abandoned).
                 card.state = "error" if answer.is_error else "ok"
-                status = (answer.meta or {}).get("status")
-                if isinstance(status, str) and status in TOOL_MARKS:
-                    card.state = status
+                if answer.status in ("stopped", "abandoned", "denied"):
+                    card.state = answer.status
             parts.blocks.append(card)
     return parts
 

@@ -346,3 +346,15 @@ def test_tools_in_a_terminal_and_in_history(ip: Any, capsys: pytest.CaptureFixtu
     assert history.count("[user]") == 1 and history.count("[assistant]") == 1
     assert "[tool]" not in history
     assert '[assistant]\n▸ Thinking · 193 characters\n\n✓ get_weather {"city": "Paris"}' in history
+
+
+def test_a_stored_stopped_call_reads_as_stopped() -> None:
+    call = ToolCall("c1", "slow", "{}")
+    messages = [
+        Message("user", "go"),
+        Message("assistant", "", tool_calls=(call,)),
+        Message("tool", "stopped", status="stopped", tool_call_id="c1", name="slow", is_error=True),
+    ]
+    (_, _), (answer, parts) = group_turns(messages)
+    assert answer.role == "assistant" and parts is not None
+    assert parts.cards[0].state == "stopped"
