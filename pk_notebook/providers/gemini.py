@@ -14,7 +14,10 @@ back with the call, as the API requires in a tool loop.
 **Structured output** (``schema=``): ``generationConfig.responseMimeType``
 ``"application/json"`` and ``generationConfig.responseJsonSchema`` (the full JSON
 schema, ``$defs`` and ``$ref`` included); the JSON arrives as text parts
-(``result.schema_mode`` ``"response_schema"``).
+(``result.schema_mode`` ``"response_schema"``). A turn that also offers tools
+gets the schema as instructions in the system instruction instead (``schema_mode``
+``"prompt"``): Gemini 2.x models refuse function calling together with a JSON
+response type. The answer is validated the same way.
 
 **Attachments** are ``inlineData`` parts (``mimeType``, base64 ``data``) after the
 text part: images (PNG, JPEG, WebP; a GIF is refused with a hint to convert it)
@@ -100,6 +103,11 @@ class GeminiProvider(HTTPProvider):
             mode = _MODES.get(request.tool_choice or "")
             if mode is not None:
                 payload["toolConfig"] = {"functionCallingConfig": {"mode": mode}}
+        if request.schema is not None and request.tools:
+            # Gemini 2.x refuses function calling with a JSON response type ("Function
+            # calling with a response mime type: 'application/json' is unsupported")
+            system.append(request.schema.instructions())
+            request.call.schema_mode = "prompt"
         if system:
             payload["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
         generation: dict[str, Any] = {}
@@ -111,7 +119,7 @@ class GeminiProvider(HTTPProvider):
             generation["maxOutputTokens"] = config.max_tokens
         if config.stop:
             generation["stopSequences"] = list(config.stop)
-        if request.schema is not None:
+        if request.schema is not None and not request.tools:
             generation["responseMimeType"] = "application/json"
             generation["responseJsonSchema"] = request.schema.json_schema
             request.call.schema_mode = "response_schema"

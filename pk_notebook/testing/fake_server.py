@@ -25,6 +25,12 @@ with ``disconnected_at`` on the ``time.monotonic()`` clock). Use
 :meth:`RecordedRequest.wait_ended` before asserting on either: the server sees a
 close a moment after the client makes it.
 
+What a provider sent, the same in every dialect: :meth:`RecordedRequest.content_parts`
+(the last user message's text, image and file parts, files as bytes) and
+:meth:`RecordedRequest.requested_schema` (how structured output was asked for).
+A structured answer is scripted with :meth:`Script.json <.scenarios.Script.json>`:
+JSON text for OpenAI and Gemini, the forced tool's input for Anthropic.
+
 From another process (benchmarks)::
 
     python -m pk_notebook.testing --port 8765

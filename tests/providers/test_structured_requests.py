@@ -264,3 +264,51 @@ def test_anthropic_answer_tool_pieces_are_text_and_other_tools_stay_calls() -> N
     assert isinstance(finish, Finish)
     assert [c.name for c in finish.tool_calls] == ["clock"]
     assert finish.reason == "tool_use"  # a real call is still a tool round
+
+
+async def test_gemini_with_tools_asks_by_instructions(server: FakeProviderServer) -> None:
+    """Gemini 2.x refuses function calling with a JSON response type: the schema goes
+    into the system instruction, and the answer is validated all the same."""
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Current weather for a city."""
+        return f"{city}: 21 C, sunny"
+
+    server.enqueue(
+        Script("", tool_calls=[{"name": "get_weather", "arguments": {"city": "Lisbon"}}])
+    )
+    server.enqueue(Script.json(TRIP))
+    async with pipeline(server, "gemini") as pipe:
+        result = await pipe.execute(
+            "user", "Plan 3 days in Lisbon", schema=Trip, tools=[get_weather]
+        )
+    for recorded in server.requests[-2:]:
+        body = recorded.json
+        assert "responseMimeType" not in body.get("generationConfig", {})
+        assert "Answer with one JSON value only" in body["systemInstruction"]["parts"][0]["text"]
+    assert result.schema_mode == "prompt"
+    assert result.parsed == Trip(**TRIP)
+    assert result.tool_results[0].output == "Lisbon: 21 C, sunny"
+
+
+async def test_openai_keeps_tools_with_a_json_schema(server: FakeProviderServer) -> None:
+    @tool
+    def get_weather(city: str) -> str:
+        """Current weather for a city."""
+        return f"{city}: 21 C, sunny"
+
+    server.enqueue(
+        Script("", tool_calls=[{"name": "get_weather", "arguments": {"city": "Lisbon"}}])
+    )
+    server.enqueue(Script.json(TRIP))
+    async with pipeline(server, "openai") as pipe:
+        result = await pipe.execute(
+            "user", "Plan 3 days in Lisbon", schema=Trip, tools=[get_weather]
+        )
+    first, second = server.requests[-2].json, server.requests[-1].json
+    assert first["tools"][0]["function"]["name"] == "get_weather"
+    assert first["response_format"]["type"] == "json_schema"
+    assert second["response_format"] == first["response_format"]
+    assert result.parsed == Trip(**TRIP)
+    assert result.schema_mode == "json_schema"
