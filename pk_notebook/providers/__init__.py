@@ -16,6 +16,7 @@ from .mock import Fault, MockCall, MockProvider, Scenario, split_tokens
 from .openai import OpenAIProvider
 from .pricing import DEFAULT_PRICES, PRICES_AS_OF, lookup_price
 from .registry import available_providers, create_provider, parse_spec, register_provider
+from .responses import OpenAIResponsesProvider
 from .sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "MockCall",
     "MockProvider",
     "OpenAIProvider",
+    "OpenAIResponsesProvider",
     "Provider",
     "SSEDecoder",
     "Scenario",

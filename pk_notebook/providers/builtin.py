@@ -32,10 +32,31 @@ register_provider(
 # (Ollama, vLLM, LM Studio) needs none.
 
 
-def _openai(**options: Any) -> Provider:
+#: the OpenAI APIs the ``openai`` provider speaks (``api=``)
+OPENAI_APIS = ("chat", "responses")
+
+
+def _openai(*, api: str = "chat", **options: Any) -> Provider:
+    """``api="chat"`` (Chat Completions, the default) or ``"responses"`` (the Responses API)."""
+    if api == "responses":
+        from .responses import OpenAIResponsesProvider
+
+        return OpenAIResponsesProvider(**options)
+    if api != "chat":
+        raise ConfigurationError(
+            f"api must be {' or '.join(map(repr, OPENAI_APIS))} (Chat Completions or the "
+            f"Responses API), got {api!r}"
+        )
     from .openai import OpenAIProvider
 
     return OpenAIProvider(**options)
+
+
+def _openai_responses(**options: Any) -> Provider:
+    from .responses import OpenAIResponsesProvider
+
+    options.setdefault("name", "openai-responses")
+    return OpenAIResponsesProvider(**options)
 
 
 def _anthropic(**options: Any) -> Provider:
@@ -86,9 +107,19 @@ def _compatible(
 register_provider(
     "openai",
     _openai,
-    description="OpenAI Chat Completions (any OpenAI-compatible server with base_url=...)",
+    description=(
+        "OpenAI Chat Completions (any OpenAI-compatible server with base_url=...); "
+        "api='responses' for the Responses API"
+    ),
     key_env=("OPENAI_API_KEY",),
     default_model="gpt-4o-mini",
+)
+register_provider(
+    "openai-responses",
+    _openai_responses,
+    description="OpenAI Responses API (/v1/responses; the same as openai with api='responses')",
+    key_env=("OPENAI_API_KEY",),
+    default_model="gpt-5-mini",
 )
 register_provider(
     "anthropic",

@@ -12,9 +12,9 @@
 
 It is a real HTTP/1.1 server on 127.0.0.1 (asyncio, in a daemon thread), so
 clients are tested through their real socket, pool and parser. ``base_url``
-(``http://127.0.0.1:PORT/v1``) serves all three dialects, chosen by path:
+(``http://127.0.0.1:PORT/v1``) serves every dialect, chosen by path:
 ``.../chat/completions`` (OpenAI), ``.../messages`` (Anthropic),
-``...:streamGenerateContent`` (Gemini).
+``...:streamGenerateContent`` (Gemini), ``.../responses`` (OpenAI's Responses API).
 
 Each request takes the next queued script (:meth:`FakeProviderServer.enqueue`)
 or, when the queue is empty, :attr:`FakeProviderServer.default`. Every request
@@ -106,6 +106,10 @@ class RecordedRequest:
         body = self.json
         if not isinstance(body, dict):
             return []
+        if self.dialect == "responses":
+            from .responses_dialect import content_parts
+
+            return content_parts(body)
         if self.dialect == "gemini":
             users = [c for c in body.get("contents", []) if c.get("role") == "user"]
             raw = users[-1].get("parts", []) if users else []
@@ -127,6 +131,10 @@ class RecordedRequest:
         body = self.json
         if not isinstance(body, dict):
             return None
+        if self.dialect == "responses":
+            from .responses_dialect import requested_schema
+
+            return requested_schema(body)
         if self.dialect == "openai":
             fmt = body.get("response_format") or {}
             if fmt.get("type") != "json_schema":
@@ -273,6 +281,8 @@ def _dialect(path: str) -> str | None:
         return "anthropic"
     if ":streamGenerateContent" in path:
         return "gemini"
+    if path.endswith("/responses"):  # OpenAI's Responses API: see responses_dialect.py
+        return "responses"
     return None
 
 

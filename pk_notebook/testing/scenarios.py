@@ -40,6 +40,11 @@ pieces as its ``input_json_delta`` pieces, ``stop_reason`` ``"tool_use"``.
 :meth:`Script.json` builds such a script from a value, cut in small pieces so
 a client sees the object fill in.
 
+**The Responses API** (``.../v1/responses``) is the ``responses`` dialect, in
+:mod:`.responses_dialect`: the same script as typed ``response.*`` events, and
+``finish_reason`` ``"failed"`` or an incomplete reason (``"max_output_tokens"``)
+for its other terminal events.
+
 ``body`` serves a recorded body byte for byte instead (conformance tests).
 ``echo_key=True`` replaces ``{key}`` in ``error_message`` and ``body`` with the API
 key the request carried, as a careless upstream that echoes it would: a client
@@ -56,7 +61,7 @@ from typing import Any
 
 from ..providers.faults import canonical_fault
 
-DIALECTS = ("openai", "anthropic", "gemini")
+DIALECTS = ("openai", "anthropic", "gemini", "responses")
 
 _PIECE = re.compile(r"\s*\S+|\s+")
 
@@ -203,6 +208,10 @@ class Script:
         if cached is None:
             if dialect == "anthropic":
                 cached = _anthropic(self, self.model or model, answer_tool)
+            elif dialect == "responses":
+                from .responses_dialect import render as render_responses
+
+                cached = render_responses(self, self.model or model)
             else:
                 render = {"openai": _openai, "gemini": _gemini}[dialect]
                 cached = render(self, self.model or model)
@@ -215,6 +224,10 @@ class Script:
         return len(self.pieces) if self.usage[1] < 0 else self.usage[1]
 
     def error_event(self, dialect: str) -> bytes:
+        if dialect == "responses":
+            from .responses_dialect import error_event
+
+            return error_event(self)
         if dialect == "anthropic":
             payload = {
                 "type": "error",
