@@ -963,9 +963,12 @@ class Stream:
         reported = finish is not None and finish.usage is not None
         round_text = "".join(self._parts[self._round_text :])
         round_reasoning = "".join(self._reasoning[self._round_reasoning :])
-        if reported or not (round_text or round_reasoning):
+        calls = tuple(finish.tool_calls or ()) if finish is not None else ()
+        if reported or not (round_text or round_reasoning or calls):
             return usage, cost
-        guess = estimate_usage(self._request.messages, round_text, model, reasoning=round_reasoning)
+        guess = estimate_usage(
+            self._request.messages, round_text, model, reasoning=round_reasoning, calls=calls
+        )
         prices = getattr(self._pipeline.provider, "prices", None)
         price = lookup_price(prices, model) if prices else None
         if price is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .types import Message, Usage
+from .types import Message, ToolCall, Usage
 
 #: prefix of a model name -> (method name, count(text) -> tokens)
 _TOKENIZERS: dict[str, tuple[str, Callable[[str], int]]] = {}
@@ -64,9 +64,15 @@ def counter(model: str | None) -> tuple[str, Callable[[str], int]]:
 
 
 def estimate_usage(
-    messages: Iterable[Message], output: str, model: str | None, *, reasoning: str = ""
+    messages: Iterable[Message],
+    output: str,
+    model: str | None,
+    *,
+    reasoning: str = "",
+    calls: Iterable[ToolCall] = (),
 ) -> Usage:
-    """A :class:`Usage` estimated from what was sent and what came back, labelled."""
+    """A :class:`Usage` estimated from what was sent and what came back (text, thinking,
+    tool calls' names and arguments), labelled."""
     method, count = counter(model)
     sent = 0
     for message in messages:
@@ -75,6 +81,8 @@ def estimate_usage(
             sent += count(call.arguments) if call.arguments else 0
     thinking = count(reasoning) if reasoning else 0
     answered = (count(output) if output else 0) + thinking
+    for call in calls:
+        answered += count(call.name + call.arguments)
     return Usage(sent, answered, thinking, 0, estimated=method)
 
 

@@ -125,7 +125,8 @@ async def test_recorded_stream(server: FakeProviderServer, name: str, pace: floa
         assert result.text == meta["expected_text"]
         assert result.finish_reason == expected_finish(meta["provider"], meta)
         if meta["expected_usage"] is None:  # none on the wire: estimated, and labelled so
-            assert result.usage is None or result.usage.estimated is not None
+            assert result.usage is not None and result.usage.estimated == "chars/4"
+            assert result.usage.output_tokens >= len(result.text) // 4
         else:
             assert result.usage == expected_usage(meta["provider"], meta["expected_usage"])
         assert result.model == meta["recorded_model"] or (
