@@ -32,6 +32,9 @@ ABANDONED = (
 )
 
 
+_KEPT_STATUS = frozenset({"stopped", "abandoned", "denied"})
+
+
 class Fragments:
     """The calls of one model answer as they stream in, for ``start``/``arguments`` events."""
 
@@ -145,7 +148,9 @@ class ToolRound:
                 Message(
                     "tool",
                     result.output,
-                    status="stopped" if result.status in ("stopped", "abandoned") else None,
+                    # kept, so a transcript reloaded later can still tell a denied or
+                    # stopped call from one whose function failed
+                    status=result.status if result.status in _KEPT_STATUS else None,
                     tool_call_id=call.id,
                     name=call.name,
                     is_error=result.status != "ok",

@@ -153,10 +153,14 @@ async def test_denied_calls_are_reported_to_the_model() -> None:
 
     model = Model([("get_weather", {"city": "Paris"})], "I could not check.")
     async with Pipeline(model) as pipe:
-        result = await pipe.execute("user", "weather", tools=[get_weather], approve=approve)
+        result = await pipe.execute_with_context(
+            "d", "user", "weather", tools=[get_weather], approve=approve
+        )
+        stored = await pipe.state_store.load("d")
     assert seen[0].name == "get_weather"
     assert result.tool_results[0].status == "denied"
     assert model.requests[1].messages[-1].is_error
+    assert stored[2].status == "denied"  # a reloaded transcript still says denied
 
 
 async def test_unknown_tool_name_is_a_tool_error() -> None:
