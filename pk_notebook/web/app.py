@@ -5,8 +5,9 @@
     app = create_app(pipe, token="s3cret-token")  # WebSettings fields as keywords
     app = create_app(pipe, tools=[get_weather])   # server tools: every turn gets them
 
-Routes: ``/stream`` (SSE), ``/ws`` (WebSocket), ``/v1/chat/completions`` and
-``/v1/models`` (OpenAI-compatible), ``/healthz``, and the demo page at ``/``.
+Routes: ``/stream`` (SSE; resumable), ``/stream/{answer_id}/stop``, ``/ws`` (WebSocket),
+``/v1/chat/completions`` and ``/v1/models`` (OpenAI-compatible), ``/healthz``, and the
+demo page at ``/``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from importlib import resources
@@ -29,7 +31,9 @@ from starlette.routing import Route, WebSocketRoute
 
 from ..runtime.pipeline import Pipeline
 from . import logs
+from .answers import Answers
 from .openai_compat import ChatCompletionsEndpoint
+from .replay import RedisReplay
 from .security import (
     Slots,
     WebError,
@@ -39,7 +43,7 @@ from .security import (
     register_pipeline_secrets,
 )
 from .settings import WebSettings
-from .sse import StreamEndpoint
+from .sse import StopEndpoint, StreamEndpoint
 from .streaming import json_response_messages
 from .tools import ServerTools
 from .ws import WebSocketEndpoint
@@ -108,6 +112,7 @@ def create_app(
     tools: Any = None,
     max_tool_rounds: int | None = None,
     close_pipeline: bool = False,
+    replay: Any = "auto",
     **options: Any,
 ) -> Starlette:
     """An ASGI (Starlette) app serving ``pipe``.
@@ -121,11 +126,21 @@ def create_app(
     described raises :class:`~pk_notebook.runtime.errors.ConfigurationError` here. With
     ``close_pipeline=True`` the app shuts the pipeline down (letting running streams
     finish for its ``shutdown_grace``) and closes its session store when the server stops.
+
+    ``replay``: where ``/stream`` answers are shared between processes (resume,
+    stop and the stream cap across them). ``"auto"``: in Redis when the pipeline's
+    session store is a :class:`~pk_notebook.sessions.RedisStore` (same server and
+    prefix), else nowhere (one process: its own memory). A
+    :class:`~pk_notebook.web.replay.RedisReplay`, or ``None``, chooses explicitly.
     """
     settings = settings or WebSettings()
     if options:
         settings = replace(settings, **options)
     slots = Slots(settings.max_concurrent)
+    shared = _shared_replay(pipe, settings) if replay == "auto" else replay
+    if shared is not None:
+        slots.shared = shared.cap
+    answers = Answers(settings, slots, shared)
     server_tools = ServerTools.build(tools, max_tool_rounds)
     # uvicorn logs WebSocket URLs (with ?access_token=) whatever the access-log setting:
     # its loggers get a filter that removes query strings, the token and the keys.
@@ -140,10 +155,17 @@ def create_app(
         return Response(pages[name], media_type=_STATIC_TYPES[name], headers=_PAGE_HEADERS)
 
     async def health(request: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok", "streams": slots.used, "max_concurrent": slots.limit},
-            headers={"Cache-Control": "no-store"},
-        )
+        data: dict[str, Any] = {
+            "status": "ok",
+            "streams": slots.used,
+            "max_concurrent": slots.limit,
+        }
+        if shared is not None:
+            try:
+                data["streams_all_processes"] = await shared.cap.count()
+            except Exception:
+                data["streams_all_processes"] = None
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     async def models(request: Request) -> Response:
         check_origin(request.scope, settings)
@@ -191,7 +213,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logs.install()  # again: a server may have configured logging since create_app
+        if shared is not None:
+            try:
+                await shared.listen(answers.stop_local)
+            except Exception as exc:
+                logger.warning("cannot listen for stop messages in Redis yet: %s", exc)
         yield
+        await answers.aclose()
         if close_pipeline:
             await pipe.shutdown()
             await pipe.state_store.aclose()
@@ -218,8 +246,11 @@ def create_app(
             Route("/healthz", health, methods=["GET"]),
             Route(
                 "/stream",
-                StreamEndpoint(pipe, settings, slots, server_tools),
+                StreamEndpoint(pipe, settings, slots, server_tools, answers),
                 methods=["GET", "POST"],
+            ),
+            Route(
+                "/stream/{answer_id}/stop", StopEndpoint(settings, answers).handle, methods=["POST"]
             ),
             WebSocketRoute("/ws", WebSocketEndpoint(pipe, settings, slots, server_tools)),
             Route(
@@ -241,4 +272,16 @@ def create_app(
     app.state.settings = settings
     app.state.slots = slots
     app.state.tools = server_tools
+    app.state.answers = answers
     return app
+
+
+def _shared_replay(pipe: Pipeline, settings: WebSettings) -> RedisReplay | None:
+    """A :class:`RedisReplay` on the pipeline's session store when that is Redis."""
+    module = sys.modules.get("pk_notebook.sessions.redis")
+    store = getattr(pipe, "state_store", None)
+    if module is None or not isinstance(store, module.RedisStore):
+        return None
+    return RedisReplay.from_store(
+        store, max_events=settings.replay_max_events, ttl=settings.replay_ttl
+    )

@@ -501,7 +501,7 @@ class ChatCompletionsEndpoint:
             data = parse_json_body(scope, body)
             request = parse_chat_request(data, settings, self.tools)
             stream = start_turn(self.pipe, request, self.tools)
-            self.slots.acquire()
+            holder = await self.slots.enter()
         except WebError as exc:
             if exc.status != 499:
                 await send_json(send, exc.status, openai_error(exc), exc.headers)
@@ -523,7 +523,7 @@ class ChatCompletionsEndpoint:
             else:
                 await self._complete(send, receive, stream, request.model, client_tools)
         finally:
-            self.slots.release()
+            await self.slots.leave(holder)
 
     async def _complete(
         self,

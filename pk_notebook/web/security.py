@@ -119,9 +119,7 @@ def check_host(scope: Mapping[str, Any], settings: WebSettings) -> None:
         return
     host = header(scope, b"host")
     name = _host_name(host) if host is not None else None
-    if name is None or (
-        name not in {h.lower() for h in allowed} and name != _own_address(scope)
-    ):
+    if name is None or (name not in {h.lower() for h in allowed} and name != _own_address(scope)):
         raise WebError(
             400,
             "InvalidHost",
@@ -203,24 +201,60 @@ def check_token(scope: Mapping[str, Any], settings: WebSettings, *, query_ok: bo
 
 
 class Slots:
-    """A count of running streams with a hard cap (no queue: a full server says so)."""
+    """A count of running streams with a hard cap (no queue: a full server says so).
+
+    With ``shared`` (a :class:`~pk_notebook.web.replay.RedisCap`, set by
+    :func:`~pk_notebook.web.create_app` when the sessions are in Redis), the cap
+    holds across every process of the server: :meth:`enter` takes a slot here and
+    one in Redis, :meth:`leave` gives both back.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.shared: Any = None
+
+    def _busy(self) -> WebError:
+        return WebError(
+            503,
+            "ServerBusy",
+            f"the server is running its maximum of {self.limit} streams; retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
     def acquire(self) -> None:
         if self.used >= self.limit:
-            raise WebError(
-                503,
-                "ServerBusy",
-                f"the server is running its maximum of {self.limit} streams; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            raise self._busy()
         self.used += 1
 
     def release(self) -> None:
         self.used -= 1
+
+    async def enter(self) -> Any:
+        """Take a slot (503 ``ServerBusy`` if none is free); returns what :meth:`leave` takes."""
+        self.acquire()
+        if self.shared is None:
+            return None
+        try:
+            holder = await self.shared.acquire(self.limit)
+        except Exception as exc:
+            self.release()
+            logger.warning("the shared stream cap in Redis is unavailable: %s", exc)
+            raise WebError(
+                503,
+                "StoreUnavailable",
+                STORE_MESSAGES[StoreUnavailable],
+                headers={"Retry-After": "5"},
+            ) from None
+        if holder is None:
+            self.release()
+            raise self._busy()
+        return holder
+
+    async def leave(self, holder: Any) -> None:
+        self.release()
+        if holder is not None and self.shared is not None:
+            await self.shared.release(holder)
 
 
 # --- bodies ------------------------------------------------------------------------

@@ -69,6 +69,15 @@ class WebSettings:
         closed: half-open sockets do not pile up), and the largest header block
         accepted (more: 400 and the connection closed). Under another server, set its
         own equivalents.
+    resume_grace:
+        seconds a ``/stream`` answer keeps generating while no client is attached (the
+        connection dropped): a client that reconnects within it, with ``Last-Event-ID``,
+        reads on. Then the answer is stopped and saved as interrupted. 0: a client
+        leaving stops its answer at once.
+    replay_max_events / replay_ttl:
+        the replay buffer of an answer keeps its last ``replay_max_events`` events,
+        for ``replay_ttl`` seconds after the answer ended (a resume asking for more
+        gets an ``error`` event saying so, never a silent gap).
     """
 
     token: str | None = None
@@ -86,6 +95,9 @@ class WebSettings:
     read_timeout: float = 30.0
     request_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
+    resume_grace: float = 5.0
+    replay_max_events: int = 10_000
+    replay_ttl: float = 120.0
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 8:
@@ -97,6 +109,7 @@ class WebSettings:
             "max_prompt_chars",
             "max_messages",
             "max_header_bytes",
+            "replay_max_events",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -109,6 +122,12 @@ class WebSettings:
                 raise ConfigurationError(
                     f"{name} must be a positive number of seconds, got {value!r}"
                 )
+        for name in ("resume_grace", "replay_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigurationError(f"{name} must be seconds (0 or more), got {value!r}")
+        if not self.replay_ttl > 0:
+            raise ConfigurationError("replay_ttl must be a positive number of seconds")
         if self.client_system not in _CLIENT_SYSTEM:
             raise ConfigurationError(
                 f"client_system must be 'refuse' or 'allow', got {self.client_system!r}"

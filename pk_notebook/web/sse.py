@@ -21,13 +21,19 @@ is refused (:func:`~pk_notebook.web.tools.refuse_client_tools`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from ..runtime.errors import ConfigurationError, PkNotebookError
 from ..runtime.pipeline import Pipeline
 from ..runtime.store import check_session_id
 from ..runtime.types import ProviderConfig
+from . import logs
+from .answers import Answer, Answers, check_answer_id, parse_event_id
 from .security import (
     Slots,
     WebError,
@@ -35,13 +41,14 @@ from .security import (
     check_prompt,
     check_token,
     error_headers,
+    header,
     parse_json_body,
     query_params,
     read_body,
     status_for,
 )
 from .settings import WebSettings
-from .streaming import NativeEncoder, run_sse, send_json
+from .streaming import NativeEncoder, _Writer, send_json, watch_disconnect
 from .tools import ServerTools, refuse_client_tools
 
 
@@ -115,7 +122,11 @@ def parse_session(session: Any) -> str | None:
 
 
 class StreamEndpoint:
-    """The ASGI app behind ``/stream`` (raw ASGI: it needs ``receive`` for disconnects)."""
+    """The ASGI app behind ``/stream`` (raw ASGI: it needs ``receive`` for disconnects).
+
+    A new answer runs detached (:class:`~pk_notebook.web.answers.Answer`); this
+    connection, like any resuming one, only reads its frames.
+    """
 
     def __init__(
         self,
@@ -123,12 +134,14 @@ class StreamEndpoint:
         settings: WebSettings,
         slots: Slots,
         tools: ServerTools | None = None,
+        answers: Answers | None = None,
     ) -> None:
         self.pipe = pipe
         self.settings = settings
         self.slots = slots
         self.tools = tools or ServerTools()
         self.encoder = NativeEncoder()
+        self.answers = answers or Answers(settings, slots)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.settings
@@ -145,8 +158,12 @@ class StreamEndpoint:
             check_origin(scope, settings)
             get = scope["method"] == "GET"
             check_token(scope, settings, query_ok=get)
+            query = query_params(scope)
+            resume = resume_target(scope, query)
+            if resume is not None:
+                await self.serve(send, receive, self.answers.follow(*resume), None)
+                return
             if get:
-                query = query_params(scope)
                 refuse_client_tools(query)
                 data: dict[str, Any] = {
                     name: values[0] for name in ("prompt", "session") if (values := query.get(name))
@@ -163,7 +180,7 @@ class StreamEndpoint:
             stream = self.pipe.stream(
                 prompt, session=session, config=config, **self.tools.stream_options()
             )
-            self.slots.acquire()
+            holder = await self.slots.enter()
         except WebError as exc:
             if exc.status != 499:
                 await send_json(send, exc.status, {"error": exc.to_dict()}, exc.headers)
@@ -172,13 +189,124 @@ class StreamEndpoint:
             await send_json(send, status_for(exc), self.encoder.error_body(exc), error_headers(exc))
             return
         try:
-            await run_sse(
-                send,
-                receive,
-                stream,
-                self.encoder,
-                heartbeat=settings.heartbeat,
-                write_timeout=settings.write_timeout,
+            answer = await self.answers.start(stream, holder)
+        except BaseException:
+            await stream.aclose()
+            await self.slots.leave(holder)
+            raise
+        answer.attach()
+        try:
+            await self.serve(
+                send, receive, self.answers.follow(answer.id, 0, attached=True), answer
             )
         finally:
-            self.slots.release()
+            answer.detach()
+
+    async def serve(
+        self, send: Any, receive: Any, frames: AsyncGenerator[bytes, None], answer: Answer | None
+    ) -> None:
+        """Write ``frames`` as the SSE response until they end or the client leaves.
+
+        For a new ``answer``, the response starts once its stream opened, or after one
+        heartbeat interval: a failure to open before then is answered as JSON with a
+        real HTTP status, like before answers were resumable.
+        """
+        settings = self.settings
+        writer = _Writer(send, settings.write_timeout)
+        gone: asyncio.Task[None] = asyncio.ensure_future(watch_disconnect(receive))
+        beat: asyncio.Task[None] | None = None
+        pump: asyncio.Task[None] | None = None
+        try:
+            if answer is not None:
+                waits: set[asyncio.Future[Any]] = {answer.opened, gone}
+                await asyncio.wait(
+                    waits,
+                    timeout=settings.heartbeat,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if gone.done():
+                    return
+                failed = answer.opened.result() if answer.opened.done() else None
+                if failed is not None:
+                    await send_json(
+                        send,
+                        status_for(failed),
+                        self.encoder.error_body(failed),
+                        error_headers(failed),
+                    )
+                    return
+            await writer.start()
+            if settings.heartbeat is not None:
+                beat = asyncio.ensure_future(writer.heartbeat(settings.heartbeat))
+            pump = asyncio.ensure_future(_pump(frames, writer))
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except OSError:
+            writer.broken = True
+        finally:
+            if writer.timed_out:
+                logs.quiet(
+                    "a client read nothing for %g s; it was detached from its answer and "
+                    "the connection closed",
+                    settings.write_timeout,
+                )
+            tasks = [t for t in (pump, beat, gone) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await frames.aclose()  # detaches the reader (a new answer: its first reader)
+
+
+async def _pump(frames: AsyncGenerator[bytes, None], writer: _Writer) -> None:
+    try:
+        async for data in frames:
+            await writer.write(data)
+            if writer.broken:
+                return
+        await writer.finish()
+    except OSError:
+        writer.broken = True
+
+
+def resume_target(scope: Any, query: Mapping[str, list[str]]) -> tuple[str, int] | None:
+    """The answer and event a request resumes after, or None for a new answer.
+
+    ``Last-Event-ID: {answer_id}:{n}`` (what ``EventSource`` sends when it reconnects),
+    or ``?answer_id=...&after=n`` (``after`` 0 or absent: from the start; a plain
+    ``Last-Event-ID: n`` with ``?answer_id=`` works too).
+    """
+    answer_id, after = parse_event_id(header(scope, b"last-event-id"))
+    if answer_id is None:
+        values = query.get("answer_id")
+        if not values:
+            return None
+        answer_id = check_answer_id(values[0])
+        if answer_id is None:
+            raise WebError(422, "InvalidRequest", "'answer_id' is not an answer id")
+        if after is None:
+            raw = (query.get("after") or ["0"])[0]
+            if not raw.isdigit() or len(raw) > 12:
+                raise WebError(422, "InvalidRequest", "'after' must be an event number")
+            after = int(raw)
+    return answer_id, after or 0
+
+
+class StopEndpoint:
+    """``POST /stream/{answer_id}/stop``: stop an answer, in whichever process runs it."""
+
+    def __init__(self, settings: WebSettings, answers: Answers) -> None:
+        self.settings = settings
+        self.answers = answers
+
+    async def handle(self, request: Request) -> Response:
+        check_origin(request.scope, self.settings)
+        check_token(request.scope, self.settings, query_ok=False)
+        answer_id = check_answer_id(request.path_params.get("answer_id"))
+        state = await self.answers.stop(answer_id) if answer_id is not None else None
+        if state is None:
+            raise WebError(
+                404, "UnknownAnswer", "no such answer (or it ended and its buffer expired)"
+            )
+        return JSONResponse(
+            {"answer_id": answer_id, "stopped": state == "running", "state": state},
+            headers={"Cache-Control": "no-store"},
+        )

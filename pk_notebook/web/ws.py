@@ -188,7 +188,7 @@ class _Connection:
                 config=config,
                 **self.endpoint.tools.stream_options(),
             )
-            self.endpoint.slots.acquire()
+            holder = await self.endpoint.slots.enter()
         except WebError as exc:
             await self.refuse(exc, id=self.count)
             return
@@ -198,7 +198,7 @@ class _Connection:
             )
             return
         self.stream = stream
-        self.task = asyncio.ensure_future(self.run(self.count, stream))
+        self.task = asyncio.ensure_future(self.run(self.count, stream, holder))
         # Held by the endpoint too, until it ends: if the connection's handler is
         # cancelled while awaiting it (a server shutting down), it is still referenced.
         self.endpoint.tasks.add(self.task)
@@ -207,7 +207,7 @@ class _Connection:
     async def refuse(self, exc: WebError, *, id: int | None = None, final: bool = True) -> None:
         await self.send({"type": "error", "id": id, "final": final, "error": exc.to_dict()})
 
-    async def run(self, id: int, stream: Stream) -> None:
+    async def run(self, id: int, stream: Stream, holder: Any = None) -> None:
         try:
             try:
                 await stream.open()
@@ -237,7 +237,7 @@ class _Connection:
         finally:
             await stream.aclose()
             self.stream = None
-            self.endpoint.slots.release()
+            await self.endpoint.slots.leave(holder)
 
 
 def chunk_messages(id: int, chunk: Chunk) -> list[dict[str, Any]]:

@@ -200,7 +200,10 @@ def frame(text: str) -> bytes:
 async def test_a_client_that_stops_reading_frees_its_slot(
     serve: Any, plain: bool, surface: str
 ) -> None:
-    live = serve(make_pipeline(Endless()), plain=plain, write_timeout=0.5, heartbeat=None)
+    # resume_grace=0: the stalled client is detached and its answer stopped at once.
+    live = serve(
+        make_pipeline(Endless()), plain=plain, write_timeout=0.5, heartbeat=None, resume_grace=0
+    )
     session = f"{surface}-stalled"
     body = json.dumps({"prompt": "go", "session": session})
     sock = raw(live.port, rcvbuf=4096)

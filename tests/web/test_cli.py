@@ -107,7 +107,7 @@ async def test_serve_streams_with_token_and_sqlite_store(tmp_path: Path) -> None
             result = next(
                 json.loads(block.split("data: ", 1)[1])
                 for block in response.text.split("\n\n")
-                if block.startswith("event: result")
+                if "\nevent: result\n" in block
             )
             assert result["status"] == "finished" and result["text"]
     finally:

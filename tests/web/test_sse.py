@@ -91,7 +91,7 @@ async def test_any_content_survives_the_framing(serve: Any) -> None:
         raw = (await client.post("/stream", json={"prompt": "x"})).content
     assert "ünïcödé 🎉".encode() in raw  # UTF-8 on the wire, not \\u escapes
     for line in raw.split(b"\n"):
-        assert line == b"" or line.startswith((b"data: ", b"event: ", b": "))
+        assert line == b"" or line.startswith((b"id: ", b"data: ", b"event: ", b": "))
 
 
 async def test_error_mid_stream_is_typed_and_keeps_the_partial_text(serve: Any) -> None:
@@ -157,7 +157,7 @@ async def test_heartbeats_keep_a_slow_start_alive(serve: Any) -> None:
 
 
 async def test_client_disconnect_closes_the_provider_and_keeps_the_partial_turn(serve: Any) -> None:
-    live = serve(slow_provider(), heartbeat=None)
+    live = serve(slow_provider(), heartbeat=None, resume_grace=0)
     provider = live.provider
     received = ""
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
@@ -165,8 +165,10 @@ async def test_client_disconnect_closes_the_provider_and_keeps_the_partial_turn(
             client, "POST", "/stream", json={"prompt": "tell", "session": "s1"}
         ) as source:
             async for sse in source.aiter_sse():
+                if sse.event != "chunk":
+                    continue
                 received += json.loads(sse.data)["content"]
-                if sse.event == "chunk" and json.loads(sse.data)["index"] == 3:
+                if json.loads(sse.data)["index"] == 3:
                     break
     # The response was closed by the client: the provider's stream must end at once.
     assert wait_for(lambda: provider.calls[-1].ended is not None, 2.0)
@@ -181,7 +183,9 @@ async def test_client_disconnect_closes_the_provider_and_keeps_the_partial_turn(
 
 
 async def test_disconnect_before_the_first_chunk_cancels_the_call(serve: Any) -> None:
-    live = serve(scenario_provider("never seen", first_chunk_delay=30), heartbeat=None)
+    live = serve(
+        scenario_provider("never seen", first_chunk_delay=30), heartbeat=None, resume_grace=0
+    )
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get("/stream", params={"prompt": "x"}, timeout=0.3)
@@ -249,7 +253,7 @@ async def test_a_chunked_body_over_the_limit_is_refused(serve: Any) -> None:
 
 
 async def test_concurrency_limit_answers_503_and_frees_slots(serve: Any) -> None:
-    live = serve(slow_provider(chunk_delay=0.05), max_concurrent=2, heartbeat=None)
+    live = serve(slow_provider(chunk_delay=0.05), max_concurrent=2, heartbeat=None, resume_grace=0)
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
         streams = [client.stream("GET", "/stream", params={"prompt": "x"}) for _ in range(2)]
         responses = [await s.__aenter__() for s in streams]

@@ -154,7 +154,7 @@ async def test_sse_carries_reasoning_and_tool_events(serve: Any) -> None:
     ]
     # Round 1 thinks, says a word, calls; round 2 thinks and answers; then the result.
     first_tool = names.index("tool")
-    assert names[:first_tool] == ["reasoning", "reasoning", "chunk"]
+    assert names[:first_tool] == ["start", "reasoning", "reasoning", "chunk"]
     last_tool = len(names) - 1 - names[::-1].index("tool")
     assert names[last_tool + 1 :] == ["reasoning"] * 2 + ["chunk"] * 3 + ["result", "message"]
     assert events[-1][1] == "[DONE]"

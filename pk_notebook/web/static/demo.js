@@ -108,12 +108,34 @@
 
   // --- Server-Sent Events -------------------------------------------------------------
 
+  let answerId = null; // the running SSE answer's id (its "start" event), for Stop
+
   function stopSSE(reason) {
     if (!source) return;
-    source.close(); // closing the connection stops the answer on the server
+    source.close(); // leaving: the server keeps the answer for its grace period, then stops it
     source = null;
+    answerId = null;
     if (reason) setStatus("sse", "stopped", reason);
     updateStop();
+  }
+
+  // Stop is explicit: POST /stream/{id}/stop stops the answer (on whichever server
+  // process runs it) and keeps the partial text; the stream then ends with its result.
+  async function requestStop() {
+    const id = answerId;
+    if (!id) { stopSSE("by you"); return; }
+    const headers = {};
+    const token = $("token").value.trim();
+    if (token) headers.Authorization = "Bearer " + token;
+    try {
+      const response = await fetch("/stream/" + encodeURIComponent(id) + "/stop", {
+        method: "POST",
+        headers,
+      });
+      if (!response.ok) stopSSE("by you");
+    } catch (err) {
+      stopSSE("by you");
+    }
   }
 
   function startSSE() {
@@ -128,9 +150,14 @@
     const es = new EventSource(url.toString());
     source = es;
     updateStop();
+    es.addEventListener("start", (event) => {
+      if (source === es) answerId = JSON.parse(event.data).answer_id;
+    });
     es.addEventListener("chunk", (event) => {
       const chunk = JSON.parse(event.data);
-      if (chunk.index === 0) setStatus("sse", "streaming");
+      if (chunk.index === 0 || $("sse-status").dataset.state === "reconnecting") {
+        setStatus("sse", "streaming");
+      }
       showText("sse", chunk.content);
     });
     es.addEventListener("reasoning", (event) => {
@@ -151,15 +178,20 @@
         note("sse", error.type + ": " + error.message);
         return;
       }
-      // A connection error: refused before streaming (see the HTTP status), or dropped.
-      // Do not let EventSource reconnect: that would send the prompt again.
-      if (source === es) {
-        const state = $("sse-status").dataset.state;
-        if (state === "connecting" || state === "streaming") {
-          setStatus("sse", "error", "the request failed or the connection dropped");
-        }
-        stopSSE();
+      if (source !== es) return;
+      // A connection error. Once the answer has an id, EventSource reconnects by
+      // itself with Last-Event-ID and the server sends the rest of the same answer.
+      // Refused before streaming (readyState CLOSED), or dropped before the answer
+      // had an id (a reconnect would send the prompt again): give up.
+      if (answerId && es.readyState === EventSource.CONNECTING) {
+        setStatus("sse", "reconnecting", "the connection dropped; resuming");
+        return;
       }
+      const state = $("sse-status").dataset.state;
+      if (state === "connecting" || state === "streaming" || state === "reconnecting") {
+        setStatus("sse", "error", "the request failed or the connection dropped");
+      }
+      stopSSE();
     });
     es.onmessage = (event) => {
       if (event.data === "[DONE]" && source === es) stopSSE();
@@ -224,7 +256,7 @@
 
   function stopAll() {
     if (wsBusy && socket) socket.send(JSON.stringify({ type: "stop" }));
-    stopSSE("by you");
+    if (source) requestStop();
   }
 
   $("sse-start").addEventListener("click", startSSE);

@@ -1,0 +1,298 @@
+"""Answers that outlive their connection: run detached, read from a replay buffer.
+
+An answer started on ``/stream`` runs in a task of its own (:class:`Answer`),
+writing its SSE frames into this process's replay buffer and, with a Redis
+session store, in batches into a Redis Stream (:mod:`pk_notebook.web.replay`). A
+client connection only reads frames; it can go away and come back (to any
+process, with Redis) and read on from the last id it saw.
+
+While no client is attached the answer keeps generating for ``resume_grace``
+seconds; then it is stopped and saved as interrupted (status ``"stopped"``). A
+grace of 0 keeps the old rule: the last client leaving stops the answer at once.
+An explicit stop (``POST /stream/{id}/stop``, from any process) stops it at once.
+
+Frame ids are ``{answer_id}:{n}``, ``n`` counting the answer's events from 1 (the
+``start`` event), so a browser's ``EventSource``, which sends the last id it saw as
+``Last-Event-ID`` when it reconnects to the same URL, resumes the right answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ..runtime.errors import PkNotebookError
+from ..runtime.stream import Stream
+from ..runtime.types import Chunk
+from .replay import MemoryReplay, RedisReplay, RedisWriter, expired_frames
+from .security import Slots, log_unexpected
+from .settings import WebSettings
+from .streaming import dumps, result_dict, tool_payload
+
+logger = logging.getLogger("pk_notebook")
+
+
+def new_answer_id() -> str:
+    return secrets.token_hex(12)
+
+
+def parse_event_id(value: str | None) -> tuple[str | None, int | None]:
+    """``"{answer_id}:{n}"`` -> (answer_id, n); ``"n"`` -> (None, n); else (None, None)."""
+    if not value:
+        return None, None
+    answer_id, sep, seq = value.strip().rpartition(":")
+    if not seq.isdigit() or len(seq) > 12:
+        return None, None
+    if sep and not (answer_id and len(answer_id) <= 64 and answer_id.isalnum()):
+        return None, None
+    return (answer_id or None), int(seq)
+
+
+def check_answer_id(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= 64 and value.isalnum():
+        return value
+    return None
+
+
+class Answer:
+    """One answer running in this process (see the module docstring)."""
+
+    def __init__(self, hub: Answers, answer_id: str, stream: Stream, holder: Any) -> None:
+        self.hub = hub
+        self.id = answer_id
+        self.stream = stream
+        self.holder = holder
+        self.buffer = hub.local.create(answer_id)
+        self.writer: RedisWriter | None = hub.shared.writer(answer_id) if hub.shared else None
+        self.seq = 0
+        self.readers = 0
+        self.prefix = f"id: {answer_id}:"
+        #: set once the stream opened (result None) or failed to (the exception)
+        self.opened: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.detached_at: float | None = None
+        self.stop_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.Task[None] | None = None
+
+    # --- writing frames (the hot path) ---------------------------------------------
+
+    def emit(self, event: str, data: str) -> None:
+        self.seq = seq = self.seq + 1
+        frame = f"{self.prefix}{seq}\nevent: {event}\ndata: {data}\n\n".encode()
+        self.buffer.add(frame)
+        if self.writer is not None:
+            self.writer.add(seq, frame)
+
+    def emit_done(self) -> None:
+        self.seq = seq = self.seq + 1
+        frame = f"{self.prefix}{seq}\ndata: [DONE]\n\n".encode()
+        self.buffer.add(frame)
+        if self.writer is not None:
+            self.writer.add(seq, frame)
+
+    def emit_chunk(self, chunk: Chunk) -> None:
+        if chunk.tool is None and not chunk.reasoning:
+            self.emit("chunk", dumps({"index": chunk.index, "content": chunk.content}))
+        elif chunk.tool is not None:
+            self.emit("tool", dumps(tool_payload(chunk.tool)))
+        else:
+            self.emit("reasoning", dumps({"index": chunk.index, "text": chunk.reasoning}))
+            if chunk.content:
+                self.emit("chunk", dumps({"index": chunk.index, "content": chunk.content}))
+
+    # --- the answer's task -----------------------------------------------------------
+
+    async def run(self) -> None:
+        stream = self.stream
+        try:
+            try:
+                await stream.open()
+            except Exception as exc:
+                log_unexpected(exc, "opening a stream")
+                self.opened.set_result(exc)
+                from .security import error_dict
+
+                self.emit("error", dumps({"error": error_dict(exc)}))
+                self.emit_done()
+                return
+            self.opened.set_result(None)
+            failure: BaseException | None = None
+            try:
+                async for chunk in stream:
+                    if not chunk.final:
+                        self.emit_chunk(chunk)
+            except PkNotebookError:
+                pass  # the stream ended with an error: it is on stream.result
+            except Exception as exc:
+                log_unexpected(exc, "streaming")
+                failure = exc
+            result = await stream.wait_closed()
+            data = result_dict(result)
+            if self.stop_reason is not None:
+                data["stop_reason"] = self.stop_reason
+            if failure is not None:
+                from .security import error_dict
+
+                self.emit("error", dumps({"error": error_dict(failure)}))
+            if data["error"] is not None:
+                self.emit("error", dumps({"error": data["error"]}))
+            self.emit("result", dumps(data))
+            self.emit_done()
+        finally:
+            if not self.opened.done():
+                self.opened.set_result(None)
+            await stream.aclose()
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+            self.hub.local.end(self.id)
+            if self.writer is not None:
+                await self.writer.close()
+            self.hub.running.pop(self.id, None)
+            await self.hub.slots.leave(self.holder)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stream.stop()
+
+    # --- clients ---------------------------------------------------------------------
+
+    def attach(self) -> None:
+        self.readers += 1
+        self.detached_at = None
+
+    def detach(self) -> None:
+        self.readers -= 1
+        if self.readers > 0 or self.task is None or self.task.done():
+            return
+        if self.hub.settings.resume_grace <= 0:
+            self.stop("disconnected")
+        else:
+            self.detached_at = asyncio.get_running_loop().time()
+
+    async def watch(self) -> None:
+        """Stop the answer once no client was attached for the grace period; with Redis,
+        renew its liveness and see stops asked for before the listener was ready."""
+        settings = self.hub.settings
+        grace = settings.resume_grace
+        shared = self.hub.shared
+        tick = max(0.05, min(0.5, grace / 4)) if grace > 0 else 0.5
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            seen = False
+            if shared is not None:
+                try:
+                    stop, seen = await shared.heartbeat(self.id, check_seen=self.readers == 0)
+                except Exception as exc:
+                    logger.warning("renewing an answer's liveness in Redis failed: %s", exc)
+                    stop = False
+                if stop:
+                    self.stop("stop requested")
+                    return
+            if grace <= 0 or self.readers > 0:
+                continue
+            now = loop.time()
+            if seen:
+                self.detached_at = None  # a client follows it from another process
+                continue
+            if self.detached_at is None:
+                self.detached_at = now
+            elif now - self.detached_at >= grace:
+                logger.info(
+                    "answer %s: no client for %g s; stopped (saved as interrupted)",
+                    self.id,
+                    grace,
+                )
+                self.stop("no client attached during the grace period")
+                return
+
+
+class Answers:
+    """The answers of one app: the ones this process runs, and the shared store."""
+
+    def __init__(
+        self, settings: WebSettings, slots: Slots, shared: RedisReplay | None = None
+    ) -> None:
+        self.settings = settings
+        self.slots = slots
+        self.shared = shared
+        self.local = MemoryReplay(settings.replay_max_events, settings.replay_ttl)
+        self.running: dict[str, Answer] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, stream: Stream, holder: Any) -> Answer:
+        """Run ``stream`` as a detached answer (the slot ``holder`` is released at its end)."""
+        answer_id = new_answer_id()
+        answer = Answer(self, answer_id, stream, holder)
+        self.running[answer_id] = answer
+        if self.shared is not None:
+            try:
+                await self.shared.listen(self.stop_local)
+                await self.shared.register(answer_id)
+            except Exception as exc:
+                logger.warning("registering an answer in Redis failed: %s", exc)
+        answer.emit("start", dumps({"answer_id": answer_id}))
+        answer.task = asyncio.ensure_future(answer.run())
+        self.tasks.add(answer.task)
+        answer.task.add_done_callback(self.tasks.discard)
+        if self.settings.resume_grace > 0 or self.shared is not None:
+            answer.watchdog = asyncio.ensure_future(answer.watch())
+        return answer
+
+    def stop_local(self, answer_id: str) -> bool:
+        answer = self.running.get(answer_id)
+        if answer is None:
+            return False
+        answer.stop("stop requested")
+        return True
+
+    async def stop(self, answer_id: str) -> str | None:
+        """Stop an answer wherever it runs: its state before (running, done, or None)."""
+        if self.stop_local(answer_id):
+            return "running"
+        if answer_id in self.local:
+            return "done"
+        if self.shared is not None:
+            return await self.shared.request_stop(answer_id)
+        return None
+
+    async def follow(
+        self, answer_id: str, after: int, *, attached: bool = False
+    ) -> AsyncGenerator[bytes, None]:
+        """The frames of ``answer_id`` after ``after``: from this process if it runs (or
+        ran) here, else from Redis; an error event if it cannot be resumed. The reader
+        counts as attached to the answer until it stops iterating (``attached``: the
+        caller attaches and detaches itself)."""
+        answer = self.running.get(answer_id)
+        if answer is not None and not attached:
+            answer.attach()
+            try:
+                async for frames in self.local.follow(answer_id, after):
+                    yield frames
+            finally:
+                answer.detach()
+            return
+        if answer_id in self.local or self.shared is None:
+            async for frames in self.local.follow(answer_id, after):
+                yield frames
+            return
+        try:
+            async for frames in self.shared.follow(answer_id, after):
+                yield frames
+        except Exception as exc:
+            logger.warning("reading an answer's replay buffer from Redis failed: %s", exc)
+            yield expired_frames(answer_id)
+
+    async def aclose(self) -> None:
+        for answer in list(self.running.values()):
+            answer.stop("server shutting down")
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.aclose()

@@ -1,0 +1,542 @@
+"""Replay buffers: the events of a running answer, kept so a client can come back.
+
+An answer on ``/stream`` runs in its own task, detached from the connection that
+asked for it, and writes its SSE frames (each with an ``id``) into a buffer; a
+client connection only reads from the buffer. A client that reconnects gives the
+last id it saw and reads the rest. Two kinds:
+
+:class:`MemoryReplay`
+    one process: a list per answer, bounded to ``max_events`` frames, dropped
+    ``ttl`` seconds after the answer ended. Always used for the answers a process
+    runs itself, so its own clients never wait on a network round trip.
+:class:`RedisReplay`
+    many processes (``pk-notebook serve --workers N --store redis://...``): the
+    same frames in one Redis Stream per answer (``XADD ... MAXLEN ~ max_events``,
+    ``PEXPIRE ttl``), written in batches (every ``flush_interval`` seconds or
+    ``flush_events`` frames, one pipelined round trip per batch, never one per
+    chunk); a client on another process follows it with ``XREAD BLOCK``. The same
+    object carries what else the processes share: the stop signal (a key plus a
+    pub/sub message the owning process listens for), presence (a follower's
+    key, so the owner knows a client is attached elsewhere), the owner's liveness
+    key, and the global cap on running streams (:class:`RedisCap`).
+
+Keys (``prefix`` is the session store's, ``pk_notebook:`` by default)::
+
+    {prefix}answer:{id}:events   stream: entry 0-N holds frame N ("d"; "e" on the last)
+    {prefix}answer:{id}:meta     hash: state (running / done)
+    {prefix}answer:{id}:alive    string with a short expiry, renewed by the owner
+    {prefix}answer:{id}:seen     string with a short expiry, renewed by remote followers
+    {prefix}answer:{id}:stop     string: a stop was asked for
+    {prefix}answer-stop          pub/sub channel: answer ids to stop
+    {prefix}streams              sorted set: the running streams of every process
+
+A follower never skips silently: an id it asks for that was trimmed (the buffer
+is bounded) gives an ``error`` event with ``code: "resume_gap"`` (then the rest,
+whose ``result`` holds the whole text); an answer whose buffer expired or never
+existed gives ``code: "resume_expired"``; an answer whose process died gives
+``code: "answer_lost"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from .streaming import DONE, dumps, sse_event
+
+logger = logging.getLogger("pk_notebook")
+
+#: how long a remote follower's presence, and the owner's liveness, last unrenewed
+PRESENCE_SECONDS = 2.0
+
+
+def resume_error(code: str, message: str, **extra: Any) -> bytes:
+    """An ``error`` event (no id: it is not part of the answer) for a failed resume."""
+    error = {"type": "ResumeError", "code": code, "message": message, **extra}
+    return sse_event(dumps({"error": error}), "error")
+
+
+def expired_frames(answer_id: str) -> bytes:
+    return (
+        resume_error(
+            "resume_expired",
+            "this answer cannot be resumed: it is unknown, or it ended and its replay "
+            "buffer expired",
+            answer_id=answer_id,
+        )
+        + DONE
+    )
+
+
+def gap_frame(after: int, first: int) -> bytes:
+    return resume_error(
+        "resume_gap",
+        f"events {after + 1} to {first - 1} of this answer are no longer kept (the replay "
+        "buffer is bounded); the rest follows, and its result holds the whole text",
+        missing=[after + 1, first - 1],
+    )
+
+
+class _Buffer:
+    """One answer's frames in this process: ``frames[i]`` is frame ``base + i``."""
+
+    __slots__ = ("base", "ended", "frames", "limit", "waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.frames: list[bytes] = []
+        self.base = 1
+        self.limit = limit
+        self.ended = False
+        self.waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def last(self) -> int:
+        return self.base + len(self.frames) - 1
+
+    def add(self, frame: bytes) -> None:
+        frames = self.frames
+        frames.append(frame)
+        if len(frames) > self.limit + (self.limit >> 2) + 1:
+            cut = len(frames) - self.limit
+            del frames[:cut]  # trimmed in batches: amortised O(1) per frame
+            self.base += cut
+        if self.waiters:
+            self.wake()
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def end(self) -> None:
+        self.ended = True
+        self.wake()
+
+    async def follow(self, after: int) -> AsyncGenerator[bytes, None]:
+        """Every frame after ``after``, as they come, in batches; ends after the last."""
+        cursor = after
+        loop = asyncio.get_running_loop()
+        while True:
+            if cursor + 1 < self.base:
+                yield gap_frame(cursor, self.base)
+                cursor = self.base - 1
+            if cursor < self.last:
+                start = cursor + 1 - self.base
+                batch = self.frames[start:]
+                cursor = self.last
+                yield batch[0] if len(batch) == 1 else b"".join(batch)
+                continue
+            if self.ended:
+                return
+            waiter = loop.create_future()
+            self.waiters.append(waiter)
+            await waiter
+
+
+class MemoryReplay:
+    """Replay buffers of the answers this process runs (see the module docstring)."""
+
+    def __init__(self, max_events: int = 10_000, ttl: float = 120.0) -> None:
+        self.max_events = max_events
+        self.ttl = ttl
+        self._buffers: dict[str, _Buffer] = {}
+
+    def __contains__(self, answer_id: str) -> bool:
+        return answer_id in self._buffers
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def create(self, answer_id: str) -> _Buffer:
+        buffer = self._buffers[answer_id] = _Buffer(self.max_events)
+        return buffer
+
+    def end(self, answer_id: str) -> None:
+        buffer = self._buffers.get(answer_id)
+        if buffer is None:
+            return
+        buffer.end()
+        asyncio.get_running_loop().call_later(self.ttl, self._drop, answer_id, buffer)
+
+    def _drop(self, answer_id: str, buffer: _Buffer) -> None:
+        if self._buffers.get(answer_id) is buffer:
+            del self._buffers[answer_id]
+
+    async def follow(self, answer_id: str, after: int) -> AsyncGenerator[bytes, None]:
+        buffer = self._buffers.get(answer_id)
+        if buffer is None:
+            yield expired_frames(answer_id)
+            return
+        async for frames in buffer.follow(after):
+            yield frames
+
+
+# --- Redis ---------------------------------------------------------------------------
+
+# KEYS: the zset   ARGV: lease_ms, limit, holder  -> 1 taken, 0 full.
+# Scores are Redis's own clock (TIME), so the processes' clocks need not agree.
+_CAP_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: the zset   ARGV: holders...   (renew the leases still held)
+_CAP_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = 0
+for i = 1, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', now, ARGV[i])
+end
+return n
+"""
+
+
+class RedisReplay:
+    """Replay buffers, stop signals, presence and the stream cap in Redis.
+
+    ``url`` and ``prefix`` are normally the session store's
+    (:meth:`from_store`); nothing connects until first used. One client per
+    process: a web server runs one event loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "pk_notebook:",
+        max_events: int = 10_000,
+        ttl: float = 120.0,
+        flush_interval: float = 0.02,
+        flush_events: int = 64,
+        lease: float = 15.0,
+        **redis_options: Any,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.max_events = max_events
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.flush_interval = flush_interval
+        self.flush_events = flush_events
+        self.lease = lease
+        self._options: dict[str, Any] = {
+            "socket_connect_timeout": 5.0,
+            "health_check_interval": 30,
+            **redis_options,
+        }
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.channel = f"{prefix}answer-stop"
+        self.cap = RedisCap(self, f"{prefix}streams", lease)
+
+    @classmethod
+    def from_store(cls, store: Any, **options: Any) -> RedisReplay:
+        """The replay of a :class:`~pk_notebook.sessions.RedisStore`: same server, same prefix."""
+        return cls(store.url, prefix=store.prefix, **options)
+
+    def __repr__(self) -> str:
+        from ..sessions.spec import safe_url
+
+        return f"RedisReplay({safe_url(self.url)!r}, prefix={self.prefix!r})"
+
+    def key(self, answer_id: str, part: str) -> str:
+        return f"{self.prefix}answer:{answer_id}:{part}"
+
+    @property
+    def client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            import redis.asyncio as aioredis
+
+            self._client = aioredis.Redis.from_url(self.url, **self._options)
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        await self.cap.aclose()
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await client.aclose()
+            except Exception:  # a closed loop, a dead server: nothing left to release
+                logger.debug("closing the replay's Redis client failed", exc_info=True)
+
+    # --- the owner's side ----------------------------------------------------------
+
+    async def register(self, answer_id: str) -> None:
+        """Mark an answer running (one round trip, at its start)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(answer_id, "meta"), "state", "running")
+        pipe.pexpire(self.key(answer_id, "meta"), self.ttl_ms)
+        pipe.set(self.key(answer_id, "alive"), b"1", px=int(PRESENCE_SECONDS * 1000))
+        await pipe.execute()
+
+    def writer(self, answer_id: str) -> RedisWriter:
+        return RedisWriter(self, answer_id)
+
+    async def heartbeat(self, answer_id: str, *, check_seen: bool) -> tuple[bool, bool]:
+        """Renew the owner's liveness; return (a stop was asked for, a remote follower
+        is attached)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.key(answer_id, "alive"), b"1", px=int(PRESENCE_SECONDS * 1000))
+        pipe.exists(self.key(answer_id, "stop"))
+        if check_seen:
+            pipe.exists(self.key(answer_id, "seen"))
+        replies = await pipe.execute()
+        return bool(replies[1]), bool(check_seen and replies[2])
+
+    async def listen(self, on_stop: Callable[[str], object]) -> None:
+        """Start (once) the task that calls ``on_stop(answer_id)`` for each stop message."""
+        if self._listener is not None and not self._listener.done():
+            return
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._listener = asyncio.ensure_future(self._listen(on_stop, ready))
+        await asyncio.wait({ready, self._listener}, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _listen(self, on_stop: Callable[[str], object], ready: asyncio.Future[None]) -> None:
+        while True:
+            try:
+                async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    if not ready.done():
+                        ready.set_result(None)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            on_stop(message["data"].decode("ascii", "replace"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not ready.done():
+                    ready.set_result(None)  # the heartbeat's stop key still works
+                logger.warning("listening for stop messages in Redis failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    # --- anyone's side ---------------------------------------------------------------
+
+    async def state(self, answer_id: str) -> str | None:
+        """``"running"``, ``"done"``, or None (unknown, or expired)."""
+        value = await self.client.hget(self.key(answer_id, "meta"), "state")
+        return value.decode() if value is not None else None
+
+    async def request_stop(self, answer_id: str) -> str | None:
+        """Ask the answer's process to stop it; returns its state before the request."""
+        state = await self.state(answer_id)
+        if state == "running":
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.key(answer_id, "stop"), b"1", px=self.ttl_ms)
+            pipe.publish(self.channel, answer_id)
+            await pipe.execute()
+        return state
+
+    async def follow(
+        self, answer_id: str, after: int, *, block: float = 1.0
+    ) -> AsyncGenerator[bytes, None]:
+        """The frames after ``after``, read from Redis with ``XREAD BLOCK``."""
+        client = self.client
+        events = self.key(answer_id, "events")
+        if not await client.exists(events):
+            yield expired_frames(answer_id)
+            return
+        cursor = after
+        touched = 0.0
+        while True:
+            now = time.monotonic()
+            if now - touched > PRESENCE_SECONDS / 4:
+                touched = now
+                pipe = client.pipeline(transaction=False)
+                pipe.set(self.key(answer_id, "seen"), b"1", px=int(PRESENCE_SECONDS * 1000))
+                pipe.exists(self.key(answer_id, "alive"))
+                pipe.exists(events)
+                _, alive, exists = await pipe.execute()
+                if not exists:
+                    yield expired_frames(answer_id)
+                    return
+                if not alive and not await client.xrange(events, f"0-{cursor + 1}", "+", count=1):
+                    yield (
+                        resume_error(
+                            "answer_lost",
+                            "the server process running this answer went away before it ended",
+                        )
+                        + DONE
+                    )
+                    return
+            reply = await client.xread({events: f"0-{cursor}"}, count=1000, block=int(block * 1000))
+            if not reply:
+                continue
+            entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+            parts: list[bytes] = []
+            end = False
+            for entry_id, fields in entries:
+                seq = int(entry_id.split(b"-", 1)[1])
+                if seq > cursor + 1:
+                    parts.append(gap_frame(cursor, seq))
+                cursor = seq
+                parts.append(fields.get(b"d", b""))
+                end = end or b"e" in fields
+            yield b"".join(parts)
+            if end:
+                return
+
+
+class RedisWriter:
+    """One answer's frames on their way to Redis, in batches.
+
+    :meth:`add` is synchronous and cheap (a list append); a flush runs
+    ``flush_interval`` seconds after the first pending frame (at once after
+    ``flush_events``), one pipelined round trip for everything pending. Frames
+    added during a round trip go in the next one. :meth:`close` flushes the rest.
+    """
+
+    __slots__ = ("_task", "_timer", "answer_id", "events", "last", "pending", "replay")
+
+    def __init__(self, replay: RedisReplay, answer_id: str) -> None:
+        self.replay = replay
+        self.answer_id = answer_id
+        self.events = replay.key(answer_id, "events")
+        self.pending: list[tuple[int, bytes]] = []
+        self.last = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, seq: int, frame: bytes) -> None:
+        """Queue frame ``seq``; seq 0 is not a frame: it marks the end (see :meth:`close`)."""
+        self.pending.append((seq, frame))
+        if self._task is not None:
+            return  # the running flush takes it next
+        if len(self.pending) >= self.replay.flush_events:
+            self._kick()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.replay.flush_interval, self._kick
+            )
+
+    def _kick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is None and self.pending:
+            self._task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                await self._write(batch)
+        finally:
+            self._task = None
+
+    async def _write(self, batch: list[tuple[int, bytes]]) -> None:
+        replay = self.replay
+        pipe = replay.client.pipeline(transaction=False)
+        end = batch[-1][0] == 0
+        if end:
+            batch.pop()
+            if not batch:  # the last frame went out alone: an entry of its own marks the end
+                batch.append((self.last + 1, b""))
+        last = len(batch) - 1
+        for i, (seq, frame) in enumerate(batch):
+            fields = {b"d": frame, b"e": b"1"} if end and i == last else {b"d": frame}
+            pipe.xadd(
+                self.events, fields, id=f"0-{seq}", maxlen=replay.max_events, approximate=True
+            )
+        self.last = batch[-1][0]
+        pipe.pexpire(self.events, replay.ttl_ms)
+        if end:
+            meta = replay.key(self.answer_id, "meta")
+            pipe.hset(meta, "state", "done")
+            pipe.pexpire(meta, replay.ttl_ms)
+        try:
+            await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            # The frames are lost for other processes; their followers see the gap
+            # (seq numbers jump) and say so. This process's own clients are unaffected.
+            logger.warning("writing an answer's replay buffer to Redis failed: %s", exc)
+
+    async def close(self) -> None:
+        """Flush everything, the last frame marked as the end (call after adding it)."""
+        self.pending.append((0, b""))
+        self._kick()
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+
+class RedisCap:
+    """The cap on running streams across every process: a Redis sorted set of leases.
+
+    Each running stream holds a member scored with Redis's clock; the process renews
+    its members every ``lease / 3`` seconds, and a member not renewed for ``lease``
+    seconds (its process died) is dropped by the next acquire, so a crash leaks no
+    slot for longer than that. Acquire is one Lua script (drop expired, count,
+    add), so two processes cannot both take the last slot.
+    """
+
+    def __init__(self, replay: RedisReplay, key: str, lease: float) -> None:
+        self.replay = replay
+        self.key = key
+        self.lease = lease
+        self.held: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self._acquire: Any = None
+        self._renew: Any = None
+
+    def _scripts(self) -> tuple[Any, Any]:
+        client = self.replay.client
+        if self._acquire is None or self._acquire.registered_client is not client:
+            self._acquire = client.register_script(_CAP_ACQUIRE)
+            self._renew = client.register_script(_CAP_RENEW)
+        return self._acquire, self._renew
+
+    async def acquire(self, limit: int) -> str | None:
+        """A holder id, or None when ``limit`` streams are running (in all processes)."""
+        acquire, _ = self._scripts()
+        holder = uuid.uuid4().hex
+        taken = await acquire(keys=[self.key], args=[int(self.lease * 1000), limit, holder])
+        if not taken:
+            return None
+        self.held.add(holder)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew_loop())
+        return holder
+
+    async def release(self, holder: str) -> None:
+        self.held.discard(holder)
+        try:
+            await self.replay.client.zrem(self.key, holder)
+        except Exception as exc:  # its lease runs out instead
+            logger.warning("releasing a stream slot in Redis failed (%s): it expires instead", exc)
+
+    async def count(self) -> int:
+        return int(await self.replay.client.zcard(self.key))
+
+    async def _renew_loop(self) -> None:
+        while self.held:
+            await asyncio.sleep(self.lease / 3)
+            if not self.held:
+                return
+            try:
+                _, renew = self._scripts()
+                await renew(keys=[self.key], args=sorted(self.held))
+            except Exception as exc:
+                logger.warning("renewing stream slots in Redis failed: %s", exc)
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
