@@ -27,13 +27,14 @@ from ..runtime.store import StateStore
 from ..runtime.sync import run_sync
 from ..runtime.types import ProviderConfig
 from ..sessions.spec import describe_store, open_store
+from .context import DEFAULT_MAX_ROWS
 from .interpolate import DEFAULT_MAX_CHARS
 
 DEFAULT_PROVIDER = "mock"
 
 # Settings that shape the prompt only: changing them keeps the pipeline (and its
 # HTTP client) as it is.
-_PROMPT_SETTINGS = frozenset({"max_var_chars"})
+_PROMPT_SETTINGS = frozenset({"max_var_chars", "max_var_rows"})
 
 logger = logging.getLogger("pk_notebook")
 
@@ -50,7 +51,10 @@ class NotebookDefaults:
     timeout: float | None = None
     idle_timeout: float | None = 30.0
     max_var_chars: int = DEFAULT_MAX_CHARS  # a {name} value longer than this is cut
+    max_var_rows: int = DEFAULT_MAX_ROWS  # rows of a DataFrame in a prompt
     provider_options: dict[str, Any] = field(default_factory=dict)
+    #: ``%stream record`` / ``replay``: ("record", path, 0) or ("replay", path, pace)
+    cassette: tuple[str, str, float] | None = None
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _store: StateStore | None = field(default=None, repr=False)
     _others: dict[str, Pipeline] = field(default_factory=dict, repr=False)
@@ -67,6 +71,8 @@ class NotebookDefaults:
             "timeout": self.timeout,
             "idle_timeout": self.idle_timeout,
             "max_var_chars": self.max_var_chars,
+            "max_var_rows": self.max_var_rows,
+            "api": self.provider_options.get("api") or "(provider default)",
         }
 
     def state_store(self) -> StateStore:
@@ -83,8 +89,26 @@ class NotebookDefaults:
     def pipeline(self) -> Pipeline:
         """The shared pipeline, built on first use and after every change."""
         if self._pipeline is None or self._pipeline.closed:
-            self._pipeline = self._build(self.provider, self.config, self.provider_options)
+            options = dict(self.provider_options)
+            transport = self._cassette_transport()
+            if transport is not None:
+                options["transport"] = transport
+            self._pipeline = self._build(self.provider, self.config, options)
         return self._pipeline
+
+    def uses_http(self, spec: str | None = None) -> bool:
+        """False for the offline mock (no HTTP calls: nothing to record or replay)."""
+        return parse_spec(spec or self.provider)[0] != "mock"
+
+    def _cassette_transport(self) -> Any:
+        """The transport of ``%stream record`` / ``replay`` for the default provider."""
+        if self.cassette is None or not self.uses_http():
+            return None
+        from ..providers.cassette import Cassette
+
+        mode, path, pace = self.cassette
+        cassette = Cassette(path)
+        return cassette.recorder() if mode == "record" else cassette.player(pace=pace)
 
     def pipeline_for(self, provider: str | None = None) -> Pipeline:
         """The shared pipeline, or one for another provider spec (``%%stream -p ...``).

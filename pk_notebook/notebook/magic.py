@@ -32,6 +32,8 @@ from .options import (
     config_spec,
     history_spec,
     parse,
+    record_spec,
+    replay_spec,
     reset_spec,
     sessions_spec,
     usage_error,
@@ -55,6 +57,8 @@ LINE_HELP = """Settings and sessions for ``%%stream`` (and ``Chat``).
     %stream history ID --pipeline VAR   the same for a pipeline's store (also sessions, reset)
     %stream providers                   the providers you can use
     %stream last                        status line of the last %%stream cell
+    %stream record PATH                 write the provider's real calls to a cassette (off)
+    %stream replay PATH [--pace 1.0]    answer from a cassette, offline (off)
 
 ``%stream config --help`` lists every setting (``%stream history --help``, ...).
 To ask a question, use the cell magic: ``%%stream`` on the first line, the
@@ -118,11 +122,23 @@ class StreamMagics(Magics):
             changes["idle_timeout"] = args.idle_timeout
         if args.max_var_chars is not None:
             changes["max_var_chars"] = args.max_var_chars
+        if args.max_var_rows is not None:
+            changes["max_var_rows"] = args.max_var_rows
         settings = defaults()
+        if args.api is not None or "provider" in changes:
+            # The API belongs to a provider: a new provider starts from its own default.
+            options = dict(settings.provider_options)
+            options.pop("api", None)
+            if args.api is not None and args.api.lower() != "none":
+                options["api"] = args.api
+            if options != settings.provider_options:
+                changes["provider_options"] = options
         if changes:
             try:
                 if "provider" in changes:
                     _check_provider(changes["provider"])
+                if changes.get("provider_options", {}).get("api"):
+                    _check_api(changes.get("provider", settings.provider), args.api)
                 settings.update(**changes)
                 if "store" in changes:
                     settings.state_store()  # fail now, not in the next cell
@@ -131,7 +147,51 @@ class StreamMagics(Magics):
         described = settings.describe()
         width = max(len(k) for k in described)
         lines = [f"{key:<{width}}  {_show(value)}" for key, value in described.items()]
+        if settings.cassette is not None:
+            lines.append(f"{'cassette':<{width}}  {_cassette_line(settings)}")
         print("\n".join(lines))
+
+    def _record(self, rest: str) -> None:
+        args = parse(record_spec, rest)
+        if args.help or not args.path:
+            print(record_spec.__doc__)
+            return
+        self._cassette("record", args.path, 0.0)
+
+    def _replay(self, rest: str) -> None:
+        args = parse(replay_spec, rest)
+        if args.help or not args.path:
+            print(replay_spec.__doc__)
+            return
+        if args.pace < 0:
+            raise UsageError(
+                f"--pace must be 0 or more (1.0: the recorded timing), not {args.pace}"
+            )
+        self._cassette("replay", args.path, args.pace)
+
+    def _cassette(self, mode: str, path: str, pace: float) -> None:
+        """``%stream record|replay PATH`` (or ``off``): the default provider's transport."""
+        settings = defaults()
+        if path.lower() == "off":
+            was = settings.cassette
+            settings.update(cassette=None)
+            print(f"{mode}: off" if was is None else f"{was[0]}ing {was[1]}: off")
+            return
+        if not settings.uses_http():
+            print(
+                f"{mode}: the {settings.describe()['provider']} provider makes no HTTP calls, "
+                f"so there is nothing to {mode}; choose one with %stream config --provider NAME"
+            )
+            return
+        if mode == "replay" and not os.path.exists(path):
+            raise UsageError(f"%stream replay: no cassette at {path} (record one first)")
+        settings.update(cassette=(mode, path, pace))
+        try:
+            settings.pipeline()
+        except ConfigurationError as exc:
+            settings.update(cassette=None)
+            raise usage_error(exc) from None
+        print(_cassette_line(settings))
 
     def _sessions(self, rest: str) -> None:
         args = parse(sessions_spec, rest)
@@ -293,6 +353,36 @@ def _check_provider(spec: str) -> None:
         raise ConfigurationError(
             f"unknown provider {name!r}: choose one of {', '.join(sorted(known))}"
         )
+
+
+def _check_api(spec: str, api: str) -> None:
+    """``--api``: only the openai provider has a choice (Chat Completions or Responses)."""
+    from ..providers.builtin import OPENAI_APIS
+    from ..providers.registry import parse_spec
+
+    name, _ = parse_spec(spec)
+    if name != "openai":
+        raise ConfigurationError(
+            f"--api: the {name} provider has no choice of API (openai has: "
+            f"{', '.join(OPENAI_APIS)})"
+        )
+    if api not in OPENAI_APIS:
+        raise ConfigurationError(
+            f"--api {api}: openai speaks {' or '.join(OPENAI_APIS)} (Chat Completions or "
+            "the Responses API)"
+        )
+
+
+def _cassette_line(settings: Any) -> str:
+    mode, path, pace = settings.cassette
+    if mode == "record":
+        line = f"recording the {settings.describe()['provider']} provider's calls to {path}"
+    else:
+        speed = "full speed" if not pace else f"pace {pace:g}"
+        line = f"replaying {path} ({speed}, offline: nothing is sent)"
+    if not settings.uses_http():
+        line += " (unused: the mock makes no HTTP calls)"
+    return line
 
 
 def _show(value: Any) -> str:

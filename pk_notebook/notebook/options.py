@@ -21,10 +21,11 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..runtime.errors import ConfigurationError, redact
 from ..runtime.store import check_session_id
 from ..runtime.types import UNSET, ProviderConfig
+from .context import DEFAULT_MAX_ROWS
 from .interpolate import DEFAULT_MAX_CHARS, RULE
 from .live import FORMATS, SURFACES
 
-SUBCOMMANDS = ("config", "sessions", "history", "reset", "providers", "last")
+SUBCOMMANDS = ("config", "sessions", "history", "reset", "providers", "last", "record", "replay")
 
 
 def seconds(text: str) -> float | None:
@@ -109,7 +110,26 @@ def names(text: str) -> tuple[str, ...]:
     "--out",
     type=identifier,
     metavar="VAR",
-    help="store the Result (text, status, usage, timings) in VAR",
+    help="store the Result (text, status, usage, timings) in VAR; with --schema, the "
+    "validated object (None if the answer did not validate)",
+)
+@argument(
+    "--schema",
+    type=identifier,
+    metavar="NAME",
+    help="answer as data: NAME is a pydantic model, dataclass, TypedDict or JSON-schema "
+    "dict of this notebook; the object fills in live, validated at the end",
+)
+@argument(
+    "--attach",
+    action="append",
+    metavar="PATH",
+    help="send a file with the prompt (an image or a PDF); repeat for several",
+)
+@argument(
+    "--dry-run",
+    action="store_true",
+    help="show what would be sent (prompt, attachments, token and cost estimate); send nothing",
 )
 @argument(
     "--no-history",
@@ -223,6 +243,18 @@ cell_spec.__doc__ = (cell_spec.__doc__ or "").replace(
     metavar="N",
     help=f"cut each {{name}} value in a prompt after N characters (default {DEFAULT_MAX_CHARS})",
 )
+@argument(
+    "--max-var-rows",
+    type=positive_int,
+    metavar="N",
+    help=f"rows of a DataFrame shown in a prompt (default {DEFAULT_MAX_ROWS})",
+)
+@argument(
+    "--api",
+    metavar="API",
+    help="the provider's API, for openai: chat (Chat Completions, default) or responses "
+    "('none': the provider's default)",
+)
 @argument("--reset", action="store_true", help="forget every setting (back to the defaults)")
 @argument("-h", "--help", action="store_true", help="show this help")
 def config_spec(line: str = "") -> None:
@@ -267,6 +299,48 @@ def reset_spec(line: str = "") -> None:
     """Forget a session: delete its messages from the store."""
 
 
+@magic_arguments(name="stream record")
+@argument("path", nargs="?", metavar="PATH", help="the cassette file (JSON); 'off' stops")
+@argument("-h", "--help", action="store_true", help="show this help")
+def record_spec(line: str = "") -> None:
+    """Record the calls of the notebook's provider to a cassette file (``off`` stops).
+
+    ::
+
+        %stream record cassettes/trip.json     every call from here on is also written there
+        %stream record off                     back to plain calls
+
+    Each call's request (method, URL, JSON body; never a key or a header) and the
+    response's bytes as they arrived are written; ``%stream replay PATH`` plays
+    them back offline. The mock provider makes no HTTP calls, so it has nothing to
+    record.
+    """
+
+
+@magic_arguments(name="stream replay")
+@argument("path", nargs="?", metavar="PATH", help="the cassette file; 'off' stops")
+@argument(
+    "--pace",
+    type=float,
+    default=0.0,
+    metavar="P",
+    help="1.0 keeps the recorded timing, 0 (default) sends everything at once",
+)
+@argument("-h", "--help", action="store_true", help="show this help")
+def replay_spec(line: str = "") -> None:
+    """Answer the notebook's calls from a cassette, offline (``off`` stops).
+
+    ::
+
+        %stream replay cassettes/trip.json             full speed
+        %stream replay cassettes/trip.json --pace 1.0  at the recorded pace
+        %stream replay off
+
+    Requests are matched by their content (method, URL, body); one with no
+    recording is an error naming the cassette. No key is needed, nothing is sent.
+    """
+
+
 @dataclass(frozen=True)
 class CellOptions:
     """A parsed ``%%stream`` line."""
@@ -286,6 +360,9 @@ class CellOptions:
     tools: tuple[str, ...] = ()
     max_tool_rounds: int | None = None
     approve: bool = False
+    schema: str | None = None
+    attach: tuple[str, ...] = ()
+    dry_run: bool = False
     help: bool = False
 
     @property
@@ -366,4 +443,7 @@ def parse_cell_options(line: str) -> CellOptions:
         tools=args.tools or (),
         max_tool_rounds=args.max_tool_rounds,
         approve=args.approve,
+        schema=args.schema,
+        attach=tuple(args.attach or ()),
+        dry_run=args.dry_run,
     )

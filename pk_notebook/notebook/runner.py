@@ -29,12 +29,15 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from ..runtime.attachments import Attachment, as_attachment
 from ..runtime.errors import ConfigurationError, PkNotebookError, redact
 from ..runtime.pipeline import Pipeline
+from ..runtime.schema import OutputSchema, output_schema
 from ..runtime.stream import Stream
 from ..runtime.sync import run_sync
 from ..runtime.tools import ToolSpec, as_tools
 from ..runtime.types import UNSET, Result, StreamStatus, ToolCall
+from . import context
 from .defaults import defaults
 from .interpolate import InterpolationError, Substitution, describe_substitutions, substitute
 from .live import LiveOutput, approve_hint
@@ -107,6 +110,10 @@ class CellRun:
     substitutions: list[Substitution] = field(default_factory=list)
     # ``--tools``: the functions, described for the model.
     tools: tuple[ToolSpec, ...] = ()
+    # Figures from ``{fig}`` and files from ``--attach``, sent with the prompt.
+    attachments: tuple[Attachment, ...] = ()
+    # ``--schema NAME``: the shape of the answer.
+    schema: OutputSchema | None = None
 
     # --- setup: everything that can be a usage error happens before any output ------
 
@@ -119,14 +126,31 @@ class CellRun:
             return None
         namespace = shell.user_ns if shell is not None else {}
         substitutions: list[Substitution] = []
+        attachments: list[Attachment] = []
         if options.raw:
             prompt = cell
         else:
+            settings = defaults()
             try:
-                interpolated = substitute(cell, namespace, max_chars=defaults().max_var_chars)
+                interpolated = substitute(
+                    cell,
+                    namespace,
+                    max_chars=settings.max_var_chars,
+                    max_rows=settings.max_var_rows,
+                    errors=context.ERRORS,
+                )
             except InterpolationError as exc:
                 raise UsageError(str(exc)) from None
+            except ConfigurationError as exc:  # a figure that cannot be saved as an image
+                raise usage_error(exc) from None
             prompt, substitutions = interpolated.text, interpolated.substitutions
+            attachments.extend(interpolated.attachments)
+        for path in options.attach:
+            try:
+                attachments.append(as_attachment(path))
+            except ConfigurationError as exc:
+                raise UsageError(f"--attach {path}: {usage_error(exc).args[0]}") from None
+        schema = _pick_schema(options.schema, namespace)
         if not prompt.strip():
             raise UsageError(
                 "the cell has no prompt: write your question on the lines under %%stream"
@@ -149,14 +173,28 @@ class CellRun:
             surface,
             substitutions=substitutions,
             tools=tools,
+            attachments=tuple(attachments),
+            schema=schema,
         )
 
     # --- the run ----------------------------------------------------------------------
 
-    async def execute(self) -> Result:
-        """Stream the answer into the cell; returns the result however it ended."""
+    async def execute(self) -> Result | None:
+        """Stream the answer into the cell; returns the result however it ended.
+
+        With ``--dry-run``, shows what would be sent instead and returns None.
+        """
         opts = self.options
+        if opts.dry_run:
+            from .dry_run import show_dry_run
+
+            await show_dry_run(self)
+            return None
         kwargs: dict[str, Any] = {"session": opts.session_id, "config": opts.config}
+        if self.attachments:
+            kwargs["attachments"] = self.attachments
+        if self.schema is not None:
+            kwargs["schema"] = self.schema
         if opts.timeout is not UNSET:
             kwargs["timeout"] = opts.timeout
         if opts.idle_timeout is not UNSET:
@@ -171,15 +209,21 @@ class CellRun:
             stream = self.stream = self.pipeline.stream(self.prompt, **kwargs)
         except ConfigurationError as exc:
             raise usage_error(exc) from None
-        live = LiveOutput(
+        view: dict[str, Any] = dict(
             format=opts.format,
             lang=opts.lang,
             surface=self.surface,
             on_stop=self.request_stop,
             status=self.status_line,
             shell=self.shell,
-            note=describe_substitutions(self.substitutions),
+            note=self.note(),
         )
+        if self.schema is not None:
+            from .partial_view import PartialObjectOutput
+
+            live: LiveOutput = PartialObjectOutput(schema=self.schema, **view)
+        else:
+            live = LiveOutput(**view)
         self.live = live
         if opts.approve and not live.can_ask:
             live.note = "\n".join(p for p in (live.note, approve_hint(live.surface)) if p)
@@ -210,9 +254,16 @@ class CellRun:
             error = exc
         result = await stream.wait_closed()
         self.result = result
+        valid = result.status is StreamStatus.FINISHED and result.error is None
+        if self.schema is not None:
+            live.parsed, live.valid = result.parsed, valid  # type: ignore[attr-defined]
         bundle = live.finish(self.notes(result, error), result.tool_results)
         if opts.out:
-            self.shell.user_ns[opts.out] = result
+            # With --schema, the validated object (None if the answer did not validate).
+            value: Any = result
+            if self.schema is not None:
+                value = result.parsed if valid else None
+            self.shell.user_ns[opts.out] = value
         _last[:] = [LastAnswer(result, bundle, describe_substitutions(self.substitutions))]
         if self.interrupted:
             raise CellInterrupted()
@@ -241,6 +292,15 @@ class CellRun:
             if any(r.status == "denied" for r in result.tool_results):
                 notes.append(Note("⚠", "Note:", approve_hint(self.live.surface)))
         return notes
+
+    def note(self) -> str:
+        """The line under the status: what was substituted, and the files attached."""
+        figures = {s.image for s in self.substitutions if s.image}
+        attached = [a.describe() for a in self.attachments if a.describe() not in figures]
+        lines = [describe_substitutions(self.substitutions)]
+        if attached:
+            lines.append("attached " + ", ".join(attached))
+        return "\n".join(line for line in lines if line)
 
     def request_stop(self) -> None:
         """The Stop button: end the stream, keep the text. Safe from any thread, any phase.
@@ -285,6 +345,21 @@ def _pick_pipeline(options: CellOptions, namespace: Any) -> Pipeline:
         return defaults().pipeline_for(options.provider)
     except ConfigurationError as exc:
         raise UsageError(redact(str(exc))) from None
+
+
+def _pick_schema(name: str | None, namespace: Any) -> OutputSchema | None:
+    """``--schema NAME``: the model, dataclass, TypedDict or JSON-schema dict of that name."""
+    if name is None:
+        return None
+    if name not in namespace:
+        raise UsageError(
+            f"--schema {name}: there is no {name!r} in this notebook; define it in a cell "
+            f"above (e.g. class {name}(BaseModel): ...) and run that cell first"
+        )
+    try:
+        return output_schema(namespace[name])
+    except ConfigurationError as exc:
+        raise UsageError(f"--schema {name}: {usage_error(exc).args[0]}") from None
 
 
 def _pick_tools(names: tuple[str, ...], namespace: Any) -> tuple[ToolSpec, ...]:
@@ -338,7 +413,7 @@ def run_cell_sync(shell: Any, line: str, cell: str) -> Result | None:
         return None
     done = threading.Event()
 
-    async def main() -> Result:
+    async def main() -> Result | None:
         try:
             return await run.execute()
         finally:
