@@ -8,6 +8,8 @@
     result = await chat.send("Hello")      # the same turn, from code
 
     Chat(pipe, tools=[get_weather], approve=True)   # tools, with Run / Deny before each call
+    Chat(pipe, schema=Trip)                # answers as data: the object fills in live
+    chat.attach(fig)                       # goes with the next message (or the Attach button)
 
 Why it is built this way:
 
@@ -34,6 +36,13 @@ Why it is built this way:
   "Thinking" section, one card per call. ``approve=True`` asks before each call
   with Run / Deny buttons in the transcript (``chat.approve`` can be switched
   at any time); a function instead decides by itself.
+- ``schema=`` asks every reply for data of that shape: the reply shows the object
+  filling in (:mod:`pk_notebook.notebook.partial_view`), then the validated one.
+- Files go with the next message: ``chat.attach(fig)`` (figures, images, paths
+  to images and PDFs) or the Attach button (a ``FileUpload``); they show as
+  thumbnails above the message box, then in the user's bubble. The session keeps
+  them as :mod:`pk_notebook.runtime.attachments` decides (small ones with the
+  message, a note in place of large ones).
 """
 
 from __future__ import annotations
@@ -54,8 +63,10 @@ import ipywidgets as widgets
 import traitlets
 from IPython.core.error import UsageError as IPythonUsageError
 
+from ..runtime.attachments import Attachment, as_attachment
 from ..runtime.errors import ConfigurationError, PkNotebookError, UsageError
 from ..runtime.pipeline import Pipeline
+from ..runtime.schema import OutputSchema, output_schema
 from ..runtime.store import check_session_id
 from ..runtime.stream import Stream
 from ..runtime.text import Throttle
@@ -64,6 +75,7 @@ from ..runtime.types import Message, ProviderConfig, Result, StreamStatus, ToolC
 from . import chat_view as view
 from .chat_input import MessageBox
 from .options import usage_error
+from .partial_view import final_object_bundle, object_markdown, schema_fields
 from .parts_view import TurnParts, group_turns
 from .status import format_status
 
@@ -98,6 +110,9 @@ class Chat(widgets.VBox):
             by itself; ``None`` or ``False`` runs every call. ``chat.approve`` can be
             switched at any time (the approval mode toggle).
         max_tool_rounds: at most this many rounds of tool calls per reply.
+        schema: a pydantic model, dataclass, TypedDict or JSON-schema dict: every
+            reply is data of that shape, shown filling in; ``result.parsed`` is the
+            validated object.
     """
 
     title = traitlets.Unicode("Chat", help="The heading shown above the transcript.")
@@ -133,8 +148,14 @@ class Chat(widgets.VBox):
             raise IPythonUsageError(
                 "approve= takes True (Run / Deny buttons), a function deciding, or None"
             )
+        schema = kwargs.get("schema")
+        try:
+            checked_schema = output_schema(schema) if schema is not None else None
+        except ConfigurationError as exc:
+            raise usage_error(exc) from None
         chat = super().__new__(cls, *args, **kwargs)
         chat._checked_tools = tools
+        chat._checked_schema = checked_schema
         return chat
 
     def __init__(
@@ -148,6 +169,7 @@ class Chat(widgets.VBox):
         tools: Any = None,
         approve: bool | Approver | None = None,
         max_tool_rounds: int | None = None,
+        schema: Any = None,
         **kwargs: Any,
     ) -> None:
         if pipeline is not None and not isinstance(pipeline, Pipeline):
@@ -162,6 +184,10 @@ class Chat(widgets.VBox):
         self.config = config
         self.approve = approve
         self.max_tool_rounds = max_tool_rounds
+        self.schema: OutputSchema | None = getattr(self, "_checked_schema", None) or (
+            output_schema(schema) if schema is not None else None
+        )
+        self._pending: list[Attachment] = []  # files for the next message
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -228,7 +254,18 @@ class Chat(widgets.VBox):
         self._stop_button.add_class("pk-chat-stop")
         self._send_button.on_click(self._on_send_click)
         self._stop_button.on_click(lambda _b: self.stop())
-        composer = w.HBox([self.input, self._send_button, self._stop_button])
+        self._upload = w.FileUpload(
+            accept="image/*,.pdf",
+            multiple=True,
+            description="Attach",
+            tooltip="Attach images or PDFs to your next message",
+            layout=w.Layout(width="auto"),
+        )
+        self._upload.add_class("pk-chat-attach")
+        self._upload.observe(self._on_upload, names="value")
+        self._attached = w.HTML("")
+        self._attached.add_class("pk-chat-attached")
+        composer = w.HBox([self.input, self._upload, self._send_button, self._stop_button])
         composer.add_class("pk-chat-composer")
 
         self._footer = w.HTML(view.footer_html(self._summary()))
@@ -238,6 +275,7 @@ class Chat(widgets.VBox):
             style,
             header,
             self._transcript,
+            self._attached,
             composer,
             self._box.hint,
             self._box.hidden,
@@ -341,15 +379,73 @@ class Chat(widgets.VBox):
 
     # --- actions ----------------------------------------------------------------------
 
-    async def send(self, text: str) -> Result:
+    @property
+    def attachments(self) -> list[Attachment]:
+        """The files that go with the next message (shown above the message box)."""
+        return list(self._pending)
+
+    def attach(self, *items: Any) -> list[Attachment]:
+        """Attach figures, images or paths (images, PDFs) to the next message.
+
+        They show as thumbnails above the message box until the message is sent
+        (by Send, Enter or :meth:`send`); :meth:`clear_attachments` drops them.
+        """
+        try:
+            added = [as_attachment(item) for item in items]
+        except ConfigurationError as exc:
+            raise usage_error(exc) from None
+        self._pending.extend(added)
+        self._show_pending()
+        return added
+
+    def clear_attachments(self) -> None:
+        """Drop the files waiting for the next message."""
+        self._pending.clear()
+        self._show_pending()
+
+    def _show_pending(self) -> None:
+        self._attached.value = view.pending_attachments_html(self._pending)
+
+    def _take_pending(self) -> tuple[Attachment, ...]:
+        files, self._pending = tuple(self._pending), []
+        self._show_pending()
+        return files
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        """The Attach button: each uploaded file becomes an attachment (then it resets)."""
+        uploaded = change.get("new") or ()
+        if not uploaded:
+            return
+        for item in uploaded:
+            try:
+                data = bytes(item["content"])
+                name = str(item.get("name") or "")
+                kind = str(item.get("type") or "")
+                self._pending.append(
+                    as_attachment((data, kind), name=name) if kind else as_attachment(data)
+                )
+            except (ConfigurationError, KeyError, TypeError) as exc:
+                self._add_notice(f"Cannot attach {item.get('name', 'this file')}: {exc}")
+        self._show_pending()
+        try:
+            self._upload.value = ()
+        except Exception:
+            logger.debug("could not reset the upload button", exc_info=True)
+
+    async def send(self, text: str, *, attachments: Any = None) -> Result:
         """Send ``text`` as the user, stream the reply into the transcript, return its Result.
 
-        Waits for a reply already streaming in this widget to end first. If the
-        awaiting code is cancelled (Kernel > Interrupt), the reply is stopped too.
+        ``attachments`` (figures, images, paths) go with it, after any attached
+        with :meth:`attach`. Waits for a reply already streaming in this widget to
+        end first. If the awaiting code is cancelled (Kernel > Interrupt), the
+        reply is stopped too.
         """
         if not isinstance(text, str) or not text.strip():
             raise IPythonUsageError("send() needs a non-empty message")
-        task = self._own_loop().create_task(self._turn(text))
+        if attachments is not None:
+            self.attach(*(attachments if isinstance(attachments, (list, tuple)) else [attachments]))
+        files = self._take_pending()
+        task = self._own_loop().create_task(self._turn(text, files))
         self._keep(task)
         try:
             return await asyncio.shield(task)
@@ -456,7 +552,8 @@ class Chat(widgets.VBox):
         if not text.strip() or self.streaming:
             return
         self.input.value = ""
-        self._schedule(lambda: self._turn(text))
+        files = self._take_pending()
+        self._schedule(lambda: self._turn(text, files))
 
     def _schedule(self, make_coroutine: Callable[[], Any]) -> None:
         """Start ``make_coroutine()`` as a task on the kernel's loop, from any thread."""
@@ -529,9 +626,13 @@ class Chat(widgets.VBox):
 
     # --- one turn ---------------------------------------------------------------------
 
-    async def _turn(self, text: str) -> Result:
+    async def _turn(self, text: str, files: tuple[Attachment, ...] = ()) -> Result:
         # The turn exists before anything else happens, so Stop always has a target.
         options: dict[str, Any] = {}
+        if files:
+            options["attachments"] = files
+        if self.schema is not None:
+            options["schema"] = self.schema
         if self.tools:
             options["tools"] = self.tools
             if self.max_tool_rounds is not None:
@@ -548,18 +649,20 @@ class Chat(widgets.VBox):
             raise usage_error(exc) from None
         self._turns.append(stream)
         try:
-            return await self._run_turn(text, stream)
+            return await self._run_turn(text, stream, files)
         finally:
             self._turns.remove(stream)
 
-    async def _run_turn(self, text: str, stream: Stream) -> Result:
+    async def _run_turn(
+        self, text: str, stream: Stream, files: tuple[Attachment, ...] = ()
+    ) -> Result:
         async with self._lock:
             try:
                 await self._sync()  # messages %%stream cells added since: before this turn
             except Exception as exc:
                 logger.warning("chat %r: could not read the session: %s", self.session_id, exc)
             self._set_streaming(True)
-            user_entry = self._add_entry("user", Message("user", text))
+            user_entry = self._add_entry("user", Message("user", text, attachments=files))
             reply = widgets.HTMLMath(view.assistant_html("", streaming=True))
             reply_entry = self._add_entry("assistant", None, widget=reply)
             cancelled: asyncio.CancelledError | None = None
@@ -577,7 +680,9 @@ class Chat(widgets.VBox):
 
             parts.finish(result.tool_results)
             reply.value = view.assistant_html(
-                result.text, status=_status_of(result), parts=parts if parts.blocks else None
+                self._answer_markdown(result),
+                status=_status_of(result),
+                parts=parts if parts.blocks else None,
             )
             reply_entry.message = result.messages[-1] if result.messages else None
             self._results.append(result)
@@ -601,9 +706,16 @@ class Chat(widgets.VBox):
         """Read the stream into ``reply``, re-rendering at most once per interval."""
         pieces: list[str] = []
 
+        schema = self.schema
+        fields = schema_fields(schema)
+
         def render(_changes: str) -> None:
             shown = parts if parts.blocks and parts.has_parts else None
-            reply.value = view.assistant_html("".join(pieces), streaming=True, parts=shown)
+            text = "".join(pieces)
+            if schema is not None and text:
+                # The object parsed so far, fields still to come shown as "…".
+                text = object_markdown(schema.partial(text), title=schema.name, pending=fields)
+            reply.value = view.assistant_html(text, streaming=True, parts=shown)
             self._update_footer(format_status(stream))
 
         # One mark per change (text, reasoning, a tool event): the throttle only counts them.
@@ -624,6 +736,13 @@ class Chat(widgets.VBox):
         finally:
             self._showing = None
             throttle.close()
+
+    def _answer_markdown(self, result: Result) -> str:
+        """The reply's final text: with a schema, the validated object (or the raw JSON)."""
+        if self.schema is None:
+            return result.text
+        valid = result.status is StreamStatus.FINISHED and result.error is None
+        return final_object_bundle(self.schema, result.text, result.parsed, valid)["text/markdown"]
 
     async def _approve(self, call: ToolCall) -> bool:
         """The hook the turn awaits before each tool call (``approve=``)."""
@@ -734,7 +853,7 @@ class Chat(widgets.VBox):
             # the tools' results, shown inside the reply, then the reply.
             if len(new) >= 2 and new[-1] == reply_entry.message:
                 for k in range(len(new) - 2, -1, -1):
-                    if new[k] == user_entry.message:
+                    if _same_user_message(new[k], user_entry.message):
                         user_entry.message, reply_entry.message = new[k], new[-1]
                         user_entry.synced = reply_entry.synced = True
                         new = new[:k]
@@ -752,7 +871,7 @@ class Chat(widgets.VBox):
 
     def _entry_for(self, message: Message, parts: TurnParts | None = None) -> _Entry:
         if message.role == "user":
-            widget = widgets.HTML(view.user_html(message.content))
+            widget = widgets.HTML(view.user_html(message.content, message.attachments))
         else:
             widget = widgets.HTMLMath(
                 view.assistant_html(message.content, status=message.status, parts=parts)
@@ -764,7 +883,7 @@ class Chat(widgets.VBox):
     ) -> _Entry:
         if widget is None:
             assert message is not None
-            widget = widgets.HTML(view.user_html(message.content))
+            widget = widgets.HTML(view.user_html(message.content, message.attachments))
         entry = _Entry(kind, widget, message)
         self._entries.append(entry)
         self._show_entries()
@@ -799,9 +918,12 @@ class Chat(widgets.VBox):
         parts = [self.model or "model unknown", f"{len(self._synced)} messages"]
         usage = self.usage
         if usage.total_tokens:
-            parts.append(f"{usage.total_tokens:,} tokens")
+            # Some answer came without usage: the count is an estimate, and says so.
+            approx = "≈" if usage.estimated else ""
+            label = " (estimated)" if usage.estimated else ""
+            parts.append(f"{approx}{usage.total_tokens:,} tokens{label}")
             cost = self.cost
-            parts.append(f"${cost:.4f}" if cost is not None else "cost unknown")
+            parts.append(f"{approx}${cost:.4f}" if cost is not None else "cost unknown")
         return " · ".join(parts)
 
     def _update_footer(self, status: str | None = None) -> None:
@@ -831,6 +953,15 @@ class Chat(widgets.VBox):
             else:
                 lines += [f"### {message.role.capitalize()}", "", message.content, ""]
         return "\n".join(lines).rstrip() + "\n"
+
+
+def _same_user_message(stored: Message, shown: Message | None) -> bool:
+    """The stored copy of the message this chat sent (large files are a note there)."""
+    if shown is None or stored == shown:
+        return stored == shown
+    if stored.role != shown.role or stored.attachments == shown.attachments:
+        return False
+    return stored.content == shown.content or stored.content.startswith(shown.content + "\n")
 
 
 def _status_of(result: Result) -> str | None:

@@ -13,8 +13,11 @@ source in ``.pk-math``), and the marker words from
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from collections.abc import Sequence
+from typing import Any
 
 from ..runtime.types import Message
 from .markdown import escape_text, highlight_css, render_markdown
@@ -282,6 +285,35 @@ _CSS = """
   overflow: hidden;
   text-overflow: ellipsis;
 }
+.pk-attachments { display: flex; flex-wrap: wrap; gap: 6px; margin-bottom: 4px; }
+.pk-attachments:last-child { margin-bottom: 0; }
+.pk-thumb {
+  max-width: 160px;
+  max-height: 120px;
+  border-radius: 6px;
+  border: 1px solid var(--jp-border-color2);
+  background: var(--jp-layout-color0);
+  display: block;
+}
+.pk-file {
+  display: inline-block;
+  padding: 2px 8px;
+  border-radius: 10px;
+  border: 1px solid var(--jp-border-color2);
+  background: var(--jp-layout-color0);
+  color: var(--jp-ui-font-color1);
+  font-size: var(--jp-ui-font-size0);
+}
+.pk-attach-strip {
+  display: flex;
+  flex-wrap: wrap;
+  align-items: center;
+  gap: 6px;
+  padding: 4px 10px 0;
+  color: var(--jp-ui-font-color2);
+  font-size: var(--jp-ui-font-size0);
+}
+.pk-attach-strip .pk-thumb { max-width: 64px; max-height: 48px; }
 .pk-chat-footer .pk-footer-status {
   float: right;
   margin-left: 12px;
@@ -312,10 +344,71 @@ def empty_html() -> str:
     return '<div class="pk-chat-empty">No messages yet. Ask something below.</div>'
 
 
-def user_html(text: str) -> str:
+def user_html(text: str, attachments: Sequence[Any] = ()) -> str:
+    """The user's message, with a thumbnail per attached image and a chip per file."""
+    files = (
+        f'<div class="pk-attachments">{attachments_html(attachments)}</div>' if attachments else ""
+    )
     return (
         '<div class="pk-msg pk-msg-user"><div class="pk-role">You</div>'
-        f'<div class="pk-bubble">{escape_text(text)}</div></div>'
+        f'<div class="pk-bubble">{files}{escape_text(text)}</div></div>'
+    )
+
+
+#: the longest side of a thumbnail, in pixels
+THUMBNAIL_PIXELS = 160
+#: an image this small is shown as it is when it cannot be shrunk (no Pillow)
+_INLINE_BYTES = 256 * 1024
+
+
+def thumbnail_url(attachment: Any) -> str | None:
+    """A small ``data:`` URL for an image attachment (None: show a chip instead).
+
+    Shrunk with Pillow (which matplotlib brings along) so a transcript never
+    carries a 20 MB photo; without Pillow a small image is shown as it is.
+    """
+    if not attachment.is_image:
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(attachment.data)) as image:
+            image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+            if image.mode not in ("RGB", "RGBA", "L", "LA"):
+                image = image.convert("RGBA")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=True)
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    except Exception:
+        if attachment.size <= _INLINE_BYTES:
+            return str(attachment.data_url)
+        return None
+
+
+def attachments_html(attachments: Sequence[Any]) -> str:
+    """Thumbnails (images) and chips (PDFs, or images too large to show), in order."""
+    items = []
+    for item in attachments:
+        label = html.escape(item.describe())
+        url = thumbnail_url(item)
+        if url is not None:
+            items.append(
+                f'<img class="pk-thumb" src="{url}" alt="{html.escape(item.name or "image")}" '
+                f'title="{label}">'
+            )
+        else:
+            items.append(f'<span class="pk-file" title="{label}">📄 {label}</span>')
+    return "".join(items)
+
+
+def pending_attachments_html(attachments: Sequence[Any]) -> str:
+    """The strip above the message box: what goes with the next message."""
+    if not attachments:
+        return ""
+    count = len(attachments)
+    return (
+        f'<div class="pk-attach-strip"><span class="pk-attach-label">{count} attached to '
+        f"your next message:</span>{attachments_html(attachments)}</div>"
     )
 
 
@@ -394,7 +487,7 @@ def saved_transcript_html(
     items = []
     for message, parts in group_turns(messages):
         if message.role == "user":
-            items.append(user_html(message.content))
+            items.append(user_html(message.content, message.attachments))
         elif message.role == "assistant":
             items.append(assistant_html(message.content, status=message.status, parts=parts))
     body = "".join(items) or empty_html()

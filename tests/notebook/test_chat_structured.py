@@ -1,0 +1,151 @@
+"""The chat with ``schema=`` (the object filling in) and attachments (thumbnails, the Attach
+button), and the footer's estimated usage; in-process, as test_chat.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from pk_notebook import Chat, Pipeline, ProviderMiddleware, UsageMiddleware
+from pk_notebook.providers.mock import MockProvider, Scenario
+from pk_notebook.runtime.attachments import KEEP_IN_HISTORY_BYTES, Attachment
+
+from .test_chat import transcript
+
+
+class Trip(BaseModel):
+    city: str
+    days: int
+    sights: list[str]
+
+
+TRIP = '{"city": "Lisbon", "days": 3, "sights": ["Belém Tower", "Alfama", "LX Factory"]}'
+
+
+def png(width: int = 40, height: int = 30) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pipe_with(*scenarios: Scenario, **options: Any) -> tuple[Pipeline, MockProvider]:
+    provider = MockProvider(list(scenarios), model="mock-chat", **options)
+    return Pipeline(UsageMiddleware(), ProviderMiddleware(provider)), provider
+
+
+async def test_a_schema_chat_shows_the_object_filling_in_then_the_validated_one() -> None:
+    pipe, _ = pipe_with(Scenario(TRIP, schema="Trip"), chunk_delay=0.01)
+    chat = Chat(pipe, schema=Trip)
+    chat.update_interval = 0.05
+    seen: list[str] = []
+    task = asyncio.ensure_future(chat.send("Plan three days in Lisbon"))
+    while not task.done():
+        seen.append(transcript(chat)[-1] if transcript(chat) else "")
+        await asyncio.sleep(0.01)
+    result = task.result()
+    assert isinstance(result.parsed, Trip) and result.parsed.days == 3
+    live = [s for s in seen if "<strong>city</strong>" in s]
+    assert live, "the partial object was never shown"
+    # Mid-way: a field still to come shows as "…", and no raw JSON braces.
+    assert any("…" in s for s in live)
+    assert not any('{"city"' in s for s in live)
+    final = transcript(chat)[-1]
+    assert "Belém Tower" in final and "LX Factory" in final and "…" not in final
+
+
+async def test_a_reply_that_does_not_validate_keeps_its_text_and_says_what_failed() -> None:
+    pipe, _ = pipe_with(Scenario('{"city": "Lisbon", "days": "many"}', schema="Trip"))
+    chat = Chat(pipe, schema=Trip)
+    result = await chat.send("Plan a trip")
+    assert result.parsed is None and result.error is not None
+    html = transcript(chat)
+    assert "&quot;many&quot;" in html[-2] or "many" in html[-2]  # the raw JSON, as code
+    assert "OutputValidationError: the answer does not match Trip: days:" in html[-1]
+
+
+async def test_attached_files_show_as_thumbnails_and_reach_the_provider() -> None:
+    pipe, provider = pipe_with(Scenario("Got it. {attachments}"))
+    chat = Chat(pipe)
+    chat.attach((png(), "image/png"))
+    assert "1 attached to your next message" in chat._attached.value
+    assert 'class="pk-thumb"' in chat._attached.value
+    result = await chat.send("What is this?")
+    assert chat._attached.value == "" and chat.attachments == []
+    sent = provider.calls[-1].request.messages[-1]
+    assert [a.mime_type for a in sent.attachments] == ["image/png"]
+    assert "I received 1 image" in result.text
+    user = transcript(chat)[0]
+    assert 'class="pk-thumb"' in user and "What is this?" in user
+    # The store keeps the small image with the message; the saved copy shows it too.
+    stored = await pipe.state_store.load(chat.session_id)
+    assert stored[0].attachments == sent.attachments
+    assert 'class="pk-thumb"' in chat._saved_bundle()["text/html"]
+    assert len(transcript(chat)) == 2  # not shown twice after the store sync
+
+
+async def test_a_large_file_is_a_note_in_the_session_and_shown_once() -> None:
+    pipe, _ = pipe_with(Scenario("ok"))
+    chat = Chat(pipe)
+    big = Attachment(
+        b"%PDF-1.4\n" + b"x" * (KEEP_IN_HISTORY_BYTES + 10), "application/pdf", "big.pdf"
+    )
+    await chat.send("Summarise", attachments=big)
+    html = transcript(chat)
+    assert len(html) == 2 and "big.pdf" in html[0] and 'class="pk-file"' in html[0]
+    stored = await pipe.state_store.load(chat.session_id)
+    assert "not kept in the session: big.pdf" in stored[0].content
+
+
+async def test_the_attach_button_turns_uploads_into_attachments() -> None:
+    pipe, _ = pipe_with(Scenario("ok"))
+    chat = Chat(pipe)
+    chat._on_upload(
+        {
+            "new": (
+                {
+                    "name": "chart.png",
+                    "type": "image/png",
+                    "size": 10,
+                    "content": memoryview(png()),
+                },
+            )
+        }
+    )
+    assert [a.name for a in chat.attachments] == ["chart.png"]
+    chat._on_upload({"new": ({"name": "notes.txt", "type": "text/plain", "content": b"hi"},)})
+    assert "Cannot attach notes.txt" in transcript(chat)[-1]
+    chat.clear_attachments()
+    assert chat.attachments == []
+
+
+def test_attaching_something_else_is_one_line() -> None:
+    from IPython.core.error import UsageError
+
+    chat = Chat(pipe_with(Scenario("ok"))[0])
+    with pytest.raises(UsageError, match="cannot attach a int"):
+        chat.attach(42)
+
+
+async def test_the_footer_labels_estimated_usage() -> None:
+    from pk_notebook.providers.mock import MockProvider
+
+    class NoUsage(MockProvider):
+        async def stream(self, request: Any) -> Any:  # drops the usage, as Ollama does
+            from dataclasses import replace
+
+            from pk_notebook.runtime.types import Finish
+
+            async for event in super().stream(request):
+                yield replace(event, usage=None) if isinstance(event, Finish) else event
+
+    provider = NoUsage([Scenario("Four words of answer.")], model="mock-chat")
+    chat = Chat(Pipeline(UsageMiddleware(), ProviderMiddleware(provider)))
+    await chat.send("Hello")
+    footer = chat._footer.value
+    assert "tokens (estimated)" in footer and "≈" in footer
