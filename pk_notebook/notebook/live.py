@@ -45,6 +45,22 @@ while the answer streams on. Text after a part starts a new display too. The
 final output is still one ``display_data`` holding every part in order (see
 :func:`~pk_notebook.notebook.parts_view.turn_bundle`); a turn without reasoning
 or tools renders exactly as it did before.
+
+Incremental updates (``incremental=True``, the default for ``markdown`` and
+``text``): a stretch of answer text is not one display updated with the whole
+text. :class:`~pk_notebook.notebook.blocks.BlockSplitter` cuts it, as it
+arrives, into finished blocks and an unfinished tail; the tail lives in a
+display of its own, updated at most 20 times a second with the tail only; when
+blocks finish, that display is updated once more with them (and never again)
+and the new tail gets a new display below. So each update sends what arrived
+since the last one plus a tail of at most about 1.5 kB, whatever the answer's
+length, and the front end renders each block once. The tail is rendered so that
+half-written Markdown does not jump (an open code fence shows as code, math is
+typeset only when closed; see :mod:`.blocks`). The live pieces carry
+``text/markdown`` only (no ``text/plain`` copy: every notebook front end renders
+Markdown). The final output is unchanged: ``clear_output(wait=True)`` and the
+one final ``display_data``, exactly as before. ``-f code`` keeps whole-text
+updates (its answer is one code block).
 """
 
 from __future__ import annotations
@@ -54,11 +70,14 @@ import html
 import logging
 import re
 import sys
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..runtime.text import Throttle
 from ..runtime.types import ToolCall, ToolEvent, ToolResult
+from .blocks import BlockSplitter, piece_markdown
 from .markdown import close_open_fence, safe_markdown
 from .markdown import escape_markdown as escape_markdown  # re-exported: magic.py uses it
 from .parts_view import (
@@ -80,6 +99,13 @@ SURFACES = ("auto", "widget", "display", "text", "none")
 FORMATS = ("markdown", "text", "code")
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+#: live updates send only what is new (see "Incremental updates" above); False brings
+#: back the whole-text updates (kept for the benchmark's comparison, ``benchmarks/live.py``)
+INCREMENTAL = True
+#: at most this many characters of finished text go out in one update (a burst is
+#: shown over several updates, so the browser never renders a megabyte at once)
+FINISHED_PER_UPDATE = 32_000
 
 
 # --- choosing a surface ---------------------------------------------------------------
@@ -292,6 +318,7 @@ class LiveOutput:
         tick: float = 0.5,
         shell: Any = None,
         note: str = "",
+        incremental: bool | None = None,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -309,7 +336,24 @@ class LiveOutput:
         self.updates = 0  # renders sent to the front end (for tests and benchmarks)
         self.stop_clicked = False
         self._loop = asyncio.get_running_loop()
-        self._throttle = Throttle(self._render, interval)
+        if incremental is None:
+            incremental = INCREMENTAL
+        # Incremental updates where there are displays to update and Markdown or text to
+        # cut into blocks; a terminal prints as before, and -f code is one block anyway.
+        self.incremental = (
+            incremental and self.surface in ("widget", "display") and format != "code"
+        )
+        self._throttle: Throttle | _Pacer = (
+            _Pacer(self._render_incremental, interval)
+            if self.incremental
+            else Throttle(self._render, interval)
+        )
+        self.bytes_sent = 0  # characters of answer text sent by live updates
+        self.render_cpu: list[float] = []  # CPU seconds of each answer update
+        self._splitter: BlockSplitter | None = None
+        self._tail_handle: Any = None  # the display of the current block's tail
+        self._backlog: deque[str] = deque()  # finished pieces not sent yet
+        self._live_handles: list[Any] = []  # displays made for finished pieces and tails
         self._ticker: asyncio.TimerHandle | None = None
         self._printed = 0
         self._shown = False
@@ -383,6 +427,12 @@ class LiveOutput:
             self._part_closed(closed)
             self._text_block = block
             self._take_display(block)
+            if self.incremental:
+                self._splitter = BlockSplitter()
+                self._tail_handle = self._handles.get(id(block))
+                self._backlog.clear()
+        if self._splitter is not None:
+            self._splitter.feed(text)
         self._throttle.push(text)
 
     def push_reasoning(self, text: str) -> None:
@@ -423,7 +473,12 @@ class LiveOutput:
         fresh ``display_data`` that batch tools record. ``tool_results`` (the
         result's) give each tool card its final status. Returns the final bundle.
         """
-        text = self._throttle.close()
+        # The live view is about to be replaced: no last live update (it would be waste).
+        text = (
+            self._throttle.close(flush=False)
+            if isinstance(self._throttle, _Pacer)
+            else self._throttle.close()
+        )
         if self.surface == "text":
             self.parts.finish(tool_results)
             self._flush_parts()
@@ -476,7 +531,7 @@ class LiveOutput:
         if self._root is not None:
             self._root.layout.display = "none"  # no Stop for an answer that has ended
         handles = [self._body_handle] + [
-            h for h in self._handles.values() if h is not self._body_handle
+            h for h in [*self._handles.values(), *self._live_handles] if h is not self._body_handle
         ]
         for k, handle in enumerate(h for h in handles if h is not None):
             handle.update(bundle if k == 0 else {"text/plain": ""}, raw=True)
@@ -542,11 +597,63 @@ class LiveOutput:
             return
         if self.surface == "none":
             return
+        began = time.thread_time()
         bundle = render_bundle(text[start:], format=self.format, lang=self.lang)
         handle = self._handles.get(id(block)) if block is not None else self._body_handle
         if handle is not None:
             handle.update(bundle, raw=True)
+            self.bytes_sent += sum(len(v) for v in bundle.values())
+        self.render_cpu.append(time.thread_time() - began)
         self._show_status(self._status_text())
+
+    def _render_incremental(self, last: bool) -> None:
+        """Send what is new: finished blocks once, then the tail (see the module docstring)."""
+        splitter = self._splitter
+        if splitter is None or self.surface not in ("widget", "display"):
+            return
+        began = time.thread_time()
+        self.updates += 1
+        self._backlog.extend(splitter.take())
+        while self._backlog:
+            batch, size = [], 0
+            while self._backlog and (size < FINISHED_PER_UPDATE or last):
+                piece = self._backlog.popleft()
+                batch.append(piece)
+                size += len(piece)
+            # The tail's display shows these finished blocks from now on, for good;
+            # the next tail gets a display of its own below it.
+            self._send(self._tail_handle, self._piece_bundle("".join(batch), finished=True))
+            self._tail_handle = None
+            if not last:
+                break
+        if self._backlog and isinstance(self._throttle, _Pacer):
+            self._throttle.poke()  # the rest at the next update; the tail after it
+        else:
+            tail = self._piece_bundle(splitter.tail, finished=False)
+            if self._tail_handle is not None or any(v.strip() for v in tail.values()):
+                self._tail_handle = self._send(self._tail_handle, tail)
+        self.render_cpu.append(time.thread_time() - began)
+        self._show_status(self._status_text())
+
+    def _piece_bundle(self, text: str, *, finished: bool) -> dict[str, str]:
+        if self.format == "text":
+            return {"text/plain": text}
+        if finished:
+            return {"text/markdown": piece_markdown(text)}
+        assert self._splitter is not None
+        return {"text/markdown": self._splitter.tail_markdown()}
+
+    def _send(self, handle: Any, bundle: dict[str, str]) -> Any:
+        """Update ``handle`` with ``bundle``, or show it in a new display; returns the handle."""
+        self.bytes_sent += sum(len(v) for v in bundle.values())
+        if handle is not None:
+            handle.update(bundle, raw=True)
+            return handle
+        from IPython.display import display
+
+        handle = display(bundle, raw=True, display_id=True)
+        self._live_handles.append(handle)
+        return handle
 
     # --- approval ---------------------------------------------------------------------
 
@@ -770,6 +877,69 @@ class LiveOutput:
         button.description = "Stopping…"
         if self.on_stop is not None:
             self.on_stop()
+
+
+class _Pacer:
+    """When to update: the first text at once, then at most once per ``interval``.
+
+    Like :class:`~pk_notebook.runtime.text.Throttle`, but ``flush(last)`` gets no
+    text (the incremental view keeps its own) and the text is joined only when
+    :attr:`text` is read, so an update costs nothing proportional to the answer.
+    """
+
+    def __init__(self, flush: Callable[[bool], None], interval: float) -> None:
+        self._flush = flush
+        self.interval = interval
+        self._parts: list[str] = []
+        self._dirty = False
+        self._last: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self.flushes = 0
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def push(self, text: str) -> None:
+        if text:
+            self._parts.append(text)
+            self.poke()
+
+    def poke(self) -> None:
+        """Something is waiting to be shown: update now or at the next slot."""
+        self._dirty = True
+        now = self._loop.time()
+        if self._last is None or now - self._last >= self.interval:
+            self._emit(now, False)
+        elif self._handle is None:
+            self._handle = self._loop.call_at(self._last + self.interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._handle = None
+        if self._dirty:
+            self._emit(self._loop.time(), False)
+
+    def _emit(self, now: float, last: bool) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._dirty = False
+        self._last = now
+        self.flushes += 1
+        self._flush(last)
+
+    def close(self, flush: bool = True) -> str:
+        """Stop the timer; with ``flush``, show everything still waiting. Returns the text."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._dirty and flush:
+            self._emit(self._loop.time(), True)
+        self._dirty = False
+        return self.text
 
 
 def _status_html(line: str) -> str:
