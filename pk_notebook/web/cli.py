@@ -4,12 +4,18 @@
     PK_NOTEBOOK_TOKEN=... pk-notebook serve --provider openai:gpt-4o-mini --host 0.0.0.0 \\
         --allow-host llm.example.com --allow-origin https://app.example.com
     pk-notebook serve --provider openai:gpt-4o-mini --tools mypackage.tools:get_weather
+    pk-notebook serve --provider openai:gpt-4o-mini --workers 4 --store redis://localhost:6379/0
+
+Several processes (``--workers N``, uvicorn's workers on one port) need the Redis
+store: sessions, session locks, the stream cap, stop and resume then work across
+them (see :mod:`pk_notebook.web.replay`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -154,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
         "file), sqlite:PATH, PATH.sqlite3 or redis://host:port/db (default: %(default)s)",
     )
     serve.add_argument(
+        "--resume-grace",
+        type=float,
+        default=DEFAULTS.resume_grace,
+        help="seconds a /stream answer keeps generating with no client attached, so a "
+        "client that reconnects (Last-Event-ID) reads on; then it is stopped and saved as "
+        "interrupted. 0: a client leaving stops its answer (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the one port (uvicorn workers); more than 1 needs "
+        "--store redis://..., which shares sessions, the stream cap, stop and resume "
+        "between them (default: %(default)s)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument(
@@ -164,11 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace, *, quiet: bool = False) -> Any:
+    warn = logger.debug if quiet else logger.warning
     token = args.token or os.environ.get("PK_NOTEBOOK_TOKEN") or None
     hosts = list(args.allow_host)
     if "*" in hosts:
-        logger.warning(
+        warn(
             "--allow-host '*' switches off the DNS-rebinding guard: any website opened in "
             "a browser that can reach this server can use it (and spend its provider's "
             "quota). List the names clients use instead."
@@ -181,7 +204,7 @@ def _settings(args: argparse.Namespace) -> Any:
             from .server import machine_hosts
 
             hosts += machine_hosts()
-            logger.warning(
+            warn(
                 "serving on all interfaces: this server answers to loopback, to this "
                 "machine's addresses and to the names %s. Add the names clients use with "
                 "--allow-host NAME; never '*', which would let any website a user visits "
@@ -191,7 +214,7 @@ def _settings(args: argparse.Namespace) -> Any:
         else:
             hosts.append(args.host)
     if token is None and args.host not in LOOPBACK_HOSTS:
-        logger.warning(
+        warn(
             "serving beyond loopback without a token: anyone who can reach port %d can "
             "spend this provider's quota. Set PK_NOTEBOOK_TOKEN.",
             args.port,
@@ -209,37 +232,46 @@ def _settings(args: argparse.Namespace) -> Any:
         read_timeout=args.read_timeout,
         request_timeout=args.request_timeout,
         max_header_bytes=args.max_header_bytes,
+        resume_grace=args.resume_grace,
+    )
+
+
+def _build_app(args: argparse.Namespace, settings: Any, *, quiet: bool = False) -> Any:
+    """The pipeline (provider, store, tools) and its app, as one process serves them."""
+    from ..providers import create_provider
+    from ..runtime.middleware import ProviderMiddleware
+    from ..runtime.pipeline import Pipeline
+    from ..sessions.spec import describe_store, open_store
+    from .app import create_app
+    from .tools import ServerTools, load_tools
+
+    # Imported and described before anything starts: a bad name is a one-line error.
+    tools = ServerTools.build(load_tools(args.tools), args.max_tool_rounds)
+    if tools.tools and not quiet:
+        logger.info("server tools: %s", ", ".join(sorted(tools.names)))
+    store = open_store(args.store)  # the same specs as %stream config --store
+    if not quiet:
+        logger.info("sessions: %s", describe_store(args.store))
+    pipe = Pipeline(ProviderMiddleware(create_provider(args.provider)), state_store=store)
+    # The lifespan closes the pipeline and the store while the loop still runs:
+    # uvicorn re-raises SIGINT/SIGTERM after serving, which may end the process.
+    return create_app(
+        pipe,
+        settings,
+        tools=tools.tools,
+        max_tool_rounds=tools.max_tool_rounds,
+        close_pipeline=True,
     )
 
 
 async def _serve(args: argparse.Namespace, settings: Any) -> None:
     import uvicorn
 
-    from ..providers import create_provider
-    from ..runtime.middleware import ProviderMiddleware
-    from ..runtime.pipeline import Pipeline
-    from ..sessions.spec import describe_store, open_store
-    from .app import create_app
     from .server import server_config
-    from .tools import ServerTools, load_tools
 
-    # Imported and described before anything starts: a bad name is a one-line error.
-    tools = ServerTools.build(load_tools(args.tools), args.max_tool_rounds)
-    if tools.tools:
-        logger.info("server tools: %s", ", ".join(sorted(tools.names)))
-    store = open_store(args.store)  # the same specs as %stream config --store
-    logger.info("sessions: %s", describe_store(args.store))
-    pipe = Pipeline(ProviderMiddleware(create_provider(args.provider)), state_store=store)
+    app = _build_app(args, settings)
+    pipe = app.state.pipeline
     try:
-        # The lifespan closes the pipeline and the store while the loop still runs:
-        # uvicorn re-raises SIGINT/SIGTERM after serving, which may end the process.
-        app = create_app(
-            pipe,
-            settings,
-            tools=tools.tools,
-            max_tool_rounds=tools.max_tool_rounds,
-            close_pipeline=True,
-        )
         config = server_config(
             app,
             settings,
@@ -251,7 +283,63 @@ async def _serve(args: argparse.Namespace, settings: Any) -> None:
         await uvicorn.Server(config).serve()
     finally:
         await pipe.shutdown()
-        await store.aclose()
+        await pipe.state_store.aclose()
+
+
+#: how ``--workers`` hands the parsed command line to each worker process
+_WORKER_ARGS = "PK_NOTEBOOK_SERVE_ARGS"
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process (a uvicorn factory; reads its options from
+    the environment the parent set)."""
+    from .server import BoundedH11Protocol, BoundedWebSocketProtocol
+
+    args = argparse.Namespace(**json.loads(os.environ[_WORKER_ARGS]))
+    logging.getLogger("pk_notebook").setLevel(args.log_level.upper())
+    settings = _settings(args, quiet=True)
+    # uvicorn builds these protocols by name in each worker: set their bounds here.
+    BoundedH11Protocol.request_timeout = settings.request_timeout
+    BoundedH11Protocol.write_timeout = settings.write_timeout
+    BoundedWebSocketProtocol.write_timeout = settings.write_timeout
+    return _build_app(args, settings, quiet=True)
+
+
+def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
+    import uvicorn
+
+    from ..sessions.spec import describe_store, parse_store_spec
+
+    if parse_store_spec(args.store).kind != "redis":
+        from ..runtime.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"--workers {args.workers} needs --store redis://...: several processes share "
+            "sessions, the stream cap, stop and resume through Redis"
+        )
+    _build_app(args, settings)  # a bad provider or tool is a one-line error, here, once
+    logger.info("sessions: %s; %d worker processes", describe_store(args.store), args.workers)
+    values = {**vars(args), "token": None}
+    os.environ[_WORKER_ARGS] = json.dumps(values)
+    if settings.token:
+        os.environ["PK_NOTEBOOK_TOKEN"] = settings.token  # not on a command line
+    uvicorn.run(
+        "pk_notebook.web.cli:worker_app",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        lifespan="on",
+        http="pk_notebook.web.server:BoundedH11Protocol",
+        ws="pk_notebook.web.server:BoundedWebSocketProtocol",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        ws_max_size=settings.max_body_bytes + 1024,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,8 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..runtime.errors import ConfigurationError
 
     try:
+        if args.workers < 1:
+            raise ConfigurationError("--workers must be 1 or more")
         settings = _settings(args)
-        asyncio.run(_serve(args, settings))
+        if args.workers > 1:
+            _serve_workers(args, settings)
+        else:
+            asyncio.run(_serve(args, settings))
     except ConfigurationError as exc:
         parser.exit(2, f"pk-notebook: error: {exc}\n")
     except KeyboardInterrupt:
