@@ -34,6 +34,13 @@ async def show_dry_run(run: CellRun) -> dict[str, str]:
     return bundle
 
 
+def _dollars(amount: float) -> str:
+    """``0.00000045``, ``0.0012``, ``1.25``: enough digits to be more than zero."""
+    if amount >= 0.01:
+        return f"{amount:.4f}".rstrip("0").rstrip(".")
+    return f"{amount:.10f}".rstrip("0").rstrip(".") or "0"
+
+
 def _fence(text: str) -> str:
     longest = max((len(m) for m in _ticks(text)), default=0)
     fence = "`" * max(3, longest + 1)
@@ -113,7 +120,7 @@ async def dry_run_bundle(run: CellRun) -> dict[str, str]:
         facts.append(
             (
                 "Cost",
-                f"≈${cost:.6f} for the input (estimated; {model} at ${price.input:g} per "
+                f"≈${_dollars(cost)} for the input (estimated; {model} at ${price.input:g} per "
                 "million input tokens, plus the answer)",
             )
         )

@@ -236,6 +236,9 @@ class PartialObjectOutput(LiveOutput):
     """
 
     def __init__(self, *, schema: OutputSchema, **options: Any) -> None:
+        # The object is re-rendered whole at each update (it is small, and a field
+        # anywhere may change), so the live view's incremental Markdown mode is off.
+        options["incremental"] = False
         super().__init__(**options)
         self.schema = schema
         self.fields = schema_fields(schema)
@@ -259,7 +262,9 @@ class PartialObjectOutput(LiveOutput):
         self.updates += 1
         handle = self._handles.get(id(block)) if block is not None else self._body_handle
         if handle is not None:
-            handle.update(self.partial_bundle(text[start:]), raw=True)
+            bundle = self.partial_bundle(text[start:])
+            handle.update(bundle, raw=True)
+            self.bytes_sent = getattr(self, "bytes_sent", 0) + sum(len(v) for v in bundle.values())
         self._show_status(self._status_text())
 
     def final_bundle(self, text: str, notes: Sequence[Note] = ()) -> dict[str, str]:
