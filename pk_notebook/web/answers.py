@@ -28,7 +28,7 @@ from ..runtime.errors import PkNotebookError
 from ..runtime.stream import Stream
 from ..runtime.types import Chunk
 from .replay import MemoryReplay, RedisReplay, RedisWriter, expired_frames
-from .security import Slots, log_unexpected
+from .security import Slots, error_dict, log_unexpected
 from .settings import WebSettings
 from .streaming import dumps, result_dict, tool_payload
 
@@ -60,8 +60,13 @@ def check_answer_id(value: Any) -> str | None:
 class Answer:
     """One answer running in this process (see the module docstring)."""
 
-    def __init__(self, hub: Answers, answer_id: str, stream: Stream, holder: Any) -> None:
+    def __init__(
+        self, hub: Answers, answer_id: str, stream: Stream, holder: Any, encoder: Any = None
+    ) -> None:
         self.hub = hub
+        #: None: the native ``/stream`` events; else an encoder of another protocol
+        #: (:class:`~pk_notebook.web.ai_sdk.UIMessageEncoder`)
+        self.encoder = encoder
         self.id = answer_id
         self.stream = stream
         self.holder = holder
@@ -95,8 +100,19 @@ class Answer:
         if self.writer is not None:
             self.writer.add(seq, frame)
 
+    def emit_data(self, data: str) -> None:
+        """A ``data:`` line without an event name (the AI SDK's protocol)."""
+        self.seq = seq = self.seq + 1
+        frame = f"{self.prefix}{seq}\ndata: {data}\n\n".encode()
+        self.buffer.add(frame)
+        if self.writer is not None:
+            self.writer.add(seq, frame)
+
     def emit_chunk(self, chunk: Chunk) -> None:
-        if chunk.tool is None and not chunk.reasoning:
+        if self.encoder is not None:
+            for data in self.encoder.chunk(chunk):
+                self.emit_data(data)
+        elif chunk.tool is None and not chunk.reasoning:
             self.emit("chunk", dumps({"index": chunk.index, "content": chunk.content}))
         elif chunk.tool is not None:
             self.emit("tool", dumps(tool_payload(chunk.tool)))
@@ -115,9 +131,11 @@ class Answer:
             except Exception as exc:
                 log_unexpected(exc, "opening a stream")
                 self.opened.set_result(exc)
-                from .security import error_dict
-
-                self.emit("error", dumps({"error": error_dict(exc)}))
+                if self.encoder is not None:
+                    for part in self.encoder.failed(exc):
+                        self.emit_data(part)
+                else:
+                    self.emit("error", dumps({"error": error_dict(exc)}))
                 self.emit_done()
                 return
             self.opened.set_result(None)
@@ -135,13 +153,17 @@ class Answer:
             data = result_dict(result)
             if self.stop_reason is not None:
                 data["stop_reason"] = self.stop_reason
-            if failure is not None:
-                from .security import error_dict
-
-                self.emit("error", dumps({"error": error_dict(failure)}))
-            if data["error"] is not None:
-                self.emit("error", dumps({"error": data["error"]}))
-            self.emit("result", dumps(data))
+            if failure is not None and data["error"] is None:
+                data["error"] = error_dict(failure)
+            if self.encoder is not None:
+                for part in self.encoder.end(result, data):
+                    self.emit_data(part)
+            else:
+                if failure is not None:
+                    self.emit("error", dumps({"error": error_dict(failure)}))
+                if data["error"] is not None:
+                    self.emit("error", dumps({"error": data["error"]}))
+                self.emit("result", dumps(data))
             self.emit_done()
         finally:
             if not self.opened.done():
@@ -224,20 +246,37 @@ class Answers:
         self.shared = shared
         self.local = MemoryReplay(settings.replay_max_events, settings.replay_ttl)
         self.running: dict[str, Answer] = {}
+        #: chat id -> its latest answer (``/api/chat``'s resume)
+        self.chats: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, stream: Stream, holder: Any) -> Answer:
-        """Run ``stream`` as a detached answer (the slot ``holder`` is released at its end)."""
+    async def start(
+        self, stream: Stream, holder: Any, *, encoder: Any = None, chat_id: str | None = None
+    ) -> Answer:
+        """Run ``stream`` as a detached answer (the slot ``holder`` is released at its end).
+
+        ``encoder``: another protocol's (the native events without); ``chat_id``: the
+        chat whose latest answer this is, for :meth:`answer_of_chat`.
+        """
         answer_id = new_answer_id()
-        answer = Answer(self, answer_id, stream, holder)
+        answer = Answer(self, answer_id, stream, holder, encoder)
         self.running[answer_id] = answer
+        if chat_id is not None:
+            self.chats.pop(chat_id, None)
+            self.chats[chat_id] = answer_id
+            while len(self.chats) > 4 * self.settings.max_concurrent + 64:
+                del self.chats[next(iter(self.chats))]
         if self.shared is not None:
             try:
                 await self.shared.listen(self.stop_local)
-                await self.shared.register(answer_id)
+                await self.shared.register(answer_id, chat_id)
             except Exception as exc:
                 logger.warning("registering an answer in Redis failed: %s", exc)
-        answer.emit("start", dumps({"answer_id": answer_id}))
+        if encoder is not None:
+            for data in encoder.start(answer_id):
+                answer.emit_data(data)
+        else:
+            answer.emit("start", dumps({"answer_id": answer_id}))
         answer.task = asyncio.ensure_future(answer.run())
         self.tasks.add(answer.task)
         answer.task.add_done_callback(self.tasks.discard)
@@ -288,6 +327,15 @@ class Answers:
         except Exception as exc:
             logger.warning("reading an answer's replay buffer from Redis failed: %s", exc)
             yield expired_frames(answer_id)
+
+    async def answer_of_chat(self, chat_id: str) -> str | None:
+        """The latest answer of a chat, if its buffer is still kept (here or in Redis)."""
+        answer_id = self.chats.get(chat_id)
+        if answer_id is not None and answer_id in self.local:
+            return answer_id
+        if self.shared is not None:
+            return await self.shared.chat_answer(chat_id)
+        return None
 
     async def aclose(self) -> None:
         for answer in list(self.running.values()):

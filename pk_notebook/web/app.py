@@ -6,8 +6,8 @@
     app = create_app(pipe, tools=[get_weather])   # server tools: every turn gets them
 
 Routes: ``/stream`` (SSE; resumable), ``/stream/{answer_id}/stop``, ``/ws`` (WebSocket),
-``/v1/chat/completions`` and ``/v1/models`` (OpenAI-compatible), ``/healthz``, and the
-demo page at ``/``.
+``/v1/chat/completions`` and ``/v1/models`` (OpenAI-compatible), ``/api/chat`` (the
+Vercel AI SDK's UI message stream), ``/healthz``, and the demo page at ``/``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from ..runtime.pipeline import Pipeline
 from . import logs
+from .ai_sdk import ChatEndpoint
 from .answers import Answers
 from .openai_compat import ChatCompletionsEndpoint
 from .replay import RedisReplay
@@ -224,6 +225,7 @@ def create_app(
             await pipe.shutdown()
             await pipe.state_store.aclose()
 
+    chat = ChatEndpoint(pipe, settings, slots, server_tools, answers)
     middleware = [Middleware(HostGuard, settings=settings)]
     if settings.allowed_origins:
         exact = [p for p in settings.allowed_origins if not p.endswith(":*")]
@@ -249,6 +251,8 @@ def create_app(
                 StreamEndpoint(pipe, settings, slots, server_tools, answers),
                 methods=["GET", "POST"],
             ),
+            Route("/api/chat", chat, methods=["POST"]),
+            Route("/api/chat/{chat_id}/stream", chat.resume, methods=["GET"]),
             Route(
                 "/stream/{answer_id}/stop", StopEndpoint(settings, answers).handle, methods=["POST"]
             ),

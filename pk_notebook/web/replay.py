@@ -28,6 +28,7 @@ Keys (``prefix`` is the session store's, ``pk_notebook:`` by default)::
     {prefix}answer:{id}:seen     string with a short expiry, renewed by remote followers
     {prefix}answer:{id}:stop     string: a stop was asked for
     {prefix}answer-stop          pub/sub channel: answer ids to stop
+    {prefix}chat:{chat_id}       string: the latest answer of an /api/chat chat
     {prefix}streams              sorted set: the running streams of every process
 
 A follower never skips silently: an id it asks for that was trimmed (the buffer
@@ -279,9 +280,11 @@ class RedisReplay:
 
     # --- the owner's side ----------------------------------------------------------
 
-    async def register(self, answer_id: str) -> None:
+    async def register(self, answer_id: str, chat_id: str | None = None) -> None:
         """Mark an answer running (one round trip, at its start)."""
         pipe = self.client.pipeline(transaction=False)
+        if chat_id is not None:
+            pipe.set(f"{self.prefix}chat:{chat_id}", answer_id, px=self.ttl_ms)
         pipe.hset(self.key(answer_id, "meta"), "state", "running")
         pipe.pexpire(self.key(answer_id, "meta"), self.ttl_ms)
         pipe.set(self.key(answer_id, "alive"), b"1", px=int(PRESENCE_SECONDS * 1000))
@@ -332,6 +335,11 @@ class RedisReplay:
     async def state(self, answer_id: str) -> str | None:
         """``"running"``, ``"done"``, or None (unknown, or expired)."""
         value = await self.client.hget(self.key(answer_id, "meta"), "state")
+        return value.decode() if value is not None else None
+
+    async def chat_answer(self, chat_id: str) -> str | None:
+        """The latest answer of a chat (``/api/chat``), while its buffer is kept."""
+        value = await self.client.get(f"{self.prefix}chat:{chat_id}")
         return value.decode() if value is not None else None
 
     async def request_stop(self, answer_id: str) -> str | None:

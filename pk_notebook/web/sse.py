@@ -142,6 +142,7 @@ class StreamEndpoint:
         self.tools = tools or ServerTools()
         self.encoder = NativeEncoder()
         self.answers = answers or Answers(settings, slots)
+        self.extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.settings
@@ -188,8 +189,20 @@ class StreamEndpoint:
         except PkNotebookError as exc:  # the pipeline is shutting down
             await send_json(send, status_for(exc), self.encoder.error_body(exc), error_headers(exc))
             return
+        await self.run_answer(send, receive, stream, holder)
+
+    async def run_answer(
+        self,
+        send: Any,
+        receive: Any,
+        stream: Any,
+        holder: Any,
+        encoder: Any = None,
+        chat_id: str | None = None,
+    ) -> None:
+        """Start ``stream`` as a detached answer and serve it to this client."""
         try:
-            answer = await self.answers.start(stream, holder)
+            answer = await self.answers.start(stream, holder, encoder=encoder, chat_id=chat_id)
         except BaseException:
             await stream.aclose()
             await self.slots.leave(holder)
@@ -235,7 +248,7 @@ class StreamEndpoint:
                         error_headers(failed),
                     )
                     return
-            await writer.start()
+            await writer.start(self.extra_headers)
             if settings.heartbeat is not None:
                 beat = asyncio.ensure_future(writer.heartbeat(settings.heartbeat))
             pump = asyncio.ensure_future(_pump(frames, writer))
