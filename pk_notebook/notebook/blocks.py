@@ -240,6 +240,10 @@ class BlockSplitter:
 
     def tail_markdown(self) -> str:
         """The tail as safe Markdown that does not jump while it is written (see above)."""
+        return safe_markdown(self.tail_text())
+
+    def tail_text(self) -> str:
+        """The tail as Markdown to render (not sanitised): see the module docstring."""
         text = self.tail
         if self._fence is None:
             cut = text.rfind("\n") + 1
@@ -250,5 +254,4 @@ class BlockSplitter:
                 start = body.rfind("\n") + 1
                 if body[start:].lstrip(" ").startswith("|") and start == 0:
                     text = text[:start]  # a header row whose delimiter row has not arrived
-        text = close_open_fence(text)
-        return safe_markdown(escape_open_math(text))
+        return escape_open_math(close_open_fence(text))

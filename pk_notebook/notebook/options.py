@@ -83,7 +83,15 @@ def names(text: str) -> tuple[str, ...]:
     metavar="SPEC",
     help="provider for this cell, e.g. mock or openai:gpt-4o-mini",
 )
-@argument("-m", "--model", metavar="NAME", help="model for this cell")
+@argument(
+    "-m",
+    "--model",
+    metavar="NAME",
+    action="append",
+    help="model for this cell; repeat it (or a comma list) to compare models side by side: "
+    "-m openai:gpt-4o-mini -m anthropic:claude-haiku-4-5 (provider specs, models of -p, "
+    "or Pipeline variables)",
+)
 @argument("--system", metavar="TEXT", help="system prompt for this cell")
 @argument("-t", "--temperature", type=float, metavar="T", help="sampling temperature, 0 to 2")
 @argument("--max-tokens", type=positive_int, metavar="N", help="stop the answer after N tokens")
@@ -364,6 +372,7 @@ class CellOptions:
     attach: tuple[str, ...] = ()
     dry_run: bool = False
     help: bool = False
+    models: tuple[str, ...] = ()  # two or more -m values: compare them (compare_view.py)
 
     @property
     def session_id(self) -> str | None:
@@ -416,11 +425,13 @@ def parse_cell_options(line: str) -> CellOptions:
     fmt = args.format or ("code" if args.lang else "markdown")
     if args.lang and fmt != "code":
         raise UsageError(f"--lang goes with -f code, not -f {fmt}")
+    models = tuple(m.strip() for v in args.model or () for m in v.split(",") if m.strip())
+    model = args.model[0] if len(models) == 1 and len(args.model) == 1 else None
     config = None
-    if any(v is not None for v in (args.model, args.system, args.temperature, args.max_tokens)):
+    if any(v is not None for v in (model, args.system, args.temperature, args.max_tokens)):
         try:
             config = ProviderConfig(
-                model=args.model,
+                model=model,
                 system=args.system,
                 temperature=args.temperature,
                 max_tokens=args.max_tokens,
@@ -446,4 +457,5 @@ def parse_cell_options(line: str) -> CellOptions:
         schema=args.schema,
         attach=tuple(args.attach or ()),
         dry_run=args.dry_run,
+        models=models if len(models) > 1 else (),
     )

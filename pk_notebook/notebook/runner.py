@@ -25,7 +25,7 @@ import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
@@ -43,6 +43,9 @@ from .interpolate import InterpolationError, Substitution, describe_substitution
 from .live import LiveOutput, approve_hint
 from .options import CellOptions, cell_spec, parse_cell_options, usage_error
 from .status import Note, format_status, note_for, notes_for
+
+if TYPE_CHECKING:
+    from .compare_view import CompareRun
 
 logger = logging.getLogger("pk_notebook")
 
@@ -118,7 +121,9 @@ class CellRun:
     # --- setup: everything that can be a usage error happens before any output ------
 
     @classmethod
-    def prepare(cls, shell: Any, line: str, cell: str, *, sync: bool = False) -> CellRun | None:
+    def prepare(
+        cls, shell: Any, line: str, cell: str, *, sync: bool = False
+    ) -> CellRun | CompareRun | None:
         """Parse, interpolate and pick the pipeline; None if only help was asked for."""
         options = parse_cell_options(line)
         if options.help:
@@ -154,6 +159,12 @@ class CellRun:
         if not prompt.strip():
             raise UsageError(
                 "the cell has no prompt: write your question on the lines under %%stream"
+            )
+        if options.models:  # -m A -m B: several models side by side
+            from .compare_view import CompareRun
+
+            return CompareRun.build(
+                shell, options, prompt.strip("\n"), substitutions, attachments, sync=sync
             )
         pipeline = _pick_pipeline(options, namespace)
         tools = _pick_tools(options.tools, namespace)

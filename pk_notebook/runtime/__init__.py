@@ -5,6 +5,7 @@ when a tool is described), so scripts, servers and kernels all share it.
 """
 
 from .attachments import Attachment, as_attachment
+from .compare import CompareEvent, Comparison, compare
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -92,6 +93,8 @@ __all__ = [
     "AuthenticationError",
     "CallInfo",
     "Chunk",
+    "CompareEvent",
+    "Comparison",
     "ConfigurationError",
     "Delta",
     "Finish",
@@ -142,6 +145,7 @@ __all__ = [
     "UsageMiddleware",
     "as_attachment",
     "coalesce",
+    "compare",
     "iter_lines",
     "lookup_price",
     "output_schema",
