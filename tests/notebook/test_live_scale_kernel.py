@@ -108,5 +108,7 @@ def test_the_final_output_is_byte_identical_to_whole_text_updates(k: KernelSessi
     assert final_output(new)["data"] == final_output(old)["data"]
     new_bytes = sum(size(m) for m in live_messages(new))
     old_bytes = sum(size(m) for m in live_messages(old))
-    print(f"100 kB: live bytes {new_bytes / 1e3:.0f} kB incremental, {old_bytes / 1e3:.0f} kB whole")
+    print(
+        f"100 kB: live bytes {new_bytes / 1e3:.0f} kB incremental, {old_bytes / 1e3:.0f} kB whole"
+    )
     assert new_bytes < old_bytes
