@@ -14,7 +14,8 @@ payload as a JSON message with ``"type"`` set to the event's name and ``"id"``
 ==============  =====================================================================
 event / type    payload
 ==============  =====================================================================
-``start``       (``/ws`` only) ``{}``: the turn opened
+``start``       ``{"answer_id"}`` (SSE; the id for resume and stop), ``{}`` (``/ws``): the
+                turn opened
 ``reasoning``   ``{"index", "text"}``: a new piece of the model's thinking, kept apart
                 from the answer
 ``chunk``       ``{"index", "content"}``: a new piece of the answer's text (unchanged
@@ -40,6 +41,21 @@ name is known), ``arguments`` (repeated, as they stream), ``call`` (complete),
 ``round`` counts the turn's model calls from 1, ``index`` (in a ``tool``
 payload) is the call's place among the calls of its round. SSE then sends
 ``data: [DONE]``.
+
+Resume and stop (``/stream``): every SSE event has an ``id``, ``{answer_id}:{n}``
+(``n`` counts the answer's events from 1). The answer runs detached from the
+connection (:mod:`pk_notebook.web.answers`) and writes into a replay buffer
+(:mod:`pk_notebook.web.replay`: this process's memory, and a Redis Stream when the
+sessions are in Redis); a request with ``Last-Event-ID`` (what ``EventSource`` sends
+when it reconnects), or ``?answer_id=...&after=n``, receives the rest of that
+answer, on any server process. With no client attached the answer runs on for
+``resume_grace`` seconds, then is stopped and saved as interrupted.
+``POST /stream/{answer_id}/stop`` stops it at once from any process. A resume
+that cannot be served whole gets an ``error`` event with ``code``
+``resume_gap``, ``resume_expired`` or ``answer_lost``.
+
+``POST /api/chat`` speaks the Vercel AI SDK's UI message stream protocol
+(:mod:`pk_notebook.web.ai_sdk`).
 
 Tools: the server's, given to :func:`create_app` (``pk-notebook serve --tools
 module:function``), run in every turn; no client can name, add or remove them

@@ -220,9 +220,10 @@ def create_app(
             except Exception as exc:
                 logger.warning("cannot listen for stop messages in Redis yet: %s", exc)
         yield
-        await answers.aclose()
         if close_pipeline:
-            await pipe.shutdown()
+            await pipe.shutdown()  # running answers may finish for its shutdown_grace
+        await answers.aclose()  # stops what still runs (saved as interrupted)
+        if close_pipeline:
             await pipe.state_store.aclose()
 
     chat = ChatEndpoint(pipe, settings, slots, server_tools, answers)

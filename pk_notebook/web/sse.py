@@ -5,15 +5,22 @@ GET takes ``prompt`` and ``session`` query parameters (for ``EventSource``). Wit
 session, the session's history is sent along and the turn is saved (a turn cut
 short by the client is saved marked as interrupted).
 
-The events (see :class:`~pk_notebook.web.streaming.NativeEncoder`, and the table
-in :mod:`pk_notebook.web`)::
+The events (the table in :mod:`pk_notebook.web`), each with an ``id:`` line
+``{answer_id}:{n}``::
 
+    event: start     data: {"answer_id": "3f2c..."}
     event: reasoning data: {"index": 0, "text": "The user wants..."}
     event: tool      data: {"kind": "start", "call_id": "c1", "name": "get_weather", ...}
     event: chunk     data: {"index": 0, "content": "Hello"}
     event: error     data: {"error": {"type": "ProviderError", "message": ..., "partial_text": ...}}
     event: result    data: {"text": ..., "status": "finished", "finish_reason": "stop", ...}
     data: [DONE]
+
+Resume: the answer runs detached (:mod:`pk_notebook.web.answers`); a request with
+``Last-Event-ID: {answer_id}:{n}`` (``EventSource`` sends it when it reconnects to
+the same URL; the prompt is then ignored) or ``?answer_id=...&after=n`` gets the
+events after ``n``. ``POST /stream/{answer_id}/stop`` stops an answer (200
+``{"answer_id", "stopped", "state"}``; 404 ``UnknownAnswer``).
 
 Tools are the server's (``create_app(tools=...)``); a request naming ``tools``
 is refused (:func:`~pk_notebook.web.tools.refuse_client_tools`).
