@@ -40,12 +40,18 @@ class ErrorLog:
 
     def __init__(self) -> None:
         self._errors: OrderedDict[int, str] = OrderedDict()
+        self._latest: str | None = None
 
     def record(self, execution_count: int | None, error: BaseException | None) -> None:
-        if error is None or execution_count is None:
+        """Keep ``error``'s traceback; a cell run without history (nbval runs cells with
+        ``store_history=False``, so they have no number) still counts for ``{Err}``."""
+        if error is None:
             return
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        self._errors[execution_count] = _plain(text)
+        text = _plain(cell_traceback(error))
+        self._latest = text
+        if execution_count is None:
+            return
+        self._errors[execution_count] = text
         while len(self._errors) > self.KEEP:
             self._errors.popitem(last=False)
 
@@ -69,9 +75,9 @@ class ErrorLog:
         return self._errors[count]
 
     def __str__(self) -> str:
-        if not self._errors:
+        if self._latest is None:
             raise LookupError("no cell has failed yet, so {Err} has nothing to show")
-        return next(reversed(self._errors.values()))
+        return self._latest
 
     def __repr__(self) -> str:
         return f"<ErrorLog of {len(self._errors)} failed cells>"
@@ -79,6 +85,37 @@ class ErrorLog:
 
 #: the kernel's log, fed by the extension (one IPython shell per kernel)
 ERRORS = ErrorLog()
+
+
+def cell_traceback(error: BaseException) -> str:
+    """The traceback as a model should read it: from the failing cell on, cells named.
+
+    IPython's own frames (``run_code`` in ``interactiveshell.py``) come before the
+    cell's and say nothing about the error, and a cell's file is a temporary path
+    (``/tmp/ipykernel_4242/2817390183.py``). As in IPython's own tracebacks, those
+    frames are left out and a cell is ``Cell In[3]``, so the text is the same from
+    one run (and machine) to the next.
+    """
+    summary = traceback.TracebackException.from_exception(error)
+    cells: dict[str, int] = {}
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        cells = dict(getattr(getattr(shell, "compile", None), "_filename_map", None) or {})
+    except Exception:
+        cells = {}
+
+    def is_cell(filename: str) -> bool:
+        return filename in cells or filename.startswith("<ipython-input-")
+
+    stack = list(summary.stack)
+    first = next((i for i, frame in enumerate(stack) if is_cell(frame.filename)), 0)
+    for frame in stack[first:]:
+        if frame.filename in cells:
+            frame.filename = f"Cell In[{cells[frame.filename]}]"
+    summary.stack = traceback.StackSummary.from_list(stack[first:])
+    return "".join(summary.format())
 
 
 def is_image(value: Any) -> bool:
