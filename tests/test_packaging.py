@@ -49,8 +49,9 @@ def test_the_lab_extra_is_jupyterlab_with_both_widget_front_ends() -> None:
 
 
 def test_test_and_dev_install_both_sides() -> None:
-    test = " ".join(EXTRAS["test"])
-    assert "pk-notebook[all,lab]" in test
+    (itself,) = [r for r in EXTRAS["test"] if r.startswith("pk-notebook[")]
+    # every library feature, the front end, and what the tutorials show (figures, frames)
+    assert set(itself[len("pk-notebook[") : -1].split(",")) == {"all", "lab", "examples"}
     assert any(r.startswith("pk-notebook[test]") for r in EXTRAS["dev"])
 
 
