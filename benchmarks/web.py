@@ -11,6 +11,13 @@ process; this process runs the clients (httpx + httpx-sse). Reported:
   per chunk of the same streams read from the pipeline directly (same provider,
   same concurrency, same event loop kind): the difference is what the web layer
   (framing, ASGI, HTTP, sockets) adds per chunk.
+
+The server runs twice: with answers buffered in its memory only (one process),
+then, when ``redis-server`` is installed (or ``--redis URL`` is given), with the
+sessions in Redis, so every answer's events are also written to a Redis Stream
+in batches (what several processes need for resume). Both are reported against
+the pipeline alone, and the Redis server's own CPU per chunk is shown apart.
+``--redis off`` skips the second run.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ def loop_kind() -> str:
 # --- the server process ------------------------------------------------------------------
 
 
-def serve(chunks: int, pace: float, max_concurrent: int) -> None:
+def serve(chunks: int, pace: float, max_concurrent: int, redis_url: str | None = None) -> None:
     import uvicorn
 
     from pk_notebook.web import create_app
@@ -71,6 +78,11 @@ def serve(chunks: int, pace: float, max_concurrent: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     pipe = make_pipeline(chunks, pace)
+    if redis_url:
+        from pk_notebook.sessions import RedisStore
+
+        # Sessions in Redis: the app writes every answer's events to a Redis Stream too.
+        pipe.state_store = RedisStore.from_url(redis_url, prefix="bench:")
     app = create_app(pipe, close_pipeline=True, max_concurrent=max_concurrent, heartbeat=15.0)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, backlog=4096, timeout_graceful_shutdown=2
@@ -271,12 +283,19 @@ def main(argv: list[str] | None = None) -> int:
         default="raw",
         help="raw: a minimal asyncio SSE client (measures the server); httpx: httpx-sse",
     )
+    parser.add_argument(
+        "--redis",
+        default="auto",
+        help="a second run with answers buffered in Redis: auto (start a throwaway "
+        "redis-server if installed), off, or a redis:// URL (default: %(default)s)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-redis", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.clients = 50
     if args.serve:
-        serve(args.chunks, args.pace, args.clients + 20)
+        serve(args.chunks, args.pace, args.clients + 20, args.serve_redis)
         return 0
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -294,38 +313,100 @@ def main(argv: list[str] | None = None) -> int:
         f"({base['chunks']} chunks in {base['wall']:.2f} s)"
     )
 
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.web",
-            "--serve",
-            "--chunks",
-            str(args.chunks),
-            "--pace",
-            str(args.pace),
-            "--clients",
-            str(args.clients),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    failed = False
+    runs: list[tuple[str, str | None, int | None]] = [("memory", None, None)]
+    redis_process: subprocess.Popen[bytes] | None = None
+    if args.redis != "off":
+        url, redis_process = start_redis(args.redis)
+        if url is None:
+            print("  (no redis-server: the Redis run is skipped)")
+        else:
+            runs.append(("redis", url, redis_process.pid if redis_process else None))
+    try:
+        for label, url, redis_pid in runs:
+            failed |= measure(args, base, label, url, redis_pid)
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(10)
+    return 1 if failed else 0
+
+
+def start_redis(spec: str) -> tuple[str | None, subprocess.Popen[bytes] | None]:
+    """(URL, process we started) for ``--redis``: auto starts a throwaway server."""
+    if spec != "auto":
+        return spec, None
+    import shutil
+    import tempfile
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    directory = tempfile.mkdtemp(prefix="bench-redis-")
+    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return f"redis://127.0.0.1:{port}/0", process
+        except OSError:
+            time.sleep(0.05)
+    process.terminate()
+    return None, None
+
+
+def measure(
+    args: argparse.Namespace,
+    base: dict[str, float],
+    label: str,
+    redis_url: str | None,
+    redis_pid: int | None,
+) -> bool:
+    """One run through the server; True if it failed."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.web",
+        "--serve",
+        "--chunks",
+        str(args.chunks),
+        "--pace",
+        str(args.pace),
+        "--clients",
+        str(args.clients),
+    ]
+    if redis_url:
+        command += ["--serve-redis", redis_url]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         url = server.stdout.readline().strip()
         if not url:
             print("the server did not start", file=sys.stderr)
-            return 1
+            return True
         time.sleep(0.3)
         cpu_before = cpu_seconds(server.pid)
+        redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
         measured = run_loop(through_server(url, args.clients, args.chunks, args.client))
         server_cpu = cpu_seconds(server.pid) - cpu_before
+        redis_cpu = (cpu_seconds(redis_pid) - redis_before) if redis_pid else None
     finally:
         server.terminate()
         server.wait(15)
     chunks = max(measured["chunks"], 1)
     per_chunk = server_cpu / chunks * 1e6
     errors = measured["errors"]
+    print(f"  [{label}] answers buffered in {'memory and Redis' if redis_url else 'memory'}")
     print(
         f"  through the server: {per_chunk:7.1f} us server CPU/chunk "
         f"({measured['chunks']} chunks in {measured['wall']:.2f} s, "
@@ -335,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  added by the web layer: {per_chunk - base['cpu_per_chunk_us']:.1f} us CPU per chunk "
         f"(x{per_chunk / base['cpu_per_chunk_us']:.1f} the pipeline alone)"
     )
+    if redis_cpu is not None:
+        print(f"  redis-server itself : {redis_cpu / chunks * 1e6:7.1f} us CPU/chunk")
     print(
         f"  client ({args.client:5})     : {measured['client_cpu_per_chunk_us']:7.1f} us CPU/chunk"
     )
@@ -348,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {pct(measured['totals'], 0.99):.2f} s (paced ideal {ideal:.2f} s)"
     )
     print(f"  errors: {len(errors)}" + (f"  first: {errors[0]}" if errors else ""))
-    return 1 if errors else 0
+    return bool(errors)
 
 
 if __name__ == "__main__":

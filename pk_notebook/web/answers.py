@@ -82,7 +82,6 @@ class Answer:
         self.detached_at: float | None = None
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
-        self.watchdog: asyncio.Task[None] | None = None
 
     # --- writing frames (the hot path) ---------------------------------------------
 
@@ -169,8 +168,6 @@ class Answer:
             if not self.opened.done():
                 self.opened.set_result(None)
             await stream.aclose()
-            if self.watchdog is not None:
-                self.watchdog.cancel()
             self.hub.local.end(self.id)
             if self.writer is not None:
                 await self.writer.close()
@@ -197,42 +194,21 @@ class Answer:
         else:
             self.detached_at = asyncio.get_running_loop().time()
 
-    async def watch(self) -> None:
-        """Stop the answer once no client was attached for the grace period; with Redis,
-        renew its liveness and see stops asked for before the listener was ready."""
-        settings = self.hub.settings
-        grace = settings.resume_grace
-        shared = self.hub.shared
-        tick = max(0.05, min(0.5, grace / 4)) if grace > 0 else 0.5
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(tick)
-            seen = False
-            if shared is not None:
-                try:
-                    stop, seen = await shared.heartbeat(self.id, check_seen=self.readers == 0)
-                except Exception as exc:
-                    logger.warning("renewing an answer's liveness in Redis failed: %s", exc)
-                    stop = False
-                if stop:
-                    self.stop("stop requested")
-                    return
-            if grace <= 0 or self.readers > 0:
-                continue
-            now = loop.time()
-            if seen:
-                self.detached_at = None  # a client follows it from another process
-                continue
-            if self.detached_at is None:
-                self.detached_at = now
-            elif now - self.detached_at >= grace:
-                logger.info(
-                    "answer %s: no client for %g s; stopped (saved as interrupted)",
-                    self.id,
-                    grace,
-                )
-                self.stop("no client attached during the grace period")
-                return
+    def check_grace(self, now: float, seen: bool) -> None:
+        """Stop the answer once no client was attached for the grace period (``seen``: a
+        client follows it from another process)."""
+        grace = self.hub.settings.resume_grace
+        if grace <= 0 or self.readers > 0:
+            return
+        if seen:
+            self.detached_at = None
+        elif self.detached_at is None:
+            self.detached_at = now
+        elif now - self.detached_at >= grace:
+            logger.info(
+                "answer %s: no client for %g s; stopped (saved as interrupted)", self.id, grace
+            )
+            self.stop("no client attached during the grace period")
 
 
 class Answers:
@@ -246,9 +222,10 @@ class Answers:
         self.shared = shared
         self.local = MemoryReplay(settings.replay_max_events, settings.replay_ttl)
         self.running: dict[str, Answer] = {}
+        self._ticker: asyncio.Task[None] | None = None
         #: chat id -> its latest answer (``/api/chat``'s resume)
         self.chats: dict[str, str] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Future[None]] = set()
 
     async def start(
         self, stream: Stream, holder: Any, *, encoder: Any = None, chat_id: str | None = None
@@ -267,11 +244,10 @@ class Answers:
             while len(self.chats) > 4 * self.settings.max_concurrent + 64:
                 del self.chats[next(iter(self.chats))]
         if self.shared is not None:
-            try:
-                await self.shared.listen(self.stop_local)
-                await self.shared.register(answer_id, chat_id)
-            except Exception as exc:
-                logger.warning("registering an answer in Redis failed: %s", exc)
+            # Not awaited before the answer starts: its first chunk does not wait on Redis.
+            registering = asyncio.ensure_future(self._register(answer_id, chat_id))
+            self.tasks.add(registering)
+            registering.add_done_callback(self.tasks.discard)
         if encoder is not None:
             for data in encoder.start(answer_id):
                 answer.emit_data(data)
@@ -280,9 +256,43 @@ class Answers:
         answer.task = asyncio.ensure_future(answer.run())
         self.tasks.add(answer.task)
         answer.task.add_done_callback(self.tasks.discard)
-        if self.settings.resume_grace > 0 or self.shared is not None:
-            answer.watchdog = asyncio.ensure_future(answer.watch())
+        if self._ticker is None or self._ticker.done():
+            if self.settings.resume_grace > 0 or self.shared is not None:
+                self._ticker = asyncio.ensure_future(self._tick())
         return answer
+
+    async def _tick(self) -> None:
+        """While answers run: every tick, one Redis round trip for all of them (liveness,
+        stops asked for before the listener was ready, remote followers), then the
+        grace period of each detached one."""
+        grace = self.settings.resume_grace
+        tick = max(0.05, min(0.5, grace / 4)) if grace > 0 else 0.5
+        loop = asyncio.get_running_loop()
+        while self.running:
+            await asyncio.sleep(tick)
+            answers = list(self.running.values())
+            stops: set[str] = set()
+            seen: set[str] = set()
+            if self.shared is not None and answers:
+                detached = [a.id for a in answers if a.readers == 0]
+                try:
+                    stops, seen = await self.shared.heartbeat([a.id for a in answers], detached)
+                except Exception as exc:
+                    logger.warning("renewing answers' liveness in Redis failed: %s", exc)
+            now = loop.time()
+            for answer in answers:
+                if answer.id in stops:
+                    answer.stop("stop requested")
+                else:
+                    answer.check_grace(now, answer.id in seen)
+
+    async def _register(self, answer_id: str, chat_id: str | None) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.listen(self.stop_local)
+            await self.shared.register(answer_id, chat_id)
+        except Exception as exc:
+            logger.warning("registering an answer in Redis failed: %s", exc)
 
     def stop_local(self, answer_id: str) -> bool:
         answer = self.running.get(answer_id)
@@ -342,5 +352,8 @@ class Answers:
             answer.stop("server shutting down")
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
         if self.shared is not None:
             await self.shared.aclose()

@@ -11,10 +11,11 @@ last id it saw and reads the rest. Two kinds:
     runs itself, so its own clients never wait on a network round trip.
 :class:`RedisReplay`
     many processes (``pk-notebook serve --workers N --store redis://...``): the
-    same frames in one Redis Stream per answer (``XADD ... MAXLEN ~ max_events``,
-    ``PEXPIRE ttl``), written in batches (every ``flush_interval`` seconds or
-    ``flush_events`` frames, one pipelined round trip per batch, never one per
-    chunk); a client on another process follows it with ``XREAD BLOCK``. The same
+    same frames in one Redis Stream per answer (an entry per batch, trimmed with
+    ``XADD ... MINID ~`` to the last ``max_events`` events, ``PEXPIRE ttl``), written
+    by one batcher per process (every ``flush_interval`` seconds, one Lua call for
+    all the answers with new frames, never a round trip per chunk); a client on
+    another process follows with ``XREAD BLOCK``. The same
     object carries what else the processes share: the stop signal (a key plus a
     pub/sub message the owning process listens for), presence (a follower's
     key, so the owner knows a client is attached elsewhere), the owner's liveness
@@ -22,7 +23,7 @@ last id it saw and reads the rest. Two kinds:
 
 Keys (``prefix`` is the session store's, ``pk_notebook:`` by default)::
 
-    {prefix}answer:{id}:events   stream: entry 0-N holds frame N ("d"; "e" on the last)
+    {prefix}answer:{id}:events   stream: entry 0-N holds frames f..N ("f", "d"; "e" on the last)
     {prefix}answer:{id}:meta     hash: state (running / done)
     {prefix}answer:{id}:alive    string with a short expiry, renewed by the owner
     {prefix}answer:{id}:seen     string with a short expiry, renewed by remote followers
@@ -80,6 +81,18 @@ def gap_frame(after: int, first: int) -> bytes:
         "buffer is bounded); the rest follows, and its result holds the whole text",
         missing=[after + 1, first - 1],
     )
+
+
+def skip_frames(frames: bytes, count: int) -> bytes:
+    """``frames`` without its first ``count`` SSE frames (each ends with a blank line;
+    their JSON payloads hold none)."""
+    at = 0
+    for _ in range(count):
+        at = frames.find(b"\n\n", at)
+        if at < 0:
+            return b""
+        at += 2
+    return frames[at:]
 
 
 class _Buffer:
@@ -219,8 +232,8 @@ class RedisReplay:
         prefix: str = "pk_notebook:",
         max_events: int = 10_000,
         ttl: float = 120.0,
-        flush_interval: float = 0.02,
-        flush_events: int = 64,
+        flush_interval: float = 0.05,
+        flush_events: int = 256,
         lease: float = 15.0,
         **redis_options: Any,
     ) -> None:
@@ -228,8 +241,7 @@ class RedisReplay:
         self.prefix = prefix
         self.max_events = max_events
         self.ttl_ms = max(1, int(ttl * 1000))
-        self.flush_interval = flush_interval
-        self.flush_events = flush_events
+        self.batcher = RedisBatcher(self, flush_interval, flush_events)
         self.lease = lease
         self._options: dict[str, Any] = {
             "socket_connect_timeout": 5.0,
@@ -266,6 +278,10 @@ class RedisReplay:
         return self._client
 
     async def aclose(self) -> None:
+        try:
+            await self.batcher.aclose()
+        except Exception:
+            logger.debug("the last replay flush failed", exc_info=True)
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
@@ -285,24 +301,31 @@ class RedisReplay:
         pipe = self.client.pipeline(transaction=False)
         if chat_id is not None:
             pipe.set(f"{self.prefix}chat:{chat_id}", answer_id, px=self.ttl_ms)
-        pipe.hset(self.key(answer_id, "meta"), "state", "running")
+        # HSETNX: if the answer already ended (and its last flush said "done"), it stays so.
+        pipe.hsetnx(self.key(answer_id, "meta"), "state", "running")
         pipe.pexpire(self.key(answer_id, "meta"), self.ttl_ms)
         pipe.set(self.key(answer_id, "alive"), b"1", px=int(PRESENCE_SECONDS * 1000))
         await pipe.execute()
 
     def writer(self, answer_id: str) -> RedisWriter:
-        return RedisWriter(self, answer_id)
+        return RedisWriter(self.batcher, self.key(answer_id, "events"), self.key(answer_id, "meta"))
 
-    async def heartbeat(self, answer_id: str, *, check_seen: bool) -> tuple[bool, bool]:
-        """Renew the owner's liveness; return (a stop was asked for, a remote follower
-        is attached)."""
+    async def heartbeat(self, running: list[str], detached: list[str]) -> tuple[set[str], set[str]]:
+        """One round trip for every answer of this process: renew each one's liveness;
+        return (the answers a stop was asked for, the detached answers a client follows
+        from another process)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.key(answer_id, "alive"), b"1", px=int(PRESENCE_SECONDS * 1000))
-        pipe.exists(self.key(answer_id, "stop"))
-        if check_seen:
+        alive_ms = int(PRESENCE_SECONDS * 1000)
+        for answer_id in running:
+            pipe.set(self.key(answer_id, "alive"), b"1", px=alive_ms)
+            pipe.exists(self.key(answer_id, "stop"))
+        for answer_id in detached:
             pipe.exists(self.key(answer_id, "seen"))
         replies = await pipe.execute()
-        return bool(replies[1]), bool(check_seen and replies[2])
+        n = len(running)
+        stops = {running[i] for i in range(n) if replies[2 * i + 1]}
+        seen = {detached[i] for i in range(len(detached)) if replies[2 * n + i]}
+        return stops, seen
 
     async def listen(self, on_stop: Callable[[str], object]) -> None:
         """Start (once) the task that calls ``on_stop(answer_id)`` for each stop message."""
@@ -391,11 +414,15 @@ class RedisReplay:
             parts: list[bytes] = []
             end = False
             for entry_id, fields in entries:
-                seq = int(entry_id.split(b"-", 1)[1])
-                if seq > cursor + 1:
-                    parts.append(gap_frame(cursor, seq))
-                cursor = seq
-                parts.append(fields.get(b"d", b""))
+                last = int(entry_id.split(b"-", 1)[1])
+                first = int(fields.get(b"f", last))
+                frames = fields.get(b"d", b"")
+                if first > cursor + 1:
+                    parts.append(gap_frame(cursor, first))
+                elif first <= cursor:
+                    frames = skip_frames(frames, cursor + 1 - first)
+                cursor = last
+                parts.append(frames)
                 end = end or b"e" in fields
             yield b"".join(parts)
             if end:
@@ -403,83 +430,161 @@ class RedisReplay:
 
 
 class RedisWriter:
-    """One answer's frames on their way to Redis, in batches.
+    """One answer's frames on their way to Redis (see :class:`RedisBatcher`).
 
-    :meth:`add` is synchronous and cheap (a list append); a flush runs
-    ``flush_interval`` seconds after the first pending frame (at once after
-    ``flush_events``), one pipelined round trip for everything pending. Frames
-    added during a round trip go in the next one. :meth:`close` flushes the rest.
+    :meth:`add` is synchronous and cheap: a list append, and a note to the
+    process's batcher the first time since its last flush.
     """
 
-    __slots__ = ("_task", "_timer", "answer_id", "events", "last", "pending", "replay")
+    __slots__ = (
+        "batcher",
+        "closed",
+        "dirty",
+        "done",
+        "end",
+        "events",
+        "first",
+        "frames",
+        "last",
+        "meta",
+    )
 
-    def __init__(self, replay: RedisReplay, answer_id: str) -> None:
-        self.replay = replay
-        self.answer_id = answer_id
-        self.events = replay.key(answer_id, "events")
-        self.pending: list[tuple[int, bytes]] = []
-        self.last = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, batcher: RedisBatcher, events: str, meta: str) -> None:
+        self.batcher = batcher
+        self.events = events
+        self.meta = meta
+        self.frames: list[bytes] = []
+        self.first = 1  # the seq of frames[0]
+        self.last = 0  # the last seq written or pending
+        self.dirty = False
+        self.end = False
+        self.closed = False
+        self.done: asyncio.Future[None] | None = None
 
     def add(self, seq: int, frame: bytes) -> None:
-        """Queue frame ``seq``; seq 0 is not a frame: it marks the end (see :meth:`close`)."""
-        self.pending.append((seq, frame))
-        if self._task is not None:
-            return  # the running flush takes it next
-        if len(self.pending) >= self.replay.flush_events:
-            self._kick()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self.replay.flush_interval, self._kick
-            )
+        if not self.frames:
+            self.first = seq
+        self.frames.append(frame)
+        self.last = seq
+        if not self.dirty:
+            self.dirty = True
+            self.batcher.mark(self)
+        elif len(self.frames) >= self.batcher.flush_events:
+            self.batcher.kick()
 
-    def _kick(self) -> None:
+    async def close(self) -> None:
+        """Flush everything, the last frame marked as the end (call after adding it)."""
+        self.end = True
+        self.done = asyncio.get_running_loop().create_future()
+        if not self.dirty:
+            self.dirty = True
+            self.batcher.mark(self)
+        self.batcher.kick()
+        await asyncio.shield(self.done)
+
+
+# KEYS: per answer, its events stream and its meta hash.
+# ARGV: ttl_ms, keep (events kept), then per answer: first seq, last seq, frames, end flag.
+# One entry per answer per batch: id 0-{last seq}, "f" its first seq, "d" its frames;
+# MINID trims what is more than `keep` events old. pcall: a batch retried after a lost
+# reply finds its entries there already, and goes on with the others.
+_FLUSH = """
+local ttl = ARGV[1]
+local keep = tonumber(ARGV[2])
+local a = 3
+for i = 1, #KEYS, 2 do
+  local last = tonumber(ARGV[a + 1])
+  local minid = math.max(1, last - keep)
+  if ARGV[a + 3] == '1' then
+    redis.pcall('XADD', KEYS[i], 'MINID', '~', '0-' .. minid, '0-' .. last,
+      'f', ARGV[a], 'd', ARGV[a + 2], 'e', '1')
+    redis.call('HSET', KEYS[i + 1], 'state', 'done')
+    redis.call('PEXPIRE', KEYS[i + 1], ttl)
+  else
+    redis.pcall('XADD', KEYS[i], 'MINID', '~', '0-' .. minid, '0-' .. last,
+      'f', ARGV[a], 'd', ARGV[a + 2])
+  end
+  redis.call('PEXPIRE', KEYS[i], ttl)
+  a = a + 4
+end
+return 1
+"""
+
+
+class RedisBatcher:
+    """Writes the frames of every answer of this process to Redis, in batches.
+
+    A flush runs ``flush_interval`` seconds after the first frame pending since the
+    last one (at once when an answer has ``flush_events`` pending, or ends): one
+    Lua call for every answer with frames, whatever their number, so the cost per
+    chunk in this process is a list append plus a share of one round trip. Frames
+    added during a round trip go in the next one.
+    """
+
+    def __init__(self, replay: RedisReplay, flush_interval: float, flush_events: int) -> None:
+        self.replay = replay
+        self.flush_interval = flush_interval
+        self.flush_events = flush_events
+        self.dirty: list[RedisWriter] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._script: Any = None
+
+    def mark(self, writer: RedisWriter) -> None:
+        self.dirty.append(writer)
+        if self._task is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self.kick)
+
+    def kick(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._task is None and self.pending:
+        if self._task is None and self.dirty:
             self._task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
         try:
-            while self.pending:
-                batch, self.pending = self.pending, []
+            while self.dirty:
+                batch, self.dirty = self.dirty, []
                 await self._write(batch)
         finally:
             self._task = None
 
-    async def _write(self, batch: list[tuple[int, bytes]]) -> None:
-        replay = self.replay
-        pipe = replay.client.pipeline(transaction=False)
-        end = batch[-1][0] == 0
-        if end:
-            batch.pop()
-            if not batch:  # the last frame went out alone: an entry of its own marks the end
-                batch.append((self.last + 1, b""))
-        last = len(batch) - 1
-        for i, (seq, frame) in enumerate(batch):
-            fields = {b"d": frame, b"e": b"1"} if end and i == last else {b"d": frame}
-            pipe.xadd(
-                self.events, fields, id=f"0-{seq}", maxlen=replay.max_events, approximate=True
-            )
-        self.last = batch[-1][0]
-        pipe.pexpire(self.events, replay.ttl_ms)
-        if end:
-            meta = replay.key(self.answer_id, "meta")
-            pipe.hset(meta, "state", "done")
-            pipe.pexpire(meta, replay.ttl_ms)
+    async def _write(self, batch: list[RedisWriter]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [self.replay.ttl_ms, self.replay.max_events]
+        ended: list[RedisWriter] = []
+        for writer in batch:
+            writer.dirty = False
+            frames, writer.frames = writer.frames, []
+            end = writer.end and not writer.closed
+            if not frames:
+                if not end:
+                    continue
+                writer.last += 1  # the last frame went out already: an empty entry ends it
+                writer.first = writer.last
+            keys += (writer.events, writer.meta)
+            args += (writer.first, writer.last, b"".join(frames), b"1" if end else b"")
+            if end:
+                writer.closed = True
+                ended.append(writer)
         try:
-            await pipe.execute(raise_on_error=False)
+            if keys:
+                client = self.replay.client
+                if self._script is None or self._script.registered_client is not client:
+                    self._script = client.register_script(_FLUSH)
+                await self._script(keys=keys, args=args)
         except Exception as exc:
             # The frames are lost for other processes; their followers see the gap
             # (seq numbers jump) and say so. This process's own clients are unaffected.
-            logger.warning("writing an answer's replay buffer to Redis failed: %s", exc)
+            logger.warning("writing answers' replay buffers to Redis failed: %s", exc)
+        finally:
+            for writer in ended:
+                if writer.done is not None and not writer.done.done():
+                    writer.done.set_result(None)
 
-    async def close(self) -> None:
-        """Flush everything, the last frame marked as the end (call after adding it)."""
-        self.pending.append((0, b""))
-        self._kick()
+    async def aclose(self) -> None:
+        self.kick()
         while self._task is not None:
             await asyncio.shield(self._task)
 
