@@ -113,6 +113,9 @@ class Chat(widgets.VBox):
         schema: a pydantic model, dataclass, TypedDict or JSON-schema dict: every
             reply is data of that shape, shown filling in; ``result.parsed`` is the
             validated object.
+        context: substitute ``{name}``, ``{In[3]}``, ``{Out[3]}``, ``{Err}`` in messages
+            as ``%%stream`` does (a DataFrame as a table, a figure attached); on by
+            default in a notebook, ``False`` sends messages exactly as typed.
     """
 
     title = traitlets.Unicode("Chat", help="The heading shown above the transcript.")
@@ -170,6 +173,7 @@ class Chat(widgets.VBox):
         approve: bool | Approver | None = None,
         max_tool_rounds: int | None = None,
         schema: Any = None,
+        context: bool = True,
         **kwargs: Any,
     ) -> None:
         if pipeline is not None and not isinstance(pipeline, Pipeline):
@@ -188,6 +192,7 @@ class Chat(widgets.VBox):
             output_schema(schema) if schema is not None else None
         )
         self._pending: list[Attachment] = []  # files for the next message
+        self.context = context
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -626,8 +631,41 @@ class Chat(widgets.VBox):
 
     # --- one turn ---------------------------------------------------------------------
 
+    def _with_context(self, text: str) -> tuple[str, tuple[Attachment, ...]]:
+        """``{name}``, ``{In[3]}``, ``{Err}``... as in a ``%%stream`` cell; figures attached."""
+        if not self.context:
+            return text, ()
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return text, ()
+        shell = get_ipython()
+        if shell is None:
+            return text, ()
+        from . import context
+        from .defaults import defaults
+        from .interpolate import substitute
+
+        settings = defaults()
+        done = substitute(
+            text,
+            shell.user_ns,
+            max_chars=settings.max_var_chars,
+            max_rows=settings.max_var_rows,
+            errors=context.ERRORS,
+        )
+        return done.text, tuple(done.attachments)
+
     async def _turn(self, text: str, files: tuple[Attachment, ...] = ()) -> Result:
         # The turn exists before anything else happens, so Stop always has a target.
+        from .interpolate import InterpolationError
+
+        try:
+            text, figures = self._with_context(text)
+        except (InterpolationError, ConfigurationError) as exc:
+            self._add_notice(str(exc.args[0] if exc.args else exc))
+            raise IPythonUsageError(str(exc.args[0] if exc.args else exc)) from None
+        files = (*files, *figures)
         options: dict[str, Any] = {}
         if files:
             options["attachments"] = files

@@ -173,3 +173,20 @@ def test_a_missing_schema_is_one_line(k: KernelSession, fake: FakeProviderServer
     assert bad.reply["content"]["ename"] == "UsageError"
     assert bad.reply["content"]["evalue"].startswith("--schema Nowhere: there is no 'Nowhere'")
     assert fake.requests == []
+
+
+def test_the_chat_substitutes_context_too(k: KernelSession, fake: FakeProviderServer) -> None:
+    k.ok("df = pd.DataFrame({'city': ['Lisbon', 'Oslo'], 'rain_mm': [2.5, 7.0]})")
+    k.ok("fig3, ax3 = plt.subplots(figsize=(2, 2)); plt.close(fig3)")
+    k.ok("from pk_notebook import Chat\nchat = Chat(pipe)\nplain = Chat(pipe, context=False)")
+    k.ok("r = await chat.send('Compare {df} with {fig3}')", interactive=False)
+    (request,) = fake.requests
+    parts = request.content_parts()
+    assert "DataFrame with 2 rows and 2 columns" in texts(parts)
+    assert [p["mime_type"] for p in parts if p["type"] == "image"] == ["image/png"]
+    k.ok("r = await plain.send('Keep {df} as typed')", interactive=False)
+    assert texts(fake.requests[-1].content_parts()) == "Keep {df} as typed"
+    bad = k.run("await chat.send('About {nothing_here}')", interactive=False)
+    assert bad.reply["content"]["ename"] == "UsageError"
+    assert "there is no variable 'nothing_here'" in bad.reply["content"]["evalue"]
+    assert len(fake.requests) == 2
