@@ -312,7 +312,11 @@ class Chat(widgets.VBox):
         live_class = f"pk-chat-{self.model_id}"
         return {
             "text/html": view.saved_transcript_html(
-                self._synced, title=self.title, session_id=self.session_id, live_class=live_class
+                self._synced,
+                title=self.title,
+                session_id=self.session_id,
+                live_class=live_class,
+                answer=self._stored_answer,
             ),
             "text/plain": self._export_markdown(),
         }
@@ -775,6 +779,16 @@ class Chat(widgets.VBox):
             self._showing = None
             throttle.close()
 
+    def _stored_answer(self, message: Message) -> str:
+        """A stored answer's text; with a schema, the object it validates to, as shown live."""
+        if self.schema is None or message.status is not None or not message.content.strip():
+            return message.content
+        try:
+            parsed = self.schema.parse(message.content)
+        except Exception:
+            return message.content
+        return final_object_bundle(self.schema, message.content, parsed, True)["text/markdown"]
+
     def _answer_markdown(self, result: Result) -> str:
         """The reply's final text: with a schema, the validated object (or the raw JSON)."""
         if self.schema is None:
@@ -912,7 +926,9 @@ class Chat(widgets.VBox):
             widget = widgets.HTML(view.user_html(message.content, message.attachments))
         else:
             widget = widgets.HTMLMath(
-                view.assistant_html(message.content, status=message.status, parts=parts)
+                view.assistant_html(
+                    self._stored_answer(message), status=message.status, parts=parts
+                )
             )
         return _Entry(message.role, widget, message, synced=True)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..runtime.types import Message
@@ -475,7 +475,12 @@ def footer_html(summary: str, status: str = "") -> str:
 
 
 def saved_transcript_html(
-    messages: Sequence[Message], *, title: str, session_id: str, live_class: str
+    messages: Sequence[Message],
+    *,
+    title: str,
+    session_id: str,
+    live_class: str,
+    answer: Callable[[Message], str] | None = None,
 ) -> str:
     """The conversation as static HTML, for the saved notebook, nbconvert and GitHub.
 
@@ -489,7 +494,8 @@ def saved_transcript_html(
         if message.role == "user":
             items.append(user_html(message.content, message.attachments))
         elif message.role == "assistant":
-            items.append(assistant_html(message.content, status=message.status, parts=parts))
+            text = answer(message) if answer is not None else message.content
+            items.append(assistant_html(text, status=message.status, parts=parts))
     body = "".join(items) or empty_html()
     # While the live chat is on the page, hide this copy; where it is not (the kernel
     # is gone), hide the widget's own output above the copy instead, which can only

@@ -149,3 +149,14 @@ async def test_the_footer_labels_estimated_usage() -> None:
     await chat.send("Hello")
     footer = chat._footer.value
     assert "tokens (estimated)" in footer and "≈" in footer
+
+
+async def test_a_reopened_schema_chat_shows_stored_answers_as_objects() -> None:
+    pipe, _ = pipe_with(Scenario(TRIP, schema="Trip"))
+    first = Chat(pipe, schema=Trip, session_id="trips")
+    await first.send("Plan three days in Lisbon")
+    again = Chat(pipe, schema=Trip, session_id="trips")
+    await again.refresh()
+    reply = transcript(again)[-1]
+    assert "<strong>city</strong>" in reply and '{"city"' not in reply
+    assert "<strong>city</strong>" in again._saved_bundle()["text/html"]
