@@ -123,3 +123,27 @@ class PacedProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+class StepProvider:
+    """Sends ``steps`` one by one: ``(text, seconds to wait after it)``; then finishes.
+
+    For looking at a half-written answer: a step with a long wait holds the
+    stream mid-answer (mid code fence, mid table) until Stop.
+    """
+
+    name = "steps"
+
+    def __init__(self, steps: list[tuple[str, float]], model: str = "steps-1") -> None:
+        self.steps = steps
+        self.model = model
+
+    async def stream(self, request: Request) -> AsyncIterator[Any]:
+        for text, wait in self.steps:
+            yield Delta(text)
+            if wait:
+                await asyncio.sleep(wait)
+        yield Finish(reason="stop", model=self.model)
+
+    async def aclose(self) -> None:
+        return None

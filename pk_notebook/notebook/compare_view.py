@@ -207,7 +207,7 @@ def compare_bundle(
         table_plain = "\n".join(" · ".join(f"{h} {r[h]}" for h in heads) for r in rows)
     grid = (
         '<div class="pk-compare pk-compare-final" style="display:grid;'
-        "grid-template-columns:repeat(auto-fit,minmax(18rem,1fr));gap:0.5rem 1.5rem;"
+        "grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:0.5rem 1.5rem;"
         'align-items:start">' + "".join(html_cols) + "</div>"
     )
     return {
@@ -307,10 +307,13 @@ class CompareView:
         column = self.columns[label]
         if not text or column.ended or self._finished:
             return
+        first = column.text_chars == 0
         column.splitter.feed(text)
         column.text_chars += len(text)
         column.dirty = True
         self._schedule()
+        if first:
+            self._refresh_status()  # "waiting for the first chunk" no more
 
     def ended(self, label: str) -> None:
         """``label``'s stream has ended: show the rest of its text, no more Stop for it."""
@@ -494,7 +497,7 @@ class CompareView:
         grid = w.GridBox(
             boxes,
             layout=w.Layout(
-                grid_template_columns="repeat(auto-fit, minmax(18rem, 1fr))",
+                grid_template_columns="repeat(auto-fit, minmax(15rem, 1fr))",
                 grid_gap="0.5rem 1.5rem",
                 width="100%",
             ),
