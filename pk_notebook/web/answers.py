@@ -262,34 +262,30 @@ class Answers:
         return answer
 
     async def _tick(self) -> None:
-        """While answers run: every tick, one Redis round trip for all of them (liveness,
-        stops asked for before the listener was ready, remote followers), then the
-        grace period of each detached one."""
+        """While answers run: every tick, one Redis round trip for all of them (this
+        process's liveness, and which detached ones a client follows from another
+        process), then the grace period of each detached one."""
         grace = self.settings.resume_grace
         tick = max(0.05, min(0.5, grace / 4)) if grace > 0 else 0.5
         loop = asyncio.get_running_loop()
         while self.running:
             await asyncio.sleep(tick)
             answers = list(self.running.values())
-            stops: set[str] = set()
             seen: set[str] = set()
             if self.shared is not None and answers:
-                detached = [a.id for a in answers if a.readers == 0]
+                detached = [a.id for a in answers if a.readers == 0 and grace > 0]
                 try:
-                    stops, seen = await self.shared.heartbeat([a.id for a in answers], detached)
+                    seen = await self.shared.heartbeat(detached)
                 except Exception as exc:
-                    logger.warning("renewing answers' liveness in Redis failed: %s", exc)
+                    logger.warning("renewing this process's liveness in Redis failed: %s", exc)
             now = loop.time()
             for answer in answers:
-                if answer.id in stops:
-                    answer.stop("stop requested")
-                else:
-                    answer.check_grace(now, answer.id in seen)
+                answer.check_grace(now, answer.id in seen)
 
     async def _register(self, answer_id: str, chat_id: str | None) -> None:
         assert self.shared is not None
         try:
-            await self.shared.listen(self.stop_local)
+            await self.shared.listen(self.stop_local, lambda: list(self.running))
             await self.shared.register(answer_id, chat_id)
         except Exception as exc:
             logger.warning("registering an answer in Redis failed: %s", exc)

@@ -216,7 +216,7 @@ def create_app(
         logs.install()  # again: a server may have configured logging since create_app
         if shared is not None:
             try:
-                await shared.listen(answers.stop_local)
+                await shared.listen(answers.stop_local, lambda: list(answers.running))
             except Exception as exc:
                 logger.warning("cannot listen for stop messages in Redis yet: %s", exc)
         yield

@@ -18,14 +18,15 @@ last id it saw and reads the rest. Two kinds:
     another process follows with ``XREAD BLOCK``. The same
     object carries what else the processes share: the stop signal (a key plus a
     pub/sub message the owning process listens for), presence (a follower's
-    key, so the owner knows a client is attached elsewhere), the owner's liveness
-    key, and the global cap on running streams (:class:`RedisCap`).
+    key, so the owner knows a client is attached elsewhere), each process's
+    liveness key (one per process, renewed once a tick), and the global cap on
+    running streams (:class:`RedisCap`).
 
 Keys (``prefix`` is the session store's, ``pk_notebook:`` by default)::
 
     {prefix}answer:{id}:events   stream: entry 0-N holds frames f..N ("f", "d"; "e" on the last)
-    {prefix}answer:{id}:meta     hash: state (running / done)
-    {prefix}answer:{id}:alive    string with a short expiry, renewed by the owner
+    {prefix}answer:{id}:meta     hash: state (running / done), owner (a process id)
+    {prefix}process:{owner}      string with a short expiry, renewed by that process
     {prefix}answer:{id}:seen     string with a short expiry, renewed by remote followers
     {prefix}answer:{id}:stop     string: a stop was asked for
     {prefix}answer-stop          pub/sub channel: answer ids to stop
@@ -235,6 +236,7 @@ class RedisReplay:
         flush_interval: float = 0.05,
         flush_events: int = 256,
         lease: float = 15.0,
+        max_connections: int = 2048,
         **redis_options: Any,
     ) -> None:
         self.url = url
@@ -243,15 +245,21 @@ class RedisReplay:
         self.ttl_ms = max(1, int(ttl * 1000))
         self.batcher = RedisBatcher(self, flush_interval, flush_events)
         self.lease = lease
+        # A follower holds a connection during each XREAD BLOCK: a blocking pool waits
+        # for a free one (redis-py's default pool fails at 100).
         self._options: dict[str, Any] = {
             "socket_connect_timeout": 5.0,
             "health_check_interval": 30,
+            "max_connections": max_connections,
+            "timeout": 10.0,
             **redis_options,
         }
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Task[None] | None = None
         self.channel = f"{prefix}answer-stop"
+        #: this process's id: its answers' "owner", and its liveness key
+        self.process_id = uuid.uuid4().hex
         self.cap = RedisCap(self, f"{prefix}streams", lease)
 
     @classmethod
@@ -273,7 +281,8 @@ class RedisReplay:
         if self._client is None or self._loop is not loop:
             import redis.asyncio as aioredis
 
-            self._client = aioredis.Redis.from_url(self.url, **self._options)
+            pool = aioredis.BlockingConnectionPool.from_url(self.url, **self._options)
+            self._client = aioredis.Redis(connection_pool=pool)
             self._loop = loop
         return self._client
 
@@ -290,7 +299,7 @@ class RedisReplay:
         if self._client is not None:
             client, self._client = self._client, None
             try:
-                await client.aclose()
+                await client.aclose(close_connection_pool=True)
             except Exception:  # a closed loop, a dead server: nothing left to release
                 logger.debug("closing the replay's Redis client failed", exc_info=True)
 
@@ -302,46 +311,67 @@ class RedisReplay:
         if chat_id is not None:
             pipe.set(f"{self.prefix}chat:{chat_id}", answer_id, px=self.ttl_ms)
         # HSETNX: if the answer already ended (and its last flush said "done"), it stays so.
-        pipe.hsetnx(self.key(answer_id, "meta"), "state", "running")
-        pipe.pexpire(self.key(answer_id, "meta"), self.ttl_ms)
-        pipe.set(self.key(answer_id, "alive"), b"1", px=int(PRESENCE_SECONDS * 1000))
+        meta = self.key(answer_id, "meta")
+        pipe.hsetnx(meta, "state", "running")
+        pipe.hset(meta, "owner", self.process_id)
+        pipe.pexpire(meta, self.ttl_ms)
+        pipe.set(self.process_key(self.process_id), b"1", px=int(PRESENCE_SECONDS * 1000))
         await pipe.execute()
 
     def writer(self, answer_id: str) -> RedisWriter:
         return RedisWriter(self.batcher, self.key(answer_id, "events"), self.key(answer_id, "meta"))
 
-    async def heartbeat(self, running: list[str], detached: list[str]) -> tuple[set[str], set[str]]:
-        """One round trip for every answer of this process: renew each one's liveness;
-        return (the answers a stop was asked for, the detached answers a client follows
-        from another process)."""
+    def process_key(self, process_id: str) -> str:
+        return f"{self.prefix}process:{process_id}"
+
+    async def heartbeat(self, detached: list[str]) -> set[str]:
+        """One round trip per tick, whatever the number of answers: renew this process's
+        liveness key (its answers' followers check it); return the detached answers a
+        client follows from another process."""
         pipe = self.client.pipeline(transaction=False)
-        alive_ms = int(PRESENCE_SECONDS * 1000)
-        for answer_id in running:
-            pipe.set(self.key(answer_id, "alive"), b"1", px=alive_ms)
-            pipe.exists(self.key(answer_id, "stop"))
+        pipe.set(self.process_key(self.process_id), b"1", px=int(PRESENCE_SECONDS * 1000))
         for answer_id in detached:
             pipe.exists(self.key(answer_id, "seen"))
         replies = await pipe.execute()
-        n = len(running)
-        stops = {running[i] for i in range(n) if replies[2 * i + 1]}
-        seen = {detached[i] for i in range(len(detached)) if replies[2 * n + i]}
-        return stops, seen
+        return {answer_id for answer_id, seen in zip(detached, replies[1:], strict=True) if seen}
 
-    async def listen(self, on_stop: Callable[[str], object]) -> None:
-        """Start (once) the task that calls ``on_stop(answer_id)`` for each stop message."""
+    async def stops_asked(self, running: list[str]) -> list[str]:
+        """The answers among ``running`` a stop was asked for (after the listener
+        (re)subscribed: a message sent while it was not listening is not lost)."""
+        if not running:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for answer_id in running:
+            pipe.exists(self.key(answer_id, "stop"))
+        replies = await pipe.execute()
+        return [answer_id for answer_id, asked in zip(running, replies, strict=True) if asked]
+
+    async def listen(
+        self, on_stop: Callable[[str], object], running: Callable[[], list[str]]
+    ) -> None:
+        """Start (once) the task that calls ``on_stop(answer_id)`` for each stop message;
+        each time it (re)subscribes, the stop keys of the ``running()`` answers are read,
+        so a stop asked for while it was not listening still arrives."""
         if self._listener is not None and not self._listener.done():
             return
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._listener = asyncio.ensure_future(self._listen(on_stop, ready))
+        self._listener = asyncio.ensure_future(self._listen(on_stop, running, ready))
         await asyncio.wait({ready, self._listener}, return_when=asyncio.FIRST_COMPLETED)
 
-    async def _listen(self, on_stop: Callable[[str], object], ready: asyncio.Future[None]) -> None:
+    async def _listen(
+        self,
+        on_stop: Callable[[str], object],
+        running: Callable[[], list[str]],
+        ready: asyncio.Future[None],
+    ) -> None:
         while True:
             try:
                 async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
                     if not ready.done():
                         ready.set_result(None)
+                    for answer_id in await self.stops_asked(running()):
+                        on_stop(answer_id)
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             on_stop(message["data"].decode("ascii", "replace"))
@@ -349,7 +379,7 @@ class RedisReplay:
                 raise
             except Exception as exc:
                 if not ready.done():
-                    ready.set_result(None)  # the heartbeat's stop key still works
+                    ready.set_result(None)  # the stop keys are read when it is back
                 logger.warning("listening for stop messages in Redis failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
 
@@ -392,12 +422,15 @@ class RedisReplay:
                 touched = now
                 pipe = client.pipeline(transaction=False)
                 pipe.set(self.key(answer_id, "seen"), b"1", px=int(PRESENCE_SECONDS * 1000))
-                pipe.exists(self.key(answer_id, "alive"))
+                pipe.hmget(self.key(answer_id, "meta"), "state", "owner")
                 pipe.exists(events)
-                _, alive, exists = await pipe.execute()
+                _, (state, owner), exists = await pipe.execute()
                 if not exists:
                     yield expired_frames(answer_id)
                     return
+                alive = state != b"running" or (
+                    owner is not None and await client.exists(self.process_key(owner.decode()))
+                )
                 if not alive and not await client.xrange(events, f"0-{cursor + 1}", "+", count=1):
                     yield (
                         resume_error(
@@ -479,7 +512,7 @@ class RedisWriter:
         if not self.dirty:
             self.dirty = True
             self.batcher.mark(self)
-        self.batcher.kick()
+        # Not a flush of its own: the next batch (at most flush_interval away) takes it.
         await asyncio.shield(self.done)
 
 
@@ -515,7 +548,8 @@ class RedisBatcher:
     """Writes the frames of every answer of this process to Redis, in batches.
 
     A flush runs ``flush_interval`` seconds after the first frame pending since the
-    last one (at once when an answer has ``flush_events`` pending, or ends): one
+    last one (at once when an answer has ``flush_events`` pending; an answer that
+    ends waits for the next one): one
     Lua call for every answer with frames, whatever their number, so the cost per
     chunk in this process is a list append plus a share of one round trip. Frames
     added during a round trip go in the next one.
@@ -544,11 +578,14 @@ class RedisBatcher:
 
     async def _drain(self) -> None:
         try:
-            while self.dirty:
-                batch, self.dirty = self.dirty, []
-                await self._write(batch)
+            batch, self.dirty = self.dirty, []
+            await self._write(batch)
         finally:
             self._task = None
+            # What came during the round trip waits for the next interval: batches stay
+            # large under load instead of following each other round trip by round trip.
+            if self.dirty and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self.kick)
 
     async def _write(self, batch: list[RedisWriter]) -> None:
         keys: list[str] = []
@@ -584,9 +621,10 @@ class RedisBatcher:
                     writer.done.set_result(None)
 
     async def aclose(self) -> None:
-        self.kick()
-        while self._task is not None:
-            await asyncio.shield(self._task)
+        while self.dirty or self._task is not None:
+            self.kick()
+            if self._task is not None:
+                await asyncio.shield(self._task)
 
 
 class RedisCap:
