@@ -1,0 +1,296 @@
+"""The ``%%stream`` live view at scale: incremental updates against whole-text updates.
+
+``python -m benchmarks.live [--sizes 10000,100000,1000000] [--rate 100000] [--no-browser]``
+
+Part 1, in a real kernel (jupyter_client, as a front end sees it): a Markdown
+answer of each size (``benchmarks/live_answers.py``: headings, paragraphs,
+lists, code, tables) streams at ``--rate`` characters a second through
+``%%stream``, once with the incremental view (today's default) and once with
+the old whole-text updates (``live.INCREMENTAL = False``), in the same kernel.
+Reported per run: messages and bytes the live view sent to the front end
+(everything before the final output), their ratio to the answer's size, the
+visible updates per second in each quarter of the stream, and the kernel's
+Python CPU per update (median in the first and the last quarter: flat means the
+cost does not grow with the answer).
+
+Part 2, in headless Chromium (JupyterLab, Playwright, a ``longtask``
+PerformanceObserver): the longest main-thread task and the total blocking time
+(the part of each task beyond 50 ms) while a 1 MB answer streams, both ways,
+and while four answers stream side by side (``%%stream -m a -m b -m c -m d``);
+tasks after the live view is replaced (the final output's one render) are
+reported apart.
+
+Nothing here runs in the test suite; the kernel tests check generous bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KERNEL_SETUP = """
+import sys
+sys.path.insert(0, {root!r})
+from benchmarks.live_answers import long_answer, PacedProvider
+from pk_notebook import Pipeline
+import pk_notebook.notebook.live as live_module
+_finish = live_module.LiveOutput.finish
+def _recording_finish(self, *args, **kwargs):
+    live_module.LAST_LIVE = self
+    return _finish(self, *args, **kwargs)
+live_module.LiveOutput.finish = _recording_finish
+import time as _time
+import pk_notebook.notebook.compare_view as compare_module
+_compare_finish = compare_module.CompareView.finish
+def _recording_compare_finish(self, *args, **kwargs):
+    live_module.REPLACED_AT = _time.time()
+    return _compare_finish(self, *args, **kwargs)
+compare_module.CompareView.finish = _recording_compare_finish
+_replace = live_module.LiveOutput._replace_cell_outputs
+def _recording_replace(group):
+    live_module.REPLACED_AT = _time.time()
+    return _replace(group)
+live_module.LiveOutput._replace_cell_outputs = staticmethod(_recording_replace)
+"""
+
+
+def _kernel_session(home: Path) -> Any:
+    sys.path.insert(0, str(ROOT))
+    from tests.notebook.conftest import KernelSession
+
+    return KernelSession(home)
+
+
+def _live_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    shown = []
+    for msg in messages:
+        if msg["msg_type"] == "clear_output":
+            break
+        if msg["msg_type"] in ("display_data", "update_display_data", "comm_msg", "comm_open"):
+            shown.append(msg)
+    return shown
+
+
+def _size(msg: dict[str, Any]) -> int:
+    return len(json.dumps(msg["content"], ensure_ascii=False).encode())
+
+
+def _update_times(messages: list[dict[str, Any]]) -> list[float]:
+    times: list[float] = []
+    for msg in _live_messages(messages):
+        if msg["msg_type"] in ("display_data", "update_display_data") and (
+            "text/markdown" in msg["content"]["data"]
+        ):
+            at = msg["header"]["date"].timestamp()
+            if not times or at - times[-1] > 0.01:
+                times.append(at)
+    return times
+
+
+def _quarters(times: list[float]) -> list[float]:
+    if len(times) < 2:
+        return [0.0] * 4
+    span = times[-1] - times[0]
+    counts = [0, 0, 0, 0]
+    for t in times:
+        counts[min(3, int(4 * (t - times[0]) / span))] += 1
+    return [c / (span / 4) for c in counts]
+
+
+def kernel_runs(sizes: list[int], rate: float) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        k = _kernel_session(Path(tmp))
+        try:
+            k.ok("%load_ext pk_notebook", interactive=False)
+            k.ok(KERNEL_SETUP.format(root=str(ROOT)), interactive=False)
+            for size in sizes:
+                k.ok(
+                    f"text = long_answer({size})\n"
+                    f"pipe = Pipeline(PacedProvider(text, rate={rate}), idle_timeout=None)",
+                    interactive=False,
+                )
+                for mode in ("incremental", "whole"):
+                    k.ok(f"live_module.INCREMENTAL = {mode == 'incremental'}", interactive=False)
+                    run = k.ok("%%stream --pipeline pipe\nGo", timeout=600)
+                    live = _live_messages(run.messages)
+                    sent = sum(_size(m) for m in live)
+                    times = _update_times(run.messages)
+                    cpu = json.loads(
+                        k.ok(
+                            "import json; print(json.dumps(live_module.LAST_LIVE.render_cpu))",
+                            interactive=False,
+                        ).stdout
+                    )
+                    q = max(1, len(cpu) // 4)
+                    rows.append(
+                        {
+                            "size": size,
+                            "mode": mode,
+                            "messages": len(live),
+                            "bytes": sent,
+                            "ratio": sent / size,
+                            "updates": len(times),
+                            "rates": _quarters(times),
+                            "cpu_first_ms": 1000 * statistics.median(cpu[:q]) if cpu else 0.0,
+                            "cpu_last_ms": 1000 * statistics.median(cpu[-q:]) if cpu else 0.0,
+                            "cpu_max_ms": 1000 * max(cpu) if cpu else 0.0,
+                            "seconds": run.elapsed,
+                        }
+                    )
+                    print(_kernel_line(rows[-1]), flush=True)
+            k.ok("live_module.INCREMENTAL = True", interactive=False)
+        finally:
+            k.close()
+    return rows
+
+
+def _kernel_line(row: dict[str, Any]) -> str:
+    rates = "/".join(f"{r:.1f}" for r in row["rates"])
+    return (
+        f"{row['size'] / 1000:>6.0f} kB {row['mode']:<11} {row['messages']:>6} msgs "
+        f"{row['bytes'] / 1e6:>8.2f} MB ({row['ratio']:>5.2f}x)  updates/s by quarter {rates:<19} "
+        f"CPU/update first {row['cpu_first_ms']:.2f} ms, last {row['cpu_last_ms']:.2f} ms, "
+        f"max {row['cpu_max_ms']:.1f} ms"
+    )
+
+
+# --- the browser --------------------------------------------------------------------------
+
+OBSERVER_JS = """() => {
+    window.__pkLong = [];
+    new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) {
+            window.__pkLong.push([performance.timeOrigin + e.startTime, e.duration]);
+        }
+    }).observe({type: 'longtask', buffered: false});
+    return performance.timeOrigin + performance.now();
+}"""
+
+
+def _blocking(tasks: list[list[float]], start: float, end: float) -> dict[str, float]:
+    inside = [d for t, d in tasks if start <= t < end]
+    return {
+        "longest_ms": max(inside, default=0.0),
+        "blocking_ms": sum(max(0.0, d - 50) for d in inside),
+        "long_tasks": float(len(inside)),
+    }
+
+
+def browser_runs(size: int, rate: float, verbose: bool = False) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(ROOT))
+    from tests.browser.jupyterlab import JupyterLab, LabPage, chromium, write_notebook
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        (base / "root").mkdir()
+        (base / "home").mkdir()
+        lab = JupyterLab(base / "root", base / "home", env={"PK_NOTEBOOK_PROVIDER": "mock"})
+        side = size // 4
+        setup = (
+            "%load_ext pk_notebook\n"
+            + KERNEL_SETUP.format(root=str(ROOT))
+            + f"text = long_answer({size})\n"
+            + f"pipe = Pipeline(PacedProvider(text, rate={rate}), idle_timeout=None)\n"
+            + "".join(
+                f"p{i} = Pipeline(PacedProvider(long_answer({side}, seed={i}), "
+                f"rate={rate / 4}), idle_timeout=None)\n"
+                for i in range(4)
+            )
+        )
+        when = "print(live_module.REPLACED_AT)"
+        runs = (
+            ("1 MB, incremental", "live_module.INCREMENTAL = True", "--pipeline pipe"),
+            ("1 MB, whole text", "live_module.INCREMENTAL = False", "--pipeline pipe"),
+            ("4 side by side", "live_module.INCREMENTAL = True", "-m p0 -m p1 -m p2 -m p3"),
+        )
+        # one notebook (and kernel) per run: no big output of an earlier run on the page
+        for n, (_, mode, line) in enumerate(runs):
+            write_notebook(
+                base / "root" / f"bench{n}.ipynb", [setup, mode, f"%%stream {line}\nGo", when]
+            )
+        lab.start()
+        try:
+            with chromium(base / "chromium") as browser:
+                for n, (label, _, _) in enumerate(runs):
+                    context = browser.new_context(viewport={"width": 1280, "height": 900})
+                    page = context.new_page()
+                    page.set_default_timeout(120_000)
+                    lp = LabPage(page, lab, base / "shots")
+                    lp.open(f"bench{n}.ipynb")
+                    lp.run_cell_and_wait(0, timeout=120)
+                    lp.run_cell_and_wait(1)
+                    start = page.evaluate(OBSERVER_JS)
+                    lp.run_cell(2)
+                    lp.wait_cell_done(2, timeout=600)
+                    page.wait_for_timeout(1500)
+                    tasks = page.evaluate("window.__pkLong")
+                    # when the kernel replaced the live view by the final output (epoch ms);
+                    # the front end's work after it is the final output's one render
+                    replaced = 1000 * float(lp_value(lp, 3))
+                    row = {
+                        "run": label,
+                        "live": _blocking(tasks, start, replaced),
+                        "final": _blocking(tasks, replaced, float("inf")),
+                        "seconds": (replaced - start) / 1000,
+                    }
+                    rows.append(row)
+                    print(_browser_line(row), flush=True)
+                    if verbose:
+                        print(
+                            "   long tasks (s after start: ms):",
+                            ", ".join(
+                                f"{(t - start) / 1000:.1f}{'*' if t >= replaced else ''}: {d:.0f}"
+                                for t, d in tasks
+                            ),
+                        )
+                    context.close()
+        finally:
+            lab.stop()
+    return rows
+
+
+def lp_value(lp: Any, index: int) -> str:
+    """Run cell ``index`` (a print) and return what it printed."""
+    lp.run_cell_and_wait(index)
+    return str(lp.output_text(index)).strip()
+
+
+def _browser_line(row: dict[str, Any]) -> str:
+    live, final = row["live"], row["final"]
+    return (
+        f"{row['run']:<18} streaming {row['seconds']:>5.1f} s: longest task "
+        f"{live['longest_ms']:>6.0f} ms, {live['long_tasks']:.0f} long tasks, total blocking "
+        f"{live['blocking_ms']:>7.0f} ms | final output: longest {final['longest_ms']:.0f} ms"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--rate", type=float, default=100_000, help="characters per second")
+    parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--browser-size", type=int, default=1_000_000)
+    parser.add_argument("--browser-only", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list every long task")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if not args.browser_only:
+        print(f"== kernel: answers streamed at {args.rate / 1000:.0f} kB/s", flush=True)
+        kernel_runs(sizes, args.rate)
+    if not args.no_browser:
+        print("== browser: main-thread long tasks (PerformanceObserver 'longtask')", flush=True)
+        browser_runs(args.browser_size, args.rate, args.verbose)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
