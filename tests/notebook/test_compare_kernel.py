@@ -110,3 +110,40 @@ def test_usage_errors_are_one_line(k: KernelSession, line: str, message: str) ->
     run = k.run(f"%%stream {line}\nhi", interactive=False)
     assert run.reply["content"]["status"] == "error"
     assert run.stderr.startswith("UsageError: ") and message in run.stderr, run.stderr
+
+
+def test_without_widgets_one_status_line_per_model_then_the_answers(k: KernelSession) -> None:
+    run = k.ok("%%stream -m steady -m broken --live display\nCount")
+    assert run.count("comm_open") == 0
+    statuses = [
+        m["content"]["data"]["text/plain"]
+        for m in run.of_type("display_data", "update_display_data")
+        if set(m["content"]["data"]) == {"text/plain"}
+    ]
+    assert statuses and statuses[0].startswith("steady: ") and "\nbroken: " in statuses[0]
+    assert "Kernel > Interrupt" in statuses[-1] or "Stop needs" in statuses[-1]
+    md = the_output(run)["text/markdown"]
+    assert "### steady" in md and "**Failed:**" in md
+
+
+def test_interrupt_stops_every_model_and_ends_the_cell_in_error(k: KernelSession) -> None:
+    state: dict[str, float] = {}
+
+    def interrupt(execution: Execution, msg: dict[str, Any]) -> None:
+        import time
+
+        if msg["msg_type"] == "execute_input":
+            state["start"] = time.monotonic()
+        if "start" in state and "sent" not in state and time.monotonic() - state["start"] > 1.0:
+            state["sent"] = 1
+            k.km.interrupt_kernel()
+
+    run = k.run(
+        "%%stream -m slow -m mock:other -o cut\nWrite a story about a dragon", during=interrupt
+    )
+    reply = run.reply["content"]
+    assert reply["status"] == "error" and reply["ename"] == "CellInterrupted"
+    answer, error = run.outputs
+    assert error["output_type"] == "error"
+    assert answer["data"]["text/markdown"].count("**Stopped:**") == 2
+    assert k.value("sorted(r.status.value for r in cut.values())") == "['stopped', 'stopped']"
