@@ -236,8 +236,8 @@ def _settings(args: argparse.Namespace, *, quiet: bool = False) -> Any:
     )
 
 
-def _build_app(args: argparse.Namespace, settings: Any, *, quiet: bool = False) -> Any:
-    """The pipeline (provider, store, tools) and its app, as one process serves them."""
+def _build_app(args: argparse.Namespace, settings: Any, *, quiet: bool = False) -> tuple[Any, Any]:
+    """The app and its pipeline (provider, store, tools), as one process serves them."""
     from ..providers import create_provider
     from ..runtime.middleware import ProviderMiddleware
     from ..runtime.pipeline import Pipeline
@@ -255,13 +255,14 @@ def _build_app(args: argparse.Namespace, settings: Any, *, quiet: bool = False) 
     pipe = Pipeline(ProviderMiddleware(create_provider(args.provider)), state_store=store)
     # The lifespan closes the pipeline and the store while the loop still runs:
     # uvicorn re-raises SIGINT/SIGTERM after serving, which may end the process.
-    return create_app(
+    app = create_app(
         pipe,
         settings,
         tools=tools.tools,
         max_tool_rounds=tools.max_tool_rounds,
         close_pipeline=True,
     )
+    return app, pipe
 
 
 async def _serve(args: argparse.Namespace, settings: Any) -> None:
@@ -269,8 +270,7 @@ async def _serve(args: argparse.Namespace, settings: Any) -> None:
 
     from .server import server_config
 
-    app = _build_app(args, settings)
-    pipe = app.state.pipeline
+    app, pipe = _build_app(args, settings)
     try:
         config = server_config(
             app,
@@ -302,7 +302,7 @@ def worker_app() -> Any:
     BoundedH11Protocol.request_timeout = settings.request_timeout
     BoundedH11Protocol.write_timeout = settings.write_timeout
     BoundedWebSocketProtocol.write_timeout = settings.write_timeout
-    return _build_app(args, settings, quiet=True)
+    return _build_app(args, settings, quiet=True)[0]
 
 
 def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
