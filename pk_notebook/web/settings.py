@@ -57,8 +57,10 @@ class WebSettings:
     write_timeout:
         seconds one write to a client may wait for it to read. A client that stops
         reading is treated as gone when it expires: its turn is stopped (the partial
-        answer saved as stopped) and its stream slot freed. Generous because only a
-        full socket buffer (megabytes unread) makes a write wait at all.
+        answer saved as stopped) and its stream slot freed (``/stream`` and
+        ``/api/chat``: the client is detached, and its answer stops after
+        ``resume_grace``). Generous because only a full socket buffer (megabytes
+        unread) makes a write wait at all.
     read_timeout:
         seconds to wait for each piece of a request body (then 408), so a client
         that sends half a body does not hold a request open.

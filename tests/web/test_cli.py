@@ -139,3 +139,4 @@ def test_the_command_line_defaults_are_the_settings_defaults() -> None:
     assert args.read_timeout == defaults.read_timeout
     assert args.request_timeout == defaults.request_timeout
     assert args.max_header_bytes == defaults.max_header_bytes
+    assert args.resume_grace == defaults.resume_grace

@@ -176,6 +176,25 @@ async def test_a_disconnected_answer_runs_on_for_the_grace_period(serve: Any) ->
     assert history[-1].status == "stopped" and history[-1].interrupted
 
 
+def test_resume_settings_are_checked() -> None:
+    from pk_notebook.runtime import ConfigurationError
+    from pk_notebook.web import WebSettings
+
+    assert WebSettings(resume_grace=0).resume_grace == 0
+    for bad in ({"resume_grace": -1}, {"replay_ttl": 0}, {"replay_max_events": 0}):
+        with pytest.raises(ConfigurationError):
+            WebSettings(**bad)
+
+
+def test_several_workers_need_the_redis_store(capsys: pytest.CaptureFixture[str]) -> None:
+    from pk_notebook.web.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", "--workers", "2", "--store", "memory", "--log-level", "warning"])
+    assert exit.value.code == 2
+    assert "--workers 2 needs --store redis://" in capsys.readouterr().err
+
+
 # --- several processes, one redis-server ------------------------------------------------
 
 
