@@ -95,3 +95,52 @@ def test_demo_page_streams_and_stops(serve: Any, artifacts_dir: Path, tmp_path: 
         finally:
             context.close()
     assert problems == []
+
+
+@pytest.mark.browser
+def test_demo_page_resumes_after_a_dropped_connection(serve: Any, tmp_path: Path) -> None:
+    """The first response is cut after a few events (the page sees the connection end);
+    EventSource reconnects with Last-Event-ID and the page shows the rest, once."""
+    executable = require_binary(CHROMIUM, "apt-get install chromium")
+    from playwright.sync_api import Route, sync_playwright
+
+    live = serve(demo_provider(), heartbeat=None)
+    seen: list[dict[str, str]] = []
+
+    def cut_the_first(route: Route) -> None:
+        request = route.request
+        seen.append({"url": request.url})
+        if len(seen) > 1:
+            route.continue_()
+            return
+        response = route.fetch()
+        blocks = response.body().split(b"\n\n")
+        route.fulfill(
+            status=200, headers=response.headers, body=b"\n\n".join(blocks[:12]) + b"\n\n"
+        )
+
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=executable,
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--disk-cache-dir={tmp_path / 'cache'}"],
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.route("**/stream?*", cut_the_first)
+            page.goto(live.url + "/")
+            page.fill("#prompt", "endless text, please")
+            page.click("#sse-start")
+            page.wait_for_selector('#sse-status[data-state="finished"]')
+            assert page.evaluate(STREAMED_TEXT, "sse-output") == LONG_ANSWER
+        finally:
+            context.close()
+    assert problems == []
+    # EventSource reconnected to the same URL (with Last-Event-ID, which Chromium adds
+    # below the layer Playwright intercepts): the same answer went on, not a new one.
+    assert len(seen) == 2 and seen[1]["url"] == seen[0]["url"]
+    assert len(live.provider.calls) == 1
