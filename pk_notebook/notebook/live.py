@@ -354,6 +354,7 @@ class LiveOutput:
         self._tail_handle: Any = None  # the display of the current block's tail
         self._backlog: deque[str] = deque()  # finished pieces not sent yet
         self._live_handles: list[Any] = []  # displays made for finished pieces and tails
+        self._last_tail: dict[str, str] = {}  # what the tail's display shows now
         self._ticker: asyncio.TimerHandle | None = None
         self._printed = 0
         self._shown = False
@@ -431,6 +432,7 @@ class LiveOutput:
                 self._splitter = BlockSplitter()
                 self._tail_handle = self._handles.get(id(block))
                 self._backlog.clear()
+                self._last_tail = {}
         if self._splitter is not None:
             self._splitter.feed(text)
         self._throttle.push(text)
@@ -630,8 +632,11 @@ class LiveOutput:
             self._throttle.poke()  # the rest at the next update; the tail after it
         else:
             tail = self._piece_bundle(splitter.tail, finished=False)
-            if self._tail_handle is not None or any(v.strip() for v in tail.values()):
+            if self._tail_handle is None and not any(v.strip() for v in tail.values()):
+                pass  # nothing to show yet
+            elif self._tail_handle is None or tail != self._last_tail:
                 self._tail_handle = self._send(self._tail_handle, tail)
+            self._last_tail = tail
         self.render_cpu.append(time.thread_time() - began)
         self._show_status(self._status_text())
 
