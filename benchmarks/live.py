@@ -283,13 +283,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="list every long task")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    missed: list[str] = []
     if not args.browser_only:
         print(f"== kernel: answers streamed at {args.rate / 1000:.0f} kB/s", flush=True)
-        kernel_runs(sizes, args.rate)
+        for row in kernel_runs(sizes, args.rate):
+            if row["mode"] != "incremental" or row["size"] < 100_000:
+                continue  # a 10 kB answer streams in 0.1 s: too short for rates
+            if row["ratio"] > 2:
+                missed.append(f"{row['size']} chars: live bytes {row['ratio']:.2f}x > 2x")
+            if min(row["rates"]) < 10:
+                missed.append(f"{row['size']} chars: {min(row['rates']):.1f} updates/s < 10")
     if not args.no_browser:
         print("== browser: main-thread long tasks (PerformanceObserver 'longtask')", flush=True)
-        browser_runs(args.browser_size, args.rate, args.verbose)
-    return 0
+        for row in browser_runs(args.browser_size, args.rate, args.verbose):
+            if row["run"] != "1 MB, whole text" and row["live"]["longest_ms"] > 200:
+                missed.append(f"{row['run']}: a {row['live']['longest_ms']:.0f} ms task > 200 ms")
+    for line in missed:
+        print(f"TARGET MISSED: {line}", flush=True)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
