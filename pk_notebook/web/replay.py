@@ -57,6 +57,19 @@ logger = logging.getLogger("pk_notebook")
 PRESENCE_SECONDS = 2.0
 
 
+def _no_client_info() -> dict[str, Any]:
+    """The connection options that turn ``CLIENT SETINFO`` off: ``driver_info=None`` since
+    redis-py 7 (which deprecates ``lib_name``/``lib_version``), those two before."""
+    try:
+        import redis.driver_info  # noqa: F401
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
+
+
+_NO_CLIENT_INFO = _no_client_info()
+
+
 def resume_error(code: str, message: str, **extra: Any) -> bytes:
     """An ``error`` event (no id: it is not part of the answer) for a failed resume."""
     error = {"type": "ResumeError", "code": code, "message": message, **extra}
@@ -254,8 +267,7 @@ class RedisReplay:
             "timeout": 10.0,
             # No CLIENT SETINFO per connection (redis-py otherwise sends it, and looks
             # its own version up each time, about 1 ms of CPU per new connection).
-            "lib_name": None,
-            "lib_version": None,
+            **_NO_CLIENT_INFO,
             **redis_options,
         }
         self._client: Any = None

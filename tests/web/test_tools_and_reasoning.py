@@ -258,7 +258,8 @@ async def test_sse_disconnect_during_a_server_tool_cancels_it(serve: Any) -> Non
             cancelled.set()
         return "never"
 
-    live = serve(make_pipeline(ToolScript("slow_lookup")), tools=[slow_lookup])
+    # resume_grace=0: leaving stops the answer at once (with a grace, after it).
+    live = serve(make_pipeline(ToolScript("slow_lookup")), tools=[slow_lookup], resume_grace=0)
     kinds = []
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
         body = {"prompt": "Umbrella in Paris?", "session": "stop-tool"}
