@@ -220,7 +220,9 @@ class Answers:
         self.settings = settings
         self.slots = slots
         self.shared = shared
-        self.local = MemoryReplay(settings.replay_max_events, settings.replay_ttl)
+        # With Redis the ended answers are kept there: this process keeps them briefly.
+        ttl = settings.replay_ttl if shared is None else min(settings.replay_ttl, 5.0)
+        self.local = MemoryReplay(settings.replay_max_events, ttl)
         self.running: dict[str, Answer] = {}
         self._ticker: asyncio.Task[None] | None = None
         #: chat id -> its latest answer (``/api/chat``'s resume)

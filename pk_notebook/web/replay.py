@@ -7,8 +7,10 @@ last id it saw and reads the rest. Two kinds:
 
 :class:`MemoryReplay`
     one process: a list per answer, bounded to ``max_events`` frames, dropped
-    ``ttl`` seconds after the answer ended. Always used for the answers a process
-    runs itself, so its own clients never wait on a network round trip.
+    ``ttl`` seconds after the answer ended (and at most ``max_ended`` ended answers
+    kept, the oldest dropped first). Always used for the answers a process runs
+    itself, so its own clients never wait on a network round trip; with Redis, an
+    ended answer stays here only a few seconds (Redis keeps it for the TTL).
 :class:`RedisReplay`
     many processes (``pk-notebook serve --workers N --store redis://...``): the
     same frames in one Redis Stream per answer (an entry per batch, trimmed with
@@ -169,10 +171,13 @@ class _Buffer:
 class MemoryReplay:
     """Replay buffers of the answers this process runs (see the module docstring)."""
 
-    def __init__(self, max_events: int = 10_000, ttl: float = 120.0) -> None:
+    def __init__(self, max_events: int = 10_000, ttl: float = 120.0, max_ended: int = 1024) -> None:
         self.max_events = max_events
         self.ttl = ttl
+        #: ended answers kept at most (the oldest go first), whatever their TTL
+        self.max_ended = max_ended
         self._buffers: dict[str, _Buffer] = {}
+        self._ended: dict[str, None] = {}  # insertion-ordered: oldest first
 
     def __contains__(self, answer_id: str) -> bool:
         return answer_id in self._buffers
@@ -189,11 +194,16 @@ class MemoryReplay:
         if buffer is None:
             return
         buffer.end()
+        self._ended[answer_id] = None
+        while len(self._ended) > self.max_ended:
+            oldest = next(iter(self._ended))
+            self._drop(oldest, self._buffers.get(oldest))
         asyncio.get_running_loop().call_later(self.ttl, self._drop, answer_id, buffer)
 
-    def _drop(self, answer_id: str, buffer: _Buffer) -> None:
+    def _drop(self, answer_id: str, buffer: _Buffer | None) -> None:
         if self._buffers.get(answer_id) is buffer:
-            del self._buffers[answer_id]
+            self._buffers.pop(answer_id, None)
+            self._ended.pop(answer_id, None)
 
     async def follow(self, answer_id: str, after: int) -> AsyncGenerator[bytes, None]:
         buffer = self._buffers.get(answer_id)

@@ -448,3 +448,44 @@ async def test_serve_with_workers_shares_answers_through_redis(
     output = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Traceback" not in output, output
     assert result_of(whole)["status"] == "finished" and text
+
+
+# --- the buffers themselves ---------------------------------------------------------------
+
+
+async def test_memory_buffers_are_bounded_in_events_and_in_ended_answers() -> None:
+    from pk_notebook.web.replay import MemoryReplay
+
+    replay = MemoryReplay(max_events=4, ttl=60, max_ended=2)
+    buffer = replay.create("a")
+    for n in range(1, 21):
+        buffer.add(f"id: a:{n}\ndata: {n}\n\n".encode())
+    replay.end("a")
+    got = b"".join([frames async for frames in replay.follow("a", 18)])
+    assert got == b"id: a:19\ndata: 19\n\n" + b"id: a:20\ndata: 20\n\n"
+    gap = b"".join([frames async for frames in replay.follow("a", 0)])
+    assert b'"code":"resume_gap"' in gap and gap.endswith(b"id: a:20\ndata: 20\n\n")
+    for name in ("b", "c"):
+        replay.create(name)
+        replay.end(name)
+    assert "a" not in replay and "b" in replay and "c" in replay  # the oldest went first
+    expired = b"".join([frames async for frames in replay.follow("a", 0)])
+    assert b'"code":"resume_expired"' in expired and expired.endswith(b"data: [DONE]\n\n")
+
+
+def test_skip_frames() -> None:
+    from pk_notebook.web.replay import skip_frames
+
+    frames = b"id: x:1\ndata: 1\n\nid: x:2\ndata: 2\n\nid: x:3\ndata: 3\n\n"
+    assert skip_frames(frames, 0) == frames
+    assert skip_frames(frames, 2) == b"id: x:3\ndata: 3\n\n"
+    assert skip_frames(frames, 3) == b"" == skip_frames(frames, 9)
+
+
+def test_event_ids_are_parsed_strictly() -> None:
+    from pk_notebook.web.answers import parse_event_id
+
+    assert parse_event_id("ab12:7") == ("ab12", 7)
+    assert parse_event_id("7") == (None, 7)
+    for bad in (None, "", "x", "ab/12:7", "ab12:-1", "ab12:1e3", ":", "a" * 65 + ":1"):
+        assert parse_event_id(bad) == (None, None)
