@@ -152,12 +152,12 @@ class Answer:
             data = result_dict(result)
             if self.stop_reason is not None:
                 data["stop_reason"] = self.stop_reason
-            if failure is not None and data["error"] is None:
-                data["error"] = error_dict(failure)
             if self.encoder is not None:
+                if failure is not None and data["error"] is None:
+                    data["error"] = error_dict(failure)
                 for part in self.encoder.end(result, data):
                     self.emit_data(part)
-            else:
+            else:  # as before answers were detached: the failure, the result's error, the result
                 if failure is not None:
                     self.emit("error", dumps({"error": error_dict(failure)}))
                 if data["error"] is not None:
