@@ -126,12 +126,15 @@ class UIMessageEncoder:
         kind = "text-end" if part_id.startswith("text") else "reasoning-end"
         return [dumps({"type": kind, "id": part_id})]
 
+    def _next_step(self) -> list[str]:
+        """After a round's tool results, the next model call is a new step."""
+        if not self._after_tools:
+            return []
+        self._after_tools = False
+        return [*self._close(), '{"type":"finish-step"}', '{"type":"start-step"}']
+
     def _delta(self, kind: str, delta: str) -> list[str]:
-        out: list[str] = []
-        if self._after_tools:
-            self._after_tools = False
-            out += self._close()
-            out += ['{"type":"finish-step"}', '{"type":"start-step"}']
+        out = self._next_step()
         if self._open is None or not self._open.startswith(kind):
             out += self._close()
             self._count += 1
@@ -170,6 +173,7 @@ class UIMessageEncoder:
         kind = event.kind
         if kind == "start":
             return [
+                *self._next_step(),
                 *self._close(),
                 dumps({"type": "tool-input-start", "toolName": event.name, **common}),
             ]

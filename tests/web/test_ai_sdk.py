@@ -157,3 +157,45 @@ async def test_bad_requests_are_refused(serve: Any, body: dict[str, Any], kind: 
         response = await client.post("/api/chat", json=body)
     assert response.status_code == 422
     assert response.json()["error"]["type"] == (kind or "SystemPromptNotAllowed")
+
+
+def test_each_model_call_is_a_step_even_when_it_starts_with_a_tool_call() -> None:
+    from pk_notebook.runtime.types import Chunk, ToolEvent
+    from pk_notebook.web.ai_sdk import UIMessageEncoder
+
+    def tool(kind: Any, round: int, **kw: Any) -> Chunk:
+        return Chunk("", 0, tool=ToolEvent(kind, f"c{round}", "get_weather", round=round, **kw))
+
+    encoder = UIMessageEncoder()
+    parts = [json.loads(p) for p in encoder.start("a1")]
+    for chunk in (
+        tool("start", 1),
+        tool("call", 1, arguments='{"city": "Paris"}'),
+        tool("running", 1),
+        tool("result", 1, output="rain"),
+        tool("start", 2),  # the second model call goes straight to another call
+        tool("call", 2, arguments="not json"),
+        tool("running", 2),
+        tool("error", 2, output="ValueError: no station"),
+        Chunk("Done.", 0),
+    ):
+        parts += [json.loads(p) for p in encoder.chunk(chunk)]
+    kinds = [p["type"] for p in parts]
+    assert kinds == [
+        "start",
+        "start-step",
+        "tool-input-start",
+        "tool-input-available",
+        "tool-output-available",
+        "finish-step",
+        "start-step",
+        "tool-input-start",
+        "tool-input-available",
+        "tool-output-error",
+        "finish-step",
+        "start-step",
+        "text-start",
+        "text-delta",
+    ]
+    assert parts[3]["input"] == {"city": "Paris"} and parts[8]["input"] == "not json"
+    assert parts[9]["errorText"] == "ValueError: no station"
