@@ -27,7 +27,7 @@ from typing import Any
 from ..runtime.errors import PkNotebookError
 from ..runtime.stream import Stream
 from ..runtime.types import Chunk
-from .replay import MemoryReplay, RedisReplay, RedisWriter, expired_frames
+from .replay import MemoryReplay, RedisReplay, RedisWriter, expired_frames, warn_often_at_most
 from .security import Slots, error_dict, log_unexpected
 from .settings import WebSettings
 from .streaming import dumps, result_dict, tool_payload
@@ -279,7 +279,9 @@ class Answers:
                 try:
                     seen = await self.shared.heartbeat(detached)
                 except Exception as exc:
-                    logger.warning("renewing this process's liveness in Redis failed: %s", exc)
+                    warn_often_at_most(
+                        10, "renewing this process's liveness in Redis failed: %s", exc
+                    )
             now = loop.time()
             for answer in answers:
                 answer.check_grace(now, answer.id in seen)
@@ -290,7 +292,7 @@ class Answers:
             await self.shared.listen(self.stop_local, lambda: list(self.running))
             await self.shared.register(answer_id, chat_id)
         except Exception as exc:
-            logger.warning("registering an answer in Redis failed: %s", exc)
+            warn_often_at_most(10, "registering an answer in Redis failed: %s", exc)
 
     def stop_local(self, answer_id: str) -> bool:
         answer = self.running.get(answer_id)

@@ -59,6 +59,20 @@ logger = logging.getLogger("pk_notebook")
 PRESENCE_SECONDS = 2.0
 
 
+_last_warning: dict[str, float] = {}
+
+
+def warn_often_at_most(every: float, message: str, *args: Any) -> None:
+    """``logger.warning``, at most once per ``every`` seconds per message: with Redis
+    down, the batcher (every flush) and the ticker (every tick) would flood the log."""
+    now = time.monotonic()
+    if now - _last_warning.get(message, -every) >= every:
+        _last_warning[message] = now
+        logger.warning(message, *args)
+    else:
+        logger.debug(message, *args)
+
+
 def _no_client_info() -> dict[str, Any]:
     """The connection options that turn ``CLIENT SETINFO`` off: ``driver_info=None`` since
     redis-py 7 (which deprecates ``lib_name``/``lib_version``), those two before."""
@@ -640,7 +654,7 @@ class RedisBatcher:
         except Exception as exc:
             # The frames are lost for other processes; their followers see the gap
             # (seq numbers jump) and say so. This process's own clients are unaffected.
-            logger.warning("writing answers' replay buffers to Redis failed: %s", exc)
+            warn_often_at_most(10, "writing answers' replay buffers to Redis failed: %s", exc)
         finally:
             for writer in ended:
                 if writer.done is not None and not writer.done.done():
@@ -696,7 +710,9 @@ class RedisCap:
         try:
             await self.replay.client.zrem(self.key, holder)
         except Exception as exc:  # its lease runs out instead
-            logger.warning("releasing a stream slot in Redis failed (%s): it expires instead", exc)
+            warn_often_at_most(
+                10, "releasing a stream slot in Redis failed (%s): it expires instead", exc
+            )
 
     async def count(self) -> int:
         return int(await self.replay.client.zcard(self.key))
@@ -710,7 +726,7 @@ class RedisCap:
                 _, renew = self._scripts()
                 await renew(keys=[self.key], args=sorted(self.held))
             except Exception as exc:
-                logger.warning("renewing stream slots in Redis failed: %s", exc)
+                warn_often_at_most(10, "renewing stream slots in Redis failed: %s", exc)
 
     async def aclose(self) -> None:
         if self._renewer is not None:
