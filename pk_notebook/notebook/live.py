@@ -50,7 +50,8 @@ Incremental updates (``incremental=True``, the default for ``markdown`` and
 ``text``): a stretch of answer text is not one display updated with the whole
 text. :class:`~pk_notebook.notebook.blocks.BlockSplitter` cuts it, as it
 arrives, into finished blocks and an unfinished tail; the tail lives in a
-display of its own, updated at most 20 times a second with the tail only; when
+display of its own, updated at most 20 times a second (10 while the stream is
+slower than the tail is long) with the tail only; when
 blocks finish, that display is updated once more with them (and never again)
 and the new tail gets a new display below. So each update sends what arrived
 since the last one plus a tail of at most about 1.5 kB, whatever the answer's
