@@ -451,9 +451,6 @@ class RedisReplay:
         """The frames after ``after``, read from Redis with ``XREAD BLOCK``."""
         client = self.client
         events = self.key(answer_id, "events")
-        if not await client.exists(events):
-            yield expired_frames(answer_id)
-            return
         cursor = after
         touched = 0.0
         while True:
@@ -465,9 +462,10 @@ class RedisReplay:
                 pipe.hmget(self.key(answer_id, "meta"), "state", "owner")
                 pipe.exists(events)
                 _, (state, owner), exists = await pipe.execute()
-                if not exists:
+                if not exists and state is None:
                     yield expired_frames(answer_id)
                     return
+                # (Running but nothing flushed yet: its first batch is on its way.)
                 alive = state != b"running" or (
                     owner is not None and await client.exists(self.process_key(owner.decode()))
                 )

@@ -7,6 +7,7 @@ one redis-server on 127.0.0.1, and cut, resume and stop answers across them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -489,3 +490,28 @@ def test_event_ids_are_parsed_strictly() -> None:
     assert parse_event_id("7") == (None, 7)
     for bad in (None, "", "x", "ab/12:7", "ab12:-1", "ab12:1e3", ":", "a" * 65 + ":1"):
         assert parse_event_id(bad) == (None, None)
+
+
+@pytest.mark.redis
+async def test_an_answer_whose_process_died_gives_answer_lost(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    cluster = start_cluster(redis_server, tmp_path, 2, grace=5.0)
+    doomed, other = next(cluster).processes
+    try:
+        async with httpx.AsyncClient(timeout=15) as client:
+            first = await read(
+                client, "POST", doomed.url + "/stream", json={"prompt": "x"}, chunks=5
+            )
+            doomed.process.kill()  # a crash: no shutdown, nothing flushed
+            doomed.process.wait(10)
+            rest = await read(
+                client, "GET", other.url + "/stream", headers={"Last-Event-ID": first[-1].id}
+            )
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(cluster)
+    assert [e["code"] for e in errors_of(rest)] == ["answer_lost"]
+    assert rest[-1].data == "[DONE]"
+    seqs = [int(e.id.rsplit(":", 1)[1]) for e in first + rest if e.id]
+    assert seqs == list(range(1, len(seqs) + 1))  # what was flushed came once, in order
