@@ -152,6 +152,8 @@ def test_three_models_side_by_side_one_fails_one_is_stopped(
     assert final.count() == 3
     assert "Failed:" in final.nth(1).inner_text() and "Stopped:" in final.nth(2).inner_text()
     assert cell.locator(".pk-compare-summary tbody tr").count() == 3
+    cell.locator(".pk-compare-summary").scroll_into_view_if_needed()
+    lab.screenshot("compare-summary")
     # a narrow window stacks the columns
     lab.page.set_viewport_size({"width": 640, "height": 900})
     lab.page.wait_for_timeout(300)
