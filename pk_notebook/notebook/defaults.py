@@ -139,8 +139,9 @@ class NotebookDefaults:
     def update(self, **changes: Any) -> None:
         """Change settings; the pipeline (and the store, if it changed) is rebuilt lazily.
 
-        The old pipeline is not shut down here: streams still running in other
-        cells keep using it until they end.
+        The old pipeline is retired, not shut down at once: streams still running in
+        other cells (a chat) keep using it until they end, then it closes its
+        connections (:func:`_retire`).
         """
         if "store" in changes and changes["store"] != self.store:
             self.close_store()
@@ -154,6 +155,9 @@ class NotebookDefaults:
                 raise ConfigurationError(f"unknown setting {key!r}")
             setattr(self, key, value)
         if config_changes or set(changes) - _PROMPT_SETTINGS:
+            for old in (self._pipeline, *self._others.values()):
+                if old is not None:
+                    _retire(old)
             self._pipeline = None
             self._others = {}
 
@@ -180,6 +184,35 @@ def _close_later(store: StateStore) -> None:
 
 
 _closing: set[asyncio.Task[None]] = set()
+
+
+def _retire(pipe: Pipeline) -> None:
+    """Shut a replaced pipeline down once its running streams have ended.
+
+    Its provider holds kept-alive connections; left to the garbage collector they
+    close late and noisily. A stream still running (a chat reply) is waited for,
+    not stopped. Like :func:`_close_later`, never blocks a running loop.
+    """
+
+    async def retire() -> None:
+        await pipe.wait_idle()
+        await pipe.shutdown()
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        task = loop.create_task(retire())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+        return
+    if pipe.active_streams:
+        return  # streams of another loop: they end there; the collector does the rest
+    try:
+        run_sync(pipe.shutdown())
+    except Exception as exc:
+        logger.warning("could not close the replaced pipeline: %s", exc)
 
 
 def _default_prices() -> dict[str, Any]:

@@ -287,6 +287,14 @@ class Pipeline:
 
     # --- lifecycle ------------------------------------------------------------------
 
+    async def wait_idle(self) -> None:
+        """Wait until no stream of this pipeline is running (streams may start meanwhile:
+        it returns once none is left)."""
+        while self._streams:  # opened streams only: a stream joins when it opens
+            await asyncio.gather(
+                *(s.wait_closed() for s in list(self._streams)), return_exceptions=True
+            )
+
     async def shutdown(self, grace: float | None = None) -> None:
         """Refuse new calls, let running streams finish for ``grace`` seconds, stop the
         rest, and close the providers. Calling it again does nothing."""

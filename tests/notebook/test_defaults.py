@@ -83,3 +83,24 @@ async def test_a_redis_store_is_shared_by_the_default_pipeline_and_a_chat(redis_
     await other.aclose()
     chat.close()
     await pipe.state_store.aclose()
+
+
+async def test_a_replaced_pipeline_closes_once_its_running_streams_end() -> None:
+    """%stream config replaces the pipeline; a chat reply still running on the old one
+    finishes, then the old one is shut down (its connections closed, not left to GC)."""
+    import asyncio
+
+    from pk_notebook.providers import MockProvider
+
+    defaults().update(provider="mock")
+    old = default_pipeline()
+    stream = old.stream("a long answer please")
+    await stream.open()
+    defaults().update(temperature=0.5)
+    await asyncio.sleep(0.05)
+    assert not old.closed  # the reply keeps going
+    assert isinstance(old.provider, MockProvider)
+    await stream.collect()
+    await asyncio.sleep(0.05)
+    assert old.closed and stream.result.complete
+    assert default_pipeline() is not old and not default_pipeline().closed
