@@ -617,6 +617,7 @@ class MockProvider:
         chunk_delay: float = 0.0,
         fault: Fault | None = None,
         default: str | None = None,
+        usage: bool = True,
     ) -> None:
         self.scenarios: list[Scenario] = [
             s if isinstance(s, Scenario) else Scenario.from_dict(s) for s in scenarios
@@ -628,6 +629,9 @@ class MockProvider:
         self.chunk_delay = chunk_delay
         self.fault = fault
         self.default = default or OFFLINE_ANSWER
+        # usage=False plays a server that reports none (Ollama's streams): the pipeline
+        # then estimates it, labelled (runtime/tokens.py)
+        self.usage = usage
         self.calls: list[MockCall] = []
         self._fault_counts: dict[int, int] = {}
 
@@ -795,7 +799,9 @@ class MockProvider:
                     input_tokens=sum(estimate_tokens(m.content) for m in request.messages),
                     output_tokens=output_tokens,
                     reasoning_tokens=len(thinking),
-                ),
+                )
+                if self.usage
+                else None,
                 tool_calls=calls,
                 model=request.config.model or self.model,
             )

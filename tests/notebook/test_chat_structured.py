@@ -135,16 +135,8 @@ def test_attaching_something_else_is_one_line() -> None:
 async def test_the_footer_labels_estimated_usage() -> None:
     from pk_notebook.providers.mock import MockProvider
 
-    class NoUsage(MockProvider):
-        async def stream(self, request: Any) -> Any:  # drops the usage, as Ollama does
-            from dataclasses import replace
-
-            from pk_notebook.runtime.types import Finish
-
-            async for event in super().stream(request):
-                yield replace(event, usage=None) if isinstance(event, Finish) else event
-
-    provider = NoUsage([Scenario("Four words of answer.")], model="mock-chat")
+    # usage=False: the mock reports no usage, as Ollama's streams do
+    provider = MockProvider([Scenario("Four words of answer.")], model="mock-chat", usage=False)
     chat = Chat(Pipeline(UsageMiddleware(), ProviderMiddleware(provider)))
     await chat.send("Hello")
     footer = chat._footer.value

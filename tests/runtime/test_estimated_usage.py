@@ -75,3 +75,25 @@ def test_the_status_line_says_estimated() -> None:
     result = Result("x", StreamStatus.FINISHED, usage=Usage(3, 12, estimated="chars/4"))
     assert "≈12 tokens (estimated)" in format_status(result)
     assert " 12 tokens" in format_status(Result("x", StreamStatus.FINISHED, usage=Usage(3, 12)))
+
+
+async def test_the_mock_without_usage_and_a_stopped_mock_stream_are_labelled() -> None:
+    from pk_notebook.notebook.status import format_status
+    from pk_notebook.providers import MockProvider, Scenario
+
+    quiet = MockProvider([Scenario("one two three four five six")], usage=False)
+    async with Pipeline(quiet) as pipe:
+        result = await pipe.execute("user", "count")
+        assert result.usage is not None and result.usage.estimated == "chars/4"
+        assert "tokens (estimated)" in format_status(result)
+
+    talkative = MockProvider([Scenario("one two three four five six seven")], chunk_delay=0.01)
+    async with Pipeline(talkative) as pipe:
+        stream = pipe.stream("count")
+        async with stream:
+            async for chunk in stream:
+                if chunk.index == 2:
+                    stream.stop()
+    assert stream.result.status is StreamStatus.STOPPED
+    assert stream.result.usage is not None and stream.result.usage.estimated == "chars/4"
+    assert "≈" in format_status(stream.result)
