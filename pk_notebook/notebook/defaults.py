@@ -155,11 +155,15 @@ class NotebookDefaults:
                 raise ConfigurationError(f"unknown setting {key!r}")
             setattr(self, key, value)
         if config_changes or set(changes) - _PROMPT_SETTINGS:
-            for old in (self._pipeline, *self._others.values()):
-                if old is not None:
-                    _retire(old)
-            self._pipeline = None
-            self._others = {}
+            self.retire_pipelines()
+
+    def retire_pipelines(self) -> None:
+        """Drop the pipelines built so far; each shuts down once its streams end."""
+        for old in (self._pipeline, *self._others.values()):
+            if old is not None:
+                _retire(old)
+        self._pipeline = None
+        self._others = {}
 
 
 def _close_later(store: StateStore) -> None:
@@ -241,5 +245,6 @@ def reset_defaults() -> None:
     """Forget every setting (used by tests and ``%unload_ext``)."""
     global _DEFAULTS
     if _DEFAULTS is not None:
+        _DEFAULTS.retire_pipelines()
         _DEFAULTS.close_store()
     _DEFAULTS = None
