@@ -76,13 +76,19 @@ def _compatible(
     base_url: str | None,
     key_env: tuple[str, ...] = (),
     default_model: str | None = None,
+    include_usage: bool = True,
 ) -> Any:
-    """A factory for an OpenAI-compatible server with its own defaults."""
+    """A factory for an OpenAI-compatible server with its own defaults.
+
+    ``include_usage=False`` for servers that refuse ``stream_options`` (Mistral
+    answers 422); the pipeline estimates usage a server does not send, labelled.
+    """
 
     def factory(**options: Any) -> Provider:
         from .openai import OpenAIProvider
 
         options.setdefault("name", name)
+        options.setdefault("include_usage", include_usage)
         options.setdefault("key_env", key_env)
         if key_env:
             options.setdefault("require_key", True)
@@ -161,6 +167,20 @@ register_provider(
     _compatible("openrouter", "https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY",)),
     description="OpenRouter (OPENROUTER_API_KEY)",
     key_env=("OPENROUTER_API_KEY",),
+)
+register_provider(
+    "mistral",
+    # Mistral refuses stream_options (422) and sends usage in its last chunk anyway.
+    _compatible(
+        "mistral",
+        "https://api.mistral.ai/v1",
+        ("MISTRAL_API_KEY",),
+        default_model="mistral-small-latest",
+        include_usage=False,
+    ),
+    description="Mistral's API (MISTRAL_API_KEY; no stream_options: usage comes unasked)",
+    key_env=("MISTRAL_API_KEY",),
+    default_model="mistral-small-latest",
 )
 register_provider(
     "groq",

@@ -144,3 +144,18 @@ def test_limits_are_a_typed_option_and_the_key_is_redacted_everywhere_at_once() 
     assert key not in redact(f"upstream said: bad key {key}")
     with pytest.raises(ConfigurationError, match="StreamLimits"):
         OpenAIProvider("m", base_url="http://127.0.0.1:9/v1", api_key=key, limits={"x": 1})  # type: ignore[arg-type]
+
+
+async def test_presets_ask_for_the_usage_chunk_only_where_the_server_takes_it() -> None:
+    """stream_options goes to servers that accept it; Mistral answers 422 to it (and sends
+    usage unasked), so its preset leaves it out."""
+    from pk_notebook import Pipeline
+    from pk_notebook.testing import FakeProviderServer, Script
+
+    with FakeProviderServer(default=Script("ok")) as server:
+        for spec, asks in [("openai:m", True), ("ollama:m", True), ("mistral:m", False)]:
+            provider = create_provider(spec, base_url=server.base_url, api_key="k")
+            async with Pipeline(provider) as pipe:
+                await pipe.execute("user", "hi")
+            body = server.requests[-1].json
+            assert ("stream_options" in body) is asks, spec
