@@ -5,17 +5,62 @@ stack), each with its label, its own Stop button and status line, and the
 answer growing below; a Stop-all button above. Each answer grows the way the
 single-model view does (:mod:`.blocks`): finished blocks are rendered once and
 appended, only the unfinished tail is re-rendered, at most 20 updates a second
-for all columns together. The columns are ipywidgets ``HTML`` views of the
-chat's safe HTML renderer (:func:`~pk_notebook.notebook.markdown.render_markdown`):
-raw HTML inert, dangerous links dead, math kept as its TeX source.
+for all columns together. The columns hold the chat's safe HTML renderer's
+output (:func:`~pk_notebook.notebook.markdown.render_markdown`): raw HTML
+inert, dangerous links dead, math spans kept as their TeX source.
+
+Math (decision): the columns are ipywidgets ``HTMLMath`` views, so JupyterLab
+typesets ``$...$`` / ``$$...$$`` in them while the answers stream, as it does in
+the single-model view. MathJax reads the page's text, not our Markdown, so the
+HTML is first made safe *for MathJax* (:func:`mathjax_html`): only the math
+spans the renderer found are left to typeset; every other ``$`` and ``\\``
+(an escaped ``\\$5``, a stray dollar, an unclosed opener) goes in a
+``mathjax_ignore`` span, so MathJax cannot pair it with anything, and a math span
+using TeX that makes links, styles or loads code (``\\href``, ``\\url``,
+``\\style``, ``\\require``, ...) is not typeset either (shown as source), since
+JupyterLab's MathJax would turn ``\\href{javascript:...}`` into a live link. The
+unfinished tail is Markdown from :meth:`~.blocks.BlockSplitter.tail_text`, whose
+:func:`~.blocks.escape_open_math` keeps an opener without its closing delimiter
+out of the math spans, so it reaches MathJax only as an ignored character: a
+formula is typeset once it is complete. The final output's HTML goes through
+the same :func:`mathjax_html` (JupyterLab typesets ``text/html`` outputs too).
+
+Reasoning: a model's thinking chunks show in its column as a collapsible
+Thinking section (:func:`~.parts_view.thinking_html`, a ``<details>`` element),
+open while the model thinks and closed (never re-rendered again, so a reader's
+click sticks) once its answer text starts. The final output shows each model's
+reasoning as one collapsed ``<details>`` section above its answer, with its
+length and no duration (byte-stable).
 
 When every model has ended, the live view is replaced (``clear_output(wait=True)``)
 by one ``display_data``: the answers side by side (``text/html``, a grid that
 stacks on narrow screens) with the same content as Markdown (``text/markdown``,
 one ``### label`` section per model) and plain text, then a summary row per
-model: time to first chunk, tokens/s, tokens, cost, finish reason. The
-timings differ from run to run, so a comparison cell's output is not
-byte-stable (nbval: mark the cell ``# NBVAL_IGNORE_OUTPUT``).
+model with the figures that do not depend on the clock: tokens, cost, finish
+reason.
+
+Timings and nbval (decision): nbval (0.11) compares every output's ``data`` by
+MIME type, except the types in its ``skip_compare`` list: output ``metadata``,
+``traceback``, ``execution_count`` and the like, ``image/png`` and
+``image/jpeg`` (unless ``--nbdime``) and ``application/vnd.jupyter.widget-view+json``
+("Model IDs are random"); outputs are grouped by MIME type, so an output whose
+only type is skipped is not compared at all, not even counted. The timings
+(time to first chunk, tokens/s, total time) change on every run, so they are
+not in the ``display_data`` above (whose bytes are then the same on every run
+under the mock provider, and nbval checks it like any other cell) but in a
+second output right below it: an ipywidgets ``HTML`` table displayed with the
+widget-view type only, which nbval skips. The user sees it below the answers
+wherever widgets display (JupyterLab, Notebook 7, VS Code, Colab), even where a
+Stop button cannot work; it is left open when the live view closes. A notebook
+reopened later shows it only if the widget state was saved (JupyterLab: Save
+Widget State Automatically), otherwise JupyterLab says the widget model is not
+found there. Batch runs (nbclient, nbval, papermill: nobody watches) do not
+show it, and where ipywidgets is missing the timings are only in the live status
+lines while the models stream. Every timing is in ``-o VAR`` (``Result.time_to_first_chunk``,
+``Result.duration``, ``Result.tokens_per_second``). Rejected: a sanitize regex
+for nbval (the saved bytes still change, and every user's nbval needs it); output
+``metadata`` (nbval skips it, but no front end shows it); rounding the mock's
+timings (a run near a rounding edge still flips).
 
 Where a Stop button cannot work (no ipywidgets, ipykernel < 7.4) the cell shows
 one status line per model while they stream (Kernel > Interrupt stops them all)
@@ -27,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,12 +93,31 @@ from .live import (
     WIDGET_MIME,
     detect_surface,
     display_hint,
+    widgets_available,
 )
 from .markdown import escape_markdown, render_markdown, safe_markdown
 from .options import CellOptions, usage_error
+from .parts_view import (
+    ThinkingBlock,
+    TurnParts,
+    thinking_html,
+    thinking_markdown,
+    thinking_plain,
+)
 from .status import Note, format_status, notes_for, status_label
 
-__all__ = ["CompareRun", "CompareView", "compare_bundle", "resolve_models", "split_models"]
+__all__ = [
+    "CompareRun",
+    "CompareView",
+    "compare_bundle",
+    "mathjax_html",
+    "resolve_models",
+    "split_models",
+    "summary_row",
+    "timing_row",
+    "timings_html",
+    "timings_plain",
+]
 
 logger = logging.getLogger("pk_notebook")
 
@@ -127,6 +192,52 @@ def resolve_models(
     return resolved
 
 
+# --- math: what MathJax may typeset -------------------------------------------------------
+
+#: MathJax (3: JupyterLab, Notebook 7; 2: the classic notebook) skips an element with these
+IGNORE_CLASSES = "mathjax_ignore tex2jax_ignore"
+_HTML_PARTS = re.compile(
+    r'<span class="(?P<kind>pk-math[^"]*)">(?P<tex>[^<]*)</span>'
+    r"|<pre[\s>][\s\S]*?</pre>|<code[\s>][\s\S]*?</code>"
+    r"|<[^>]*>"
+    r"|(?P<text>[^<]+)"
+)
+# What MathJax reads as the start of math in text: dollars and backslashes (``\(``,
+# ``\[``, ``\begin{``, ``\ref{``), also written as character references.
+_STRAY = re.compile(r"\$|\\|&(?:#0*36|#x0*24|dollar|#0*92|#x0*5c|bsol);", re.IGNORECASE)
+# TeX that makes links, styles, ids or loads code once typeset.
+_RISKY_TEX = re.compile(
+    r"\\(?:href|url|class|cssId|style|data|html|require|unicode|mmlToken)(?![A-Za-z])"
+)
+
+
+def mathjax_html(rendered: str) -> str:
+    """``rendered`` (from :func:`render_markdown`) made safe to typeset (see the module docstring).
+
+    Only the renderer's math spans are typeset; any other ``$`` or backslash in
+    the text is wrapped in an ignored span, and a math span with risky TeX is
+    ignored whole. Code is left as it is (MathJax skips ``code`` and ``pre``).
+    Nothing of the answer is added or removed: only ``<span>`` wrappers.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        if match["kind"] is not None:
+            if _RISKY_TEX.search(html.unescape(match["tex"])):
+                return f'<span class="{match["kind"]} {IGNORE_CLASSES}">{match["tex"]}</span>'
+            return match[0]
+        if match["text"] is not None:
+            return _STRAY.sub(lambda m: f'<span class="{IGNORE_CLASSES}">{m[0]}</span>', match[0])
+        return match[0]
+
+    if not any(c in rendered for c in "$\\&"):
+        return rendered
+    return _HTML_PARTS.sub(one, rendered)
+
+
+def _typeset_markdown(text: str) -> str:
+    return mathjax_html(render_markdown(text))
+
+
 # --- the final output -------------------------------------------------------------------
 
 
@@ -135,59 +246,116 @@ def _seconds(value: float | None) -> str:
 
 
 def summary_row(label: str, result: Result) -> dict[str, str]:
-    """One model's figures: time to first chunk, tokens/s, tokens, cost, finish reason."""
+    """One model's figures that do not depend on the clock: tokens, cost, finish reason.
+
+    These are in the saved output (byte-stable under the mock provider); the
+    timings are in :func:`timing_row`.
+    """
     usage = result.usage
     tokens = "-"
-    rate = "-"
     if usage is not None:
         tokens = f"≈{usage.output_tokens}" if usage.estimated else str(usage.output_tokens)
-        streaming = result.duration - (result.time_to_first_chunk or 0.0)
-        if streaming > 0 and usage.output_tokens:
-            rate = f"{usage.output_tokens / streaming:.0f}"
     cost = "-" if result.cost is None else f"${result.cost:.6f}".rstrip("0").rstrip(".")
     if result.status is StreamStatus.FINISHED:
         finish = result.finish_reason or "finished"
     else:
         finish = status_label(result.status)
+    return {"model": label, "tokens": tokens, "cost": cost, "finish": finish}
+
+
+def timing_row(label: str, result: Result) -> dict[str, str]:
+    """One model's timings: time to first chunk, tokens/s while streaming, total time."""
+    usage = result.usage
+    rate = "-"
+    if usage is not None:
+        streaming = result.duration - (result.time_to_first_chunk or 0.0)
+        if streaming > 0 and usage.output_tokens:
+            rate = f"{usage.output_tokens / streaming:.0f}"
     return {
         "model": label,
         "first chunk": _seconds(result.time_to_first_chunk),
         "tokens/s": rate,
-        "tokens": tokens,
-        "cost": cost,
-        "finish": finish,
+        "total": _seconds(result.duration),
     }
+
+
+def _table_html(rows: Sequence[Mapping[str, str]], css_class: str, caption: str = "") -> str:
+    if not rows:
+        return ""
+    heads = list(rows[0])
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    body_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(r[h])}</td>" for h in heads) + "</tr>" for r in rows
+    )
+    caption_html = (
+        f'<caption style="text-align:left">{html.escape(caption)}</caption>' if caption else ""
+    )
+    return (
+        f'<table class="{css_class}">{caption_html}<thead><tr>{cells}</tr></thead>'
+        f"<tbody>{body_rows}</tbody></table>"
+    )
+
+
+def _table_plain(rows: Sequence[Mapping[str, str]]) -> str:
+    return "\n".join(" · ".join(f"{h} {v}" for h, v in r.items()) for r in rows)
+
+
+def timings_html(results: Mapping[str, Result]) -> str:
+    """The timings table shown below the final output (not saved for nbval to compare)."""
+    rows = [timing_row(label, result) for label, result in results.items()]
+    return _table_html(rows, "pk-compare-summary pk-compare-timings", "Timings of this run")
+
+
+def timings_plain(results: Mapping[str, Result]) -> str:
+    return _table_plain([timing_row(label, result) for label, result in results.items()])
+
+
+def _reasoning_block(result: Result) -> ThinkingBlock | None:
+    """The model's reasoning as one closed section (the final output has no durations)."""
+    if not result.reasoning.strip():
+        return None
+    return ThinkingBlock(text=result.reasoning, started=0.0, ended=0.0)
 
 
 def compare_bundle(
     results: Mapping[str, Result], notes: Mapping[str, Sequence[Note]]
 ) -> dict[str, str]:
-    """The comparison's one final output: the answers side by side, then the summary."""
+    """The comparison's one final output: the answers side by side, then the summary.
+
+    Deterministic for deterministic results: no timings (see the module docstring),
+    each model's reasoning collapsed with its length only.
+    """
     rows = [summary_row(label, result) for label, result in results.items()]
     heads = list(rows[0]) if rows else []
     md_parts, html_cols, plain_parts = [], [], []
     for label, result in results.items():
         label_notes = notes.get(label, ())
+        thinking = _reasoning_block(result)
         body = safe_markdown(result.text) if result.text.strip() else ""
         note_md = "\n>\n".join(n.markdown() for n in label_notes)
+        thinking_md = thinking_markdown(thinking) if thinking is not None else ""
         md_parts.append(
             "\n\n".join(
-                p for p in (f"### {escape_markdown(label)}", body.strip("\n"), note_md) if p
+                p
+                for p in (f"### {escape_markdown(label)}", thinking_md, body.strip("\n"), note_md)
+                if p
             )
         )
         note_html = "".join(
             f'<p class="pk-compare-note">{html.escape(n.plain())}</p>' for n in label_notes
         )
+        thinking_part = thinking_html(thinking) if thinking is not None else ""
         html_cols.append(
             '<div class="pk-compare-col" style="min-width:0;overflow-wrap:anywhere">'
             f'<h4 class="pk-compare-label" style="margin-top:0">{html.escape(label)}</h4>'
-            f"{render_markdown(result.text)}{note_html}</div>"
+            f"{mathjax_html(thinking_part + render_markdown(result.text))}{note_html}</div>"
         )
         plain = "\n".join(n.plain() for n in label_notes)
-        plain_parts.append(f"[{label}]\n{result.text}" + (f"\n{plain}" if plain else ""))
+        thinking_line = thinking_plain(thinking) + "\n" if thinking is not None else ""
+        plain_parts.append(
+            f"[{label}]\n{thinking_line}{result.text}" + (f"\n{plain}" if plain else "")
+        )
     table_md = ""
-    table_html = ""
-    table_plain = ""
     if rows:
         table_md = "\n".join(
             [
@@ -196,24 +364,15 @@ def compare_bundle(
                 *("| " + " | ".join(escape_markdown(r[h]) for h in heads) + " |" for r in rows),
             ]
         )
-        cells = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
-        body_rows = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(r[h])}</td>" for h in heads) + "</tr>" for r in rows
-        )
-        table_html = (
-            f'<table class="pk-compare-summary"><thead><tr>{cells}</tr></thead>'
-            f"<tbody>{body_rows}</tbody></table>"
-        )
-        table_plain = "\n".join(" · ".join(f"{h} {r[h]}" for h in heads) for r in rows)
     grid = (
         '<div class="pk-compare pk-compare-final" style="display:grid;'
         "grid-template-columns:repeat(auto-fit,minmax(15rem,1fr));gap:0.5rem 1.5rem;"
         'align-items:start">' + "".join(html_cols) + "</div>"
     )
     return {
-        "text/html": grid + table_html,
+        "text/html": grid + _table_html(rows, "pk-compare-summary"),
         "text/markdown": "\n\n".join([*md_parts, table_md]).strip("\n"),
-        "text/plain": "\n\n".join([*plain_parts, table_plain]).strip("\n"),
+        "text/plain": "\n\n".join([*plain_parts, _table_plain(rows)]).strip("\n"),
     }
 
 
@@ -228,6 +387,9 @@ class _Column:
     dirty: bool = False
     ended: bool = False
     text_chars: int = 0
+    parts: TurnParts = field(default_factory=TurnParts)
+    thinking: ThinkingBlock | None = None  # the open Thinking section, re-rendered live
+    thinking_widget: Any = None
     # widgets
     box: Any = None
     button: Any = None
@@ -282,6 +444,7 @@ class CompareView:
         self._finished = False
         self._shown = False
         self._widgets: list[Any] = []
+        self.timings: Any = None  # the timings table left below the final output
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -307,7 +470,10 @@ class CompareView:
         column = self.columns[label]
         if not text or column.ended or self._finished:
             return
-        first = column.text_chars == 0
+        first = column.text_chars == 0 and not column.parts.blocks
+        _, closed = column.parts.add_text(text)
+        if closed is not None:
+            self._close_thinking(column)
         column.splitter.feed(text)
         column.text_chars += len(text)
         column.dirty = True
@@ -315,10 +481,27 @@ class CompareView:
         if first:
             self._refresh_status()  # "waiting for the first chunk" no more
 
+    def push_reasoning(self, label: str, text: str) -> None:
+        """Reasoning for ``label``: its column's Thinking section, never the answer."""
+        column = self.columns[label]
+        if not text or column.ended or self._finished:
+            return
+        first = not column.parts.blocks
+        block = column.parts.add_reasoning(text)
+        if block is not column.thinking:
+            self._open_thinking(column, block)
+        column.dirty = True
+        self._schedule()
+        if first:
+            self._refresh_status()
+
     def ended(self, label: str) -> None:
         """``label``'s stream has ended: show the rest of its text, no more Stop for it."""
         column = self.columns[label]
         column.dirty = True
+        if column.thinking is not None:  # it ended while thinking (stopped, failed)
+            column.parts.finish()
+            self._close_thinking(column)
         self._render_column(column, last=True)
         column.ended = True
         if column.button is not None:
@@ -328,8 +511,12 @@ class CompareView:
         if self._stop_all is not None and all(c.ended for c in self.columns.values()):
             self._stop_all.disabled = True
 
-    def finish(self, bundle: Mapping[str, str]) -> None:
-        """Replace the live view with the final output (one ``display_data``)."""
+    def finish(
+        self, bundle: Mapping[str, str], results: Mapping[str, Result] | None = None
+    ) -> None:
+        """Replace the live view with the final output (one ``display_data``), and
+        show ``results``' timings below it where nbval does not look (see the module
+        docstring)."""
         self._finished = True
         for handle in (self._timer, self._ticker):
             if handle is not None:
@@ -338,7 +525,8 @@ class CompareView:
         if self.surface == "text":
             import sys
 
-            sys.stdout.write(bundle.get("text/plain", "") + "\n")
+            timings = "\n" + timings_plain(results) if results else ""
+            sys.stdout.write(bundle.get("text/plain", "") + timings + "\n")
             sys.stdout.flush()
             return
         from IPython.display import clear_output, display
@@ -347,6 +535,29 @@ class CompareView:
             clear_output(wait=True)
         display(dict(bundle), raw=True)
         self.close()
+        if results and self.surface in ("widget", "display"):
+            self._show_timings(results)
+
+    def _show_timings(self, results: Mapping[str, Result]) -> None:
+        """The timings as a widget-only output: seen by the user, skipped by nbval.
+
+        No ``text/plain`` fallback: it would be compared by nbval, and a batch run
+        (which has no such output) would then differ from the saved notebook.
+        The widget is not closed with the live view, or its view would vanish.
+        """
+        if not widgets_available():
+            return
+        try:
+            import ipywidgets as w
+            from IPython.display import display
+
+            table = w.HTML(timings_html(results))
+            table.add_class("pk-compare-timings")
+            view = {"version_major": 2, "version_minor": 0, "model_id": table.model_id}
+            display({WIDGET_MIME: view}, raw=True)
+            self.timings = table
+        except Exception:
+            logger.warning("the comparison's timings could not be shown", exc_info=True)
 
     def close(self) -> None:
         for widget in self._widgets:
@@ -395,6 +606,12 @@ class CompareView:
         if self.surface != "widget" or column.body is None:
             column.splitter.take()  # keep the splitter's memory small; text shows at the end
             return False
+        if column.thinking is not None and column.thinking_widget is not None:
+            now = column.parts.clock()
+            value = mathjax_html(thinking_html(column.thinking, live=True, now=now))
+            if column.thinking_widget.value != value:
+                column.thinking_widget.value = value
+                self.bytes_sent += len(value)
         column.backlog.extend(column.splitter.take())
         size = 0
         batch: list[str] = []
@@ -403,25 +620,61 @@ class CompareView:
             batch.append(piece)
             size += len(piece)
         if batch:
-            self._append_finished(column, render_markdown("".join(batch)))
+            self._append_finished(column, _typeset_markdown("".join(batch)))
         if column.backlog:
             column.dirty = True
             return True
-        tail_html = render_markdown(column.splitter.tail_text())
+        # tail_text() escapes an unclosed math opener (blocks.escape_open_math), so it
+        # is no math span and mathjax_html makes it an ignored character.
+        tail_html = _typeset_markdown(column.splitter.tail_text())
         if column.tail.value != tail_html:
             column.tail.value = tail_html
             self.bytes_sent += len(tail_html)
         return False
 
+    def _insert(self, column: _Column, widget: Any) -> None:
+        """Add ``widget`` to ``column``'s body, just above its tail."""
+        self._widgets.append(widget)
+        column.body.children = (*column.body.children[:-1], widget, column.tail)
+
+    def _open_thinking(self, column: _Column, block: ThinkingBlock) -> None:
+        """A new stretch of reasoning: its own section below what the column shows."""
+        column.thinking = block
+        if self.surface != "widget" or column.body is None:
+            return
+        import ipywidgets as w
+
+        if column.splitter.fed:  # text came first: show all of it above the section
+            column.dirty = True
+            self._render_column(column, last=True)
+            rest = column.splitter.tail_text()
+            if rest.strip():
+                self._append_finished(column, _typeset_markdown(rest))
+            column.splitter = BlockSplitter()
+            column.tail.value = ""
+        column.segment = None  # text after the section goes below it
+        widget = column.thinking_widget = w.HTMLMath("")
+        widget.add_class("pk-compare-thinking")
+        self._insert(column, widget)
+
+    def _close_thinking(self, column: _Column) -> None:
+        """The reasoning stretch ended: render it closed, once; never touched again."""
+        block, column.thinking = column.thinking, None
+        widget, column.thinking_widget = column.thinking_widget, None
+        if block is None or widget is None or self._finished:
+            return
+        value = mathjax_html(thinking_html(block, live=True, now=column.parts.clock()))
+        widget.value = value
+        self.bytes_sent += len(value)
+
     def _append_finished(self, column: _Column, piece_html: str) -> None:
         import ipywidgets as w
 
         if column.segment is None or len(column.segment_html) >= SEGMENT_CHARS:
-            column.segment = w.HTML("")
+            column.segment = w.HTMLMath("")
             column.segment.add_class("pk-compare-piece")
             column.segment_html = ""
-            self._widgets.append(column.segment)
-            column.body.children = (*column.body.children[:-1], column.segment, column.tail)
+            self._insert(column, column.segment)
         column.segment_html += piece_html
         column.segment.value = column.segment_html
         self.bytes_sent += len(column.segment_html)
@@ -478,8 +731,8 @@ class CompareView:
             button.on_click(self._clicker(column.label))
             status = w.HTML(_status_html(self._status_of(column.label)))
             status.add_class("pk-status")
-            head = w.HBox([label, button], layout=w.Layout(align_items="center", gap="0.5em"))
-            tail = w.HTML("")
+            head = w.HBox([label, button], layout=w.Layout(align_items="center"))
+            tail = w.HTMLMath("")
             tail.add_class("pk-compare-tail")
             body = w.VBox([tail], layout=w.Layout(width="100%"))
             body.add_class("pk-compare-body")
@@ -619,6 +872,8 @@ class CompareRun:
         try:
             async for event in cmp:
                 if event.chunk is not None:
+                    if event.chunk.reasoning:
+                        view.push_reasoning(event.label, event.chunk.reasoning)
                     if event.chunk.content:
                         view.push(event.label, event.chunk.content)
                 else:
@@ -634,7 +889,7 @@ class CompareRun:
             label: notes_for(result, cmp.errors.get(label))
             for label, result in self.results.items()
         }
-        view.finish(compare_bundle(self.results, notes))
+        view.finish(compare_bundle(self.results, notes), self.results)
         if opts.out and self.shell is not None:
             self.shell.user_ns[opts.out] = dict(self.results)
         if self.interrupted:

@@ -16,7 +16,9 @@ only its own stream, with its own result (status ``failed`` / ``stopped``, the
 partial text kept), and the others stream on. Iterating ends when every model
 has ended; ``cmp.results`` then holds one :class:`~pk_notebook.runtime.types.Result`
 per label. To read the models separately instead, iterate ``cmp.streams[label]``
-yourself (then do not iterate ``cmp``).
+yourself (then do not iterate ``cmp``). A model's thinking arrives in
+``event.chunk.reasoning``, apart from its answer text (``event.chunk.content``),
+and ends up in ``cmp.results[label].reasoning``.
 
 Sessions (decision): a comparison is stateless unless ``session`` is given;
 with ``session="trip"`` each model keeps its own history under

@@ -1,7 +1,7 @@
 """The incremental live view in a real JupyterLab: half-written Markdown, side-by-side models.
 
 Screenshots (test-artifacts/): ``live-open-fence``, ``live-table-mid-row``,
-``compare-live``, ``compare-final``.
+``compare-live``, ``compare-final``, ``compare-math-thinking``.
 """
 
 from __future__ import annotations
@@ -147,12 +147,16 @@ def test_three_models_side_by_side_one_fails_one_is_stopped(
     print(f"compare cell ended {time.monotonic() - clicked:.1f} s after the click")
     lab.page.wait_for_timeout(300)
     lab.screenshot("compare-final")
-    assert cell.locator(".jp-OutputArea-output").count() == 1
+    # the answers, then the timings (a widget output, which nbval skips)
+    assert cell.locator(".jp-OutputArea-output").count() == 2
     final = cell.locator(".pk-compare-final .pk-compare-col")
     assert final.count() == 3
     assert "Failed:" in final.nth(1).inner_text() and "Stopped:" in final.nth(2).inner_text()
-    assert cell.locator(".pk-compare-summary tbody tr").count() == 3
-    cell.locator(".pk-compare-summary").scroll_into_view_if_needed()
+    assert cell.locator(".pk-compare-summary:not(.pk-compare-timings) tbody tr").count() == 3
+    timings = cell.locator("table.pk-compare-timings")
+    assert timings.locator("tbody tr").count() == 3
+    assert "first chunk" in timings.inner_text() and "Timings of this run" in timings.inner_text()
+    timings.scroll_into_view_if_needed()
     lab.screenshot("compare-summary")
     # a narrow window stacks the columns
     lab.page.set_viewport_size({"width": 640, "height": 900})
@@ -165,3 +169,44 @@ def test_three_models_side_by_side_one_fails_one_is_stopped(
     assert lab.output_text(2).strip() == (
         "{'fast': 'finished', 'failing': 'failed', 'slow': 'stopped'}"
     )
+
+
+MATH_SETUP = COMPARE_SETUP + (
+    "from pk_notebook.providers.mock import Scenario\n"
+    "MATH = ('Area: $\\\\pi r^2$ here.\\n\\nPrices: \\\\$5 and \\\\$6.\\n\\n'\n"
+    "        + 'The lighthouse keeper counted ships. ' * 30)\n"
+    "mathy = Pipeline(MockProvider([Scenario(MATH, reasoning='Think about $x$ first. ' * 5)],\n"
+    "                              chunk_delay=0.03))\n"
+)
+
+
+def test_columns_typeset_math_and_fold_the_thinking(lab_page: LabPage, lab_root: Path) -> None:
+    write_notebook(
+        lab_root / "compare-math.ipynb",
+        [MATH_SETUP, "%%stream -m mathy -m fast\nShow math"],
+    )
+    lab = lab_page
+    lab.open("compare-math.ipynb")
+    lab.run_cell_and_wait(0)
+    lab.run_cell(1)
+    cell = lab.cell(1)
+    # while it streams: the thinking section, then typeset math in a finished block
+    cell.locator(".pk-compare-thinking details.pk-thinking").first.wait_for(timeout=20_000)
+    piece = cell.locator(".pk-compare-live .pk-compare-piece mjx-container")
+    piece.first.wait_for(timeout=20_000)
+    thinking = cell.locator(".pk-compare-live details.pk-thinking").first
+    lab.page.wait_for_function(
+        "() => { const d = document.querySelector('.pk-compare-live details.pk-thinking');"
+        " return d && !d.open; }",
+        timeout=20_000,
+    )
+    assert "Thinking ·" in thinking.inner_text()
+    lab.screenshot("compare-math-thinking")
+    lab.wait_cell_done(1, timeout=30)
+    lab.page.wait_for_timeout(300)
+    col = cell.locator(".pk-compare-final .pk-compare-col").first
+    # one formula typeset; the escaped prices stay text, not math
+    assert col.locator(":scope > p mjx-container").count() == 1
+    assert "$5 and $6" in col.inner_text()
+    details = col.locator("details.pk-thinking")
+    assert details.count() == 1 and details.evaluate("d => d.open") is False

@@ -88,3 +88,20 @@ async def test_cancelling_the_consumer_stops_every_stream_and_keeps_partial_text
 def test_names_are_not_pipelines() -> None:
     with pytest.raises(ConfigurationError, match="create_provider"):
         compare(["openai:gpt-4o-mini"], "go")
+
+
+async def test_reasoning_arrives_as_its_own_chunks_per_model() -> None:
+    from pk_notebook.providers.mock import Scenario
+
+    thinker = Pipeline(MockProvider([Scenario("Five.", reasoning="Count to five first.")]))
+    plain = Pipeline(MockProvider.scripted(WORDS))
+    reasoning: dict[str, str] = {}
+    text: dict[str, str] = {}
+    async with compare({"thinker": thinker, "plain": plain}, "Count") as cmp:
+        async for event in cmp:
+            if event.chunk is not None:
+                reasoning[event.label] = reasoning.get(event.label, "") + event.chunk.reasoning
+                text[event.label] = text.get(event.label, "") + event.chunk.content
+    assert reasoning == {"thinker": "Count to five first.", "plain": ""}
+    assert text == {"thinker": "Five.", "plain": WORDS}  # never mixed into the answer
+    assert cmp.results["thinker"].reasoning == "Count to five first."
