@@ -5,10 +5,15 @@
 Part 1, in a real kernel (jupyter_client, as a front end sees it): a Markdown
 answer of each size (``benchmarks/live_answers.py``: headings, paragraphs,
 lists, code, tables) streams at ``--rate`` characters a second through
-``%%stream``, once with the incremental view (today's default) and once with
-the old whole-text updates (``live.INCREMENTAL = False``), in the same kernel.
-Reported per run: messages and bytes the live view sent to the front end
-(everything before the final output), their ratio to the answer's size, the
+``%%stream``, and a ``--slow-size`` answer at each of ``--slow-rates`` (the
+pace of real models, a few hundred characters a second and up), three ways in
+the same kernel (``MODES``): delta (today's default where JupyterLab renders
+the text: the client answers the view's "ready" and applies its edits, as
+``tests/notebook/test_live_delta_kernel.py`` does), display updates (the
+incremental view in a front end without the delta view) and whole text (before
+issue 17). Reported per run: messages and bytes the live view sent to the front
+end (everything before the final output; widgets' one-off models apart, as
+"+kB widgets"), their ratio to the answer's size, the
 visible updates per second in each quarter of the stream, and the kernel's
 Python CPU per update (median in the first and the last quarter: flat means the
 cost does not grow with the answer).
@@ -85,8 +90,10 @@ def _size(msg: dict[str, Any]) -> int:
 def _update_times(messages: list[dict[str, Any]]) -> list[float]:
     times: list[float] = []
     for msg in _live_messages(messages):
-        if msg["msg_type"] in ("display_data", "update_display_data") and (
-            "text/markdown" in msg["content"]["data"]
+        data = msg["content"].get("data", {})
+        edit = msg["msg_type"] == "comm_msg" and {"t", "d"} & set(data.get("content") or {})
+        if edit or (
+            msg["msg_type"] in ("display_data", "update_display_data") and "text/markdown" in data
         ):
             at = msg["header"]["date"].timestamp()
             if not times or at - times[-1] > 0.01:
@@ -104,7 +111,22 @@ def _quarters(times: list[float]) -> list[float]:
     return [c / (span / 4) for c in counts]
 
 
-def kernel_runs(sizes: list[int], rate: float) -> list[dict[str, Any]]:
+#: how each mode is set in the kernel, and whether a (simulated) browser answers the
+#: delta view's "ready": delta = today's default where JupyterLab renders the text,
+#: display = the incremental view through display updates (a front end without the
+#: delta view), whole = the whole text on every update (before issue 17)
+MODES = {
+    "delta": ("live_module.INCREMENTAL = True; live_module.DELTA = True", True),
+    "display": ("live_module.INCREMENTAL = True; live_module.DELTA = False", False),
+    "whole": ("live_module.INCREMENTAL = False", False),
+}
+
+
+def kernel_runs(
+    sizes: list[int], rate: float, modes: tuple[str, ...] = tuple(MODES)
+) -> list[dict[str, Any]]:
+    from tests.notebook.test_live_delta_kernel import FakeBrowser
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         k = _kernel_session(Path(tmp))
@@ -114,18 +136,26 @@ def kernel_runs(sizes: list[int], rate: float) -> list[dict[str, Any]]:
             for size in sizes:
                 k.ok(
                     f"text = long_answer({size})\n"
-                    f"pipe = Pipeline(PacedProvider(text, rate={rate}), idle_timeout=None)",
+                    f"pipe = Pipeline(PacedProvider(text, rate={rate}, chunk={_chunk(rate)}),"
+                    " idle_timeout=None)",
                     interactive=False,
                 )
-                for mode in ("incremental", "whole"):
-                    k.ok(f"live_module.INCREMENTAL = {mode == 'incremental'}", interactive=False)
-                    run = k.ok("%%stream --pipeline pipe\nGo", timeout=600)
+                for mode in modes:
+                    setting, browser = MODES[mode]
+                    k.ok(setting, interactive=False)
+                    run = k.ok(
+                        "%%stream --pipeline pipe\nGo",
+                        timeout=600,
+                        during=FakeBrowser(k) if browser else None,
+                    )
                     live = _live_messages(run.messages)
-                    sent = sum(_size(m) for m in live)
+                    setup = sum(_size(m) for m in live if m["msg_type"] == "comm_open")
+                    sent = sum(_size(m) for m in live if m["msg_type"] != "comm_open")
                     times = _update_times(run.messages)
-                    cpu = json.loads(
+                    cpu, text_sent = json.loads(
                         k.ok(
-                            "import json; print(json.dumps(live_module.LAST_LIVE.render_cpu))",
+                            "import json; print(json.dumps([live_module.LAST_LIVE.render_cpu,"
+                            " live_module.LAST_LIVE.bytes_sent]))",
                             interactive=False,
                         ).stdout
                     )
@@ -133,10 +163,13 @@ def kernel_runs(sizes: list[int], rate: float) -> list[dict[str, Any]]:
                     rows.append(
                         {
                             "size": size,
+                            "rate": rate,
                             "mode": mode,
                             "messages": len(live),
                             "bytes": sent,
+                            "setup": setup,
                             "ratio": sent / size,
+                            "text_ratio": text_sent / size,
                             "updates": len(times),
                             "rates": _quarters(times),
                             "cpu_first_ms": 1000 * statistics.median(cpu[:q]) if cpu else 0.0,
@@ -146,17 +179,25 @@ def kernel_runs(sizes: list[int], rate: float) -> list[dict[str, Any]]:
                         }
                     )
                     print(_kernel_line(rows[-1]), flush=True)
-            k.ok("live_module.INCREMENTAL = True", interactive=False)
+            k.ok(MODES["delta"][0], interactive=False)
         finally:
             k.close()
     return rows
 
 
+def _chunk(rate: float) -> int:
+    """Characters per provider chunk: a token or two on a slow stream, more on a fast one
+    (a benchmark must not measure the event loop's timer granularity)."""
+    return max(4, min(400, int(rate / 250)))
+
+
 def _kernel_line(row: dict[str, Any]) -> str:
     rates = "/".join(f"{r:.1f}" for r in row["rates"])
     return (
-        f"{row['size'] / 1000:>6.0f} kB {row['mode']:<11} {row['messages']:>6} msgs "
-        f"{row['bytes'] / 1e6:>8.2f} MB ({row['ratio']:>5.2f}x)  updates/s by quarter {rates:<19} "
+        f"{row['size'] / 1000:>6.0f} kB @{row['rate'] / 1000:>5.1f} kB/s {row['mode']:<8} "
+        f"{row['messages']:>6} msgs {row['bytes'] / 1e6:>8.3f} MB ({row['ratio']:>5.2f}x; "
+        f"text {row['text_ratio']:.2f}x; +{row['setup'] / 1000:.1f} kB widgets)  "
+        f"updates/s by quarter {rates:<19} "
         f"CPU/update first {row['cpu_first_ms']:.2f} ms, last {row['cpu_last_ms']:.2f} ms, "
         f"max {row['cpu_max_ms']:.1f} ms"
     )
@@ -208,9 +249,10 @@ def browser_runs(size: int, rate: float, verbose: bool = False) -> list[dict[str
         )
         when = "print(live_module.REPLACED_AT)"
         runs = (
-            ("1 MB, incremental", "live_module.INCREMENTAL = True", "--pipeline pipe"),
-            ("1 MB, whole text", "live_module.INCREMENTAL = False", "--pipeline pipe"),
-            ("4 side by side", "live_module.INCREMENTAL = True", "-m p0 -m p1 -m p2 -m p3"),
+            ("1 MB, delta", MODES["delta"][0], "--pipeline pipe"),
+            ("1 MB, display upd.", MODES["display"][0], "--pipeline pipe"),
+            ("1 MB, whole text", MODES["whole"][0], "--pipeline pipe"),
+            ("4 side by side", MODES["delta"][0], "-m p0 -m p1 -m p2 -m p3"),
         )
         # one notebook (and kernel) per run: no big output of an earlier run on the page
         for n, (_, mode, line) in enumerate(runs):
@@ -277,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--rate", type=float, default=100_000, help="characters per second")
+    parser.add_argument(
+        "--slow-rates",
+        default="500,2000,5000",
+        help="token-like rates (characters per second) at which a --slow-size answer streams",
+    )
+    parser.add_argument("--slow-size", type=int, default=10_000)
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--browser-size", type=int, default=1_000_000)
     parser.add_argument("--browser-only", action="store_true")
@@ -286,13 +334,25 @@ def main(argv: list[str] | None = None) -> int:
     missed: list[str] = []
     if not args.browser_only:
         print(f"== kernel: answers streamed at {args.rate / 1000:.0f} kB/s", flush=True)
-        for row in kernel_runs(sizes, args.rate):
-            if row["mode"] != "incremental" or row["size"] < 100_000:
-                continue  # a 10 kB answer streams in 0.1 s: too short for rates
-            if row["ratio"] > 2:
-                missed.append(f"{row['size']} chars: live bytes {row['ratio']:.2f}x > 2x")
-            if min(row["rates"]) < 10:
-                missed.append(f"{row['size']} chars: {min(row['rates']):.1f} updates/s < 10")
+        rows = kernel_runs(sizes, args.rate)
+        print(f"== kernel: a {args.slow_size / 1000:.0f} kB answer at token rates", flush=True)
+        for slow in (float(r) for r in args.slow_rates.split(",") if r):
+            rows += kernel_runs([args.slow_size], slow)
+        for row in rows:
+            if row["mode"] != "delta":
+                continue
+            where = f"{row['size']} chars at {row['rate']:.0f}/s"
+            if row["text_ratio"] > 2:
+                missed.append(f"{where}: live text {row['text_ratio']:.2f}x > 2x")
+            if row["ratio"] > 2 and row["rate"] >= 5000:
+                missed.append(f"{where}: live bytes {row['ratio']:.2f}x > 2x")
+            elif row["ratio"] > 2:
+                # ~100 bytes of protocol per message, 10+ messages a second: below ~5 kB/s
+                # that envelope, not the text, is most of what is sent (README, Performance)
+                print(f"note: {where}: {row['ratio']:.2f}x with message envelopes", flush=True)
+            if row["seconds"] > 2 and min(row["rates"]) < 10:
+                # (a 10 kB answer at 100 kB/s streams in 0.1 s: too short for rates)
+                missed.append(f"{where}: {min(row['rates']):.1f} updates/s < 10")
     if not args.no_browser:
         print("== browser: main-thread long tasks (PerformanceObserver 'longtask')", flush=True)
         for row in browser_runs(args.browser_size, args.rate, args.verbose):

@@ -172,7 +172,6 @@ if HAVE_ANYWIDGET:
             return f"<KeyboardEnhancer ready={self.ready}>"
 
 
-
 class MessageBox:
     """The composer's input parts: the textarea, the hidden enhancer, and the hint line.
 

@@ -85,6 +85,7 @@ from ..runtime.errors import ConfigurationError, redact
 from ..runtime.pipeline import Pipeline
 from ..runtime.types import UNSET, ProviderConfig, Result, StreamStatus
 from .blocks import BlockSplitter
+from .comms import close_widgets
 from .defaults import defaults
 from .interpolate import Substitution, describe_substitutions
 from .live import (
@@ -560,14 +561,7 @@ class CompareView:
             logger.warning("the comparison's timings could not be shown", exc_info=True)
 
     def close(self) -> None:
-        for widget in self._widgets:
-            for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
-                if part is None:
-                    continue
-                try:
-                    part.close()
-                except Exception:
-                    logger.debug("could not close %r", part, exc_info=True)
+        close_widgets(self._widgets)
         self._widgets.clear()
         self._root = None
 

@@ -62,12 +62,25 @@ typeset only when closed; see :mod:`.blocks`). The live pieces carry
 Markdown). The final output is unchanged: ``clear_output(wait=True)`` and the
 one final ``display_data``, exactly as before. ``-f code`` keeps whole-text
 updates (its answer is one code block).
+
+Delta transport (:mod:`.tail_view`, ``DELTA``): re-sending the tail is cheap on a
+fast stream and many times the new text on a slow one. Where the front end can
+render Markdown itself (JupyterLab and Notebook 7 with anywidget's front end, and
+ipykernel >= 7.4, which hears the front end while the cell runs), a stretch of
+text is one widget view instead: the kernel sends edits of the Markdown it holds
+(what arrived, plus the few characters the tail's rendering rules change), and
+the browser renders finished blocks once and the tail on each update with
+JupyterLab's own renderer. The kernel switches to it only when the front end has
+said so, so a front end that cannot do it (anywidget missing where JupyterLab
+runs, VS Code, Colab) never shows a broken widget: it gets the display updates
+above. The final output is the same either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+import json
 import logging
 import re
 import sys
@@ -79,6 +92,7 @@ from typing import Any
 from ..runtime.text import Throttle
 from ..runtime.types import ToolCall, ToolEvent, ToolResult
 from .blocks import BlockSplitter, piece_markdown
+from .comms import close_widgets
 from .markdown import close_open_fence, safe_markdown
 from .markdown import escape_markdown as escape_markdown  # re-exported: magic.py uses it
 from .parts_view import (
@@ -93,6 +107,7 @@ from .parts_view import (
     turn_bundle,
 )
 from .status import Note as Note  # re-exported: runner.py uses it
+from .tail_view import HAVE_ANYWIDGET, TailChannel
 
 logger = logging.getLogger("pk_notebook")
 
@@ -104,11 +119,15 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 #: live updates send only what is new (see "Incremental updates" above); False brings
 #: back the whole-text updates (kept for the benchmark's comparison, ``benchmarks/live.py``)
 INCREMENTAL = True
+#: where the front end can (see :mod:`.tail_view`), incremental updates send edits of the
+#: text the browser holds and the browser renders it; False keeps display updates
+DELTA = True
 #: at most this many characters of finished text go out in one update (a burst is
 #: shown over several updates, so the browser never renders a megabyte at once)
 FINISHED_PER_UPDATE = 32_000
-#: incremental updates refresh the status line at most this often (its tick: every 0.5 s)
-STATUS_INTERVAL = 0.25
+#: incremental updates refresh the status line only if the tick (every 0.5 s) has not
+#: for this long: the line changes on every update, and each refresh is a message
+STATUS_INTERVAL = 0.5
 
 
 # --- choosing a surface ---------------------------------------------------------------
@@ -360,6 +379,11 @@ class LiveOutput:
         self._last_tail: dict[str, str] = {}  # what the tail's display shows now
         self._fed = 0  # characters of the current block fed at the last update
         self._status_at = -1e9  # when an update last refreshed the status line
+        # Delta transport (see tail_view.py): one channel per stretch of text, used once
+        # its front end says it renders Markdown; until then, display updates.
+        self._channel: TailChannel | None = None
+        self._channels: list[TailChannel] = []
+        self._delta_view: Any = None  # the display showing the current channel's view
         self._ticker: asyncio.TimerHandle | None = None
         self._printed = 0
         self._shown = False
@@ -420,6 +444,9 @@ class LiveOutput:
             # front end, with or without a widget manager.
             self._body_handle = display({"text/plain": ""}, raw=True, display_id=True)
             self._free_handle = self._body_handle
+        if self._delta_possible():
+            # Made now, so the front end's "ready" arrives while the provider connects.
+            self._channel = self._new_channel()
         if self.surface in ("widget", "display") and self.status is not None and self.tick:
             self._ticker = self._loop.call_later(self.tick, self._on_tick)
         return self
@@ -439,6 +466,11 @@ class LiveOutput:
                 self._backlog.clear()
                 self._last_tail = {}
                 self._fed = 0
+                if self._delta_view is not None:
+                    # The last stretch's view stays as it is; this one gets a fresh channel
+                    # (a new model), and only if the front end took the first one.
+                    self._delta_view = None
+                    self._channel = self._new_channel()
         if self._splitter is not None:
             self._splitter.feed(text)
         self._throttle.push(text)
@@ -558,23 +590,15 @@ class LiveOutput:
     def close(self) -> None:
         """Release the widgets (their comms); the displayed final output stays."""
         self._leave_cell()
+        for channel in self._channels:
+            channel.close()
+        self._channels = []
+        self._channel = None
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
         if self._root is not None:
-            for widget in (self._button, self._status_widget, self._root):
-                # Layout and style are widgets too, each with its own comm.
-                for part in (
-                    getattr(widget, "layout", None),
-                    getattr(widget, "style", None),
-                    widget,
-                ):
-                    if part is None:
-                        continue
-                    try:
-                        part.close()
-                    except Exception:
-                        logger.debug("could not close %r", part, exc_info=True)
+            close_widgets((self._button, self._status_widget, self._root))
             self._root = None
 
     def _leave_cell(self) -> None:
@@ -614,6 +638,31 @@ class LiveOutput:
         self.render_cpu.append(time.thread_time() - began)
         self._show_status(self._status_text())
 
+    def _delta_possible(self) -> bool:
+        return (
+            DELTA
+            and HAVE_ANYWIDGET
+            and self.incremental
+            and self.surface == "widget"
+            and self.format == "markdown"
+        )
+
+    def _new_channel(self) -> TailChannel | None:
+        if self._channels and not any(ch.usable for ch in self._channels):
+            return None  # the front end never took the first one: display updates it is
+        try:
+            channel = TailChannel()
+        except Exception:
+            logger.debug("no delta view; using display updates", exc_info=True)
+            return None
+        self._channels.append(channel)
+        return channel
+
+    @property
+    def delta(self) -> bool:
+        """True while the current stretch of text streams through a browser-side view."""
+        return self._delta_view is not None
+
     def _render_incremental(self, last: bool) -> None:
         """Send what is new: finished blocks once, then the tail (see the module docstring)."""
         splitter = self._splitter
@@ -622,18 +671,17 @@ class LiveOutput:
         began = time.thread_time()
         self.updates += 1
         self._backlog.extend(splitter.take())
-        while self._backlog:
-            batch, size = [], 0
-            while self._backlog and (size < FINISHED_PER_UPDATE or last):
-                piece = self._backlog.popleft()
-                batch.append(piece)
-                size += len(piece)
+        channel = self._channel
+        if channel is not None and channel.usable:
+            self._render_delta(channel, splitter, last)
+            self.render_cpu.append(time.thread_time() - began)
+            self._status_now()
+            return
+        for batch in self._finished_batches(last):
             # The tail's display shows these finished blocks from now on, for good;
             # the next tail gets a display of its own below it.
-            self._send(self._tail_handle, self._piece_bundle("".join(batch), finished=True))
+            self._send(self._tail_handle, self._piece_bundle(batch, finished=True))
             self._tail_handle = None
-            if not last:
-                break
         if self._backlog and isinstance(self._throttle, _Pacer):
             self._throttle.poke()  # the rest at the next update; the tail after it
         else:
@@ -650,11 +698,57 @@ class LiveOutput:
             self.interval if 2 * arrived >= len(splitter.tail) else max(self.interval, 0.1)
         )
         self.render_cpu.append(time.thread_time() - began)
+        self._status_now()
+
+    def _finished_batches(self, last: bool) -> list[str]:
+        """Finished text to send now: up to FINISHED_PER_UPDATE characters, or all if last."""
+        batches = []
+        while self._backlog:
+            batch, size = [], 0
+            while self._backlog and (size < FINISHED_PER_UPDATE or last):
+                piece = self._backlog.popleft()
+                batch.append(piece)
+                size += len(piece)
+            batches.append("".join(batch))
+            if not last:
+                break
+        return batches
+
+    def _status_now(self) -> None:
         # The status line's numbers change on every update; a few times a second is enough.
         now = self._loop.time()
         if now - self._status_at >= STATUS_INTERVAL:
             self._status_at = now
             self._show_status(self._status_text())
+
+    def _render_delta(self, channel: TailChannel, splitter: BlockSplitter, last: bool) -> None:
+        """Edits of what the browser's view holds: finished pieces, then the tail."""
+        if self._delta_view is None:
+            # Switch: the view takes the tail's place (or a new display below what has
+            # been shown), and from now on holds every finished piece and the tail.
+            view = channel.view
+            self.bytes_sent += len(json.dumps(view))
+            if self._tail_handle is not None:
+                self._tail_handle.update(view, raw=True)
+                self._delta_view = self._tail_handle
+            else:
+                from IPython.display import display
+
+                self._delta_view = display(view, raw=True, display_id=True)
+                self._live_handles.append(self._delta_view)
+            self._tail_handle = None
+        finished = [piece_markdown(batch) for batch in self._finished_batches(last)]
+        before = channel.bytes_sent
+        tail = "" if self._backlog else splitter.tail_markdown()
+        channel.update(finished, tail)
+        self.bytes_sent += channel.bytes_sent - before
+        if self._backlog and isinstance(self._throttle, _Pacer):
+            self._throttle.poke()  # the rest at the next update
+        # An edit costs what arrived plus a message's envelope (~100 bytes: comm id, method):
+        # when little arrives per update (a slow stream), a little over 10 updates a second
+        # (timers run late, and 10 is the floor we promise), else the full pace.
+        arrived, self._fed = splitter.fed - self._fed, splitter.fed
+        self._throttle.interval = self.interval if arrived >= 200 else max(self.interval, 0.09)
 
     def _piece_bundle(self, text: str, *, finished: bool) -> dict[str, str]:
         if self.format == "text":
@@ -739,11 +833,7 @@ class LiveOutput:
                 handle.update({"text/plain": f"{call.name}: {outcome}"}, raw=True)
             except Exception:
                 logger.debug("could not update the approval prompt", exc_info=True)
-            for widget in (run, deny, question, box):
-                for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
-                    if part is not None:
-                        part.close()
-                widget.close()
+            close_widgets((run, deny, question, box))
 
     # --- parts: reasoning and tool cards ------------------------------------------------
 
@@ -833,6 +923,7 @@ class LiveOutput:
         self._ticker = None
         if self._finished:
             return
+        self._status_at = self._loop.time()
         # Open Thinking sections and running tools show how long they have lasted.
         for part in self.parts.blocks:
             if (isinstance(part, ThinkingBlock) and not part.done) or (
@@ -876,7 +967,15 @@ class LiveOutput:
         )
         self._button.add_class("pk-stop")
         self._button.on_click(self._clicked)
-        self._status_widget = w.HTML(_status_html(self._status_text()))
+        # The look is set once (style and layout); each update sends just the words.
+        self._status_widget = w.HTML(
+            _status_html(self._status_text()),
+            style={
+                "font_size": "var(--jp-ui-font-size1, 13px)",
+                "text_color": "var(--jp-ui-font-color2, #616161)",
+            },
+            layout=w.Layout(padding="0 0 0 0.5em"),
+        )
         self._status_widget.add_class("pk-status")
         self._root = w.HBox(
             [self._button, self._status_widget], layout=w.Layout(align_items="center")
@@ -964,8 +1063,4 @@ class _Pacer:
 
 
 def _status_html(line: str) -> str:
-    return (
-        '<span style="color: var(--jp-ui-font-color2, #616161); white-space: pre-line; '
-        'font-size: var(--jp-ui-font-size1, 13px); padding-left: 0.5em">'
-        f"{html.escape(line)}</span>"
-    )
+    return html.escape(line).replace("\n", "<br>")

@@ -87,6 +87,20 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) 
     return time.monotonic() - start
 
 
+def story_grows(lab: JupyterLab, page: LabPage, name: str) -> None:
+    """Open a notebook with the slow story in cell 1, run it, and check that its answer
+    grows while the cell runs (not all at the end)."""
+    lab.notebook(name, [SLOW, STORY_CELL])
+    page.open(name)
+    page.run_cell_and_wait(0)
+    first = start_story(page, 1)
+    time.sleep(1.0)
+    second = answer(page, 1)
+    assert running(page, 1)
+    assert len(second) > len(first), "the answer did not grow while the cell ran"
+    assert second.startswith(first[:20])
+
+
 def start_story(page: LabPage, index: int) -> str:
     """Run the slow story cell ``index`` and return its answer once some text shows, while
     the cell still runs (the answer grows in the cell, not only at the end)."""
@@ -161,22 +175,30 @@ def test_chat_in_a_split_environment_without_anywidgets_front_end(
         assert text not in visible_text(page), f"{text!r} is visible"
 
 
+def test_stream_cell_grows_where_jupyterlab_lacks_anywidget(
+    lab_without_anywidget: JupyterLab, page_without_anywidget: LabPage
+) -> None:
+    """A JupyterLab without anywidget's front end: the browser-rendered live view (delta
+    transport) cannot load, so the kernel never shows it; the answer grows through display
+    updates under a working Stop button, and no widget error is on screen."""
+    page = page_without_anywidget
+    story_grows(lab_without_anywidget, page, "where-stream-split.ipynb")
+    assert page.cell(1).locator(".pk-tail-view").count() == 0
+    for text in BROKEN_WIDGET_TEXT:
+        assert text not in visible_text(page), f"{text!r} is visible"
+    page.screenshot("where-stream-split-live")
+    page.cell(1).locator(".pk-stop").click()
+    page.wait_cell_done(1, timeout=20)
+    final = page.cell(1).locator(".jp-RenderedMarkdown").inner_text()
+    assert final.startswith(STORY_START) and STORY_END not in final
+
+
 def test_stream_cell_grows_where_jupyterlab_has_no_widget_manager(
     lab_without_widgets: JupyterLab, page_without_widgets: LabPage
 ) -> None:
     """No jupyterlab_widgets: the answer grows in the cell under the Stop hint, ends once."""
     page = page_without_widgets
-    name = "where-stream-no-widgets.ipynb"
-    lab_without_widgets.notebook(name, [SLOW, STORY_CELL])
-    page.open(name)
-    page.run_cell_and_wait(0)
-
-    first = start_story(page, 1)
-    time.sleep(1.0)
-    second = answer(page, 1)
-    assert running(page, 1)
-    assert len(second) > len(first), "the answer did not grow while the cell ran"
-    assert second.startswith(first[:20])
+    story_grows(lab_without_widgets, page, "where-stream-no-widgets.ipynb")
     assert HINT_NO_WIDGETS in page.output_text(1)
     page.screenshot("where-stream-no-widgets-live")
 
