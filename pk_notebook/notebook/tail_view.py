@@ -234,6 +234,8 @@ class TailChannel:
         self._on_ready = on_ready
         self.widget.on_msg(self._on_message)
         self.tail = ""  # the tail the browser holds (Markdown)
+        self._readies = 0
+        self._resync = False  # the front end made the model again (a page reload)
         self.bytes_sent = 0  # characters of text in edits sent
         self.closed = False
 
@@ -255,6 +257,11 @@ class TailChannel:
     def _on_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
         # From the browser: validate before trusting (a dict with a true "markdown").
         if isinstance(content, dict) and content.get("ready") and content.get("markdown") is True:
+            self._readies += 1
+            if self._readies > 1:
+                # A reloaded page made the model anew, with nothing in it: the next
+                # update starts it over from the current tail (the final output has it all).
+                self._resync = True
             self._usable.set()
             if self._on_ready is not None:
                 try:
@@ -277,6 +284,9 @@ class TailChannel:
         tail's edit starts, so text that was already sent stays sent.
         """
         message: dict[str, Any] = {}
+        if self._resync:
+            self._resync = False
+            reset = True
         if reset:
             message["reset"] = 1
             self.tail = ""

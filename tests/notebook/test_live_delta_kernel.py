@@ -34,7 +34,7 @@ import pk_notebook.notebook.live as live_module
 slow_text = long_answer(6_000, seed=5)
 slow = Pipeline(ProviderMiddleware(PacedProvider(slow_text, rate=1_500, chunk=12)),
                 idle_timeout=None)
-emoji_text = "Snow 🌨️ falls on 𝔣𝔦𝔢𝔩𝔡𝔰.\\n\\n" * 40 + "Done: ☃ and 🧊."
+emoji_text = "Snow 🌨️ falls on 𝔣𝔦𝔢𝔩𝔡𝔰.\\n\\n" * 120 + "Done: ☃ and 🧊."
 emoji = Pipeline(ProviderMiddleware(PacedProvider(emoji_text, rate=2_000, chunk=7)),
                  idle_timeout=None)
 """
@@ -56,13 +56,22 @@ def _edit(text: str, op: list[Any]) -> str:
 class FakeBrowser:
     """The tail view's front end, minus the rendering: answers ready, applies edits."""
 
-    def __init__(self, k: KernelSession, *, markdown: bool = True) -> None:
+    def __init__(self, k: KernelSession, *, markdown: bool = True, reload_at: int = 0) -> None:
         self.k = k
         self.markdown = markdown
+        self.reload_at = reload_at  # after this many edits, reload the page (0: never)
+        self.resets = 0
         self.done: list[str] = []
         self.tail = ""
         self.comm_ids: set[str] = set()
         self.edits = 0
+
+    def ready(self, comm_id: str) -> None:
+        reply = {"ready": 1, "markdown": self.markdown}
+        data = {"method": "custom", "content": reply}
+        self.k.kc.shell_channel.send(
+            self.k.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+        )
 
     def __call__(self, execution: Execution, msg: dict[str, Any]) -> None:
         content = msg["content"]
@@ -70,21 +79,22 @@ class FakeBrowser:
             state = content.get("data", {}).get("state", {})
             if str(state.get("_anywidget_id", "")).endswith("TailWidget"):
                 self.comm_ids.add(content["comm_id"])
-                reply = {"ready": 1, "markdown": self.markdown}
-                data = {"method": "custom", "content": reply}
-                self.k.kc.shell_channel.send(
-                    self.k.kc.session.msg("comm_msg", {"comm_id": content["comm_id"], "data": data})
-                )
+                self.ready(content["comm_id"])
         elif msg["msg_type"] == "comm_msg" and content["comm_id"] in self.comm_ids:
             edit = content["data"]["content"]
             self.edits += 1
             if edit.get("reset"):
                 self.done, self.tail = [], ""
+                self.resets += 1
             for op in edit.get("d", []):
                 self.done.append(_edit(self.tail, op))
                 self.tail = self.tail.encode("utf-16-le")[2 * op[0] :].decode("utf-16-le")
             if "t" in edit:
                 self.tail = _edit(self.tail, edit["t"])
+            if self.edits == self.reload_at:
+                # a page reload: the widget manager makes the model again, empty
+                self.done, self.tail = [], ""
+                self.ready(content["comm_id"])
 
 
 def live_messages(execution: Execution) -> list[dict[str, Any]]:
@@ -178,3 +188,14 @@ def test_no_answer_from_the_front_end_means_display_updates(k: KernelSession) ->
     # and the widget's comm is closed when the answer ends
     closed = {m["content"]["comm_id"] for m in run.messages if m["msg_type"] == "comm_close"}
     assert opened <= closed
+
+
+def test_a_reloaded_page_gets_the_view_started_over(k: KernelSession) -> None:
+    browser = FakeBrowser(k, reload_at=10)
+    k.ok("%%stream --pipeline slow\nGo", timeout=60, during=browser)
+    assert browser.resets == 1, "the kernel did not start the reloaded view over"
+    # from the reload on, the view holds the answer's text in order, word for word
+    text = json.loads(k.ok("import json; print(json.dumps(slow_text))", interactive=False).stdout)
+    held = words("".join(browser.done) + browser.tail)
+    assert len(held) > 100
+    assert " ".join(held[1:-1]) in " ".join(words(text))  # first and last may be cut
