@@ -7,9 +7,28 @@ last one counts). There is no end marker: the answer is complete when the body
 ends after a ``finishReason``. The key goes in the ``x-goog-api-key`` header,
 never in the URL, so it cannot leak through a logged URL.
 
-A ``functionCall`` part may carry a ``thoughtSignature`` (Gemini's record of the
-thinking that led to the call): it is kept in :attr:`ToolCall.signature` and sent
-back with the call, as the API requires in a tool loop.
+**Thought signatures.** Any part may carry a ``thoughtSignature`` (Gemini's
+encrypted record of the thinking behind it), and it must go back *in the part it
+came with* (https://ai.google.dev/gemini-api/docs/thought-signatures). On a
+``functionCall`` part it is kept in :attr:`ToolCall.signature` and sent back with
+the call (Gemini 3 refuses the current turn's calls without it). On any other part
+(answer text, a ``"thought": true`` part, or the empty text part that ends a
+streamed answer and holds only the signature) it is kept in the message's
+:attr:`~pk_notebook.runtime.types.Message.reasoning_blocks` as
+``{"provider": "gemini", "type": "thought_signature", "signature", "at", "text"}``
+(``"thought": true`` for a thought part): ``at`` is where the part's text starts in
+the answer, ``text`` is the part's own text. The next request cuts the answer
+into parts at those places and puts each signature back on its own part; text
+without a signature is never merged into a signed part. An answer text that no
+longer matches the recorded part (the history was edited) goes back without that
+signature: the docs make text signatures recommended, not required.
+
+A call without a signature of its own (one made by another provider before the
+session switched to Gemini) gets the documented dummy
+``"skip_thought_signature_validator"`` where Gemini 3 validates: on the first
+``functionCall`` of each model step of the *current* turn (the contents after the
+last user content that is not only ``functionResponse`` parts). Calls of earlier
+turns, and the later calls of a parallel step, go as they are.
 
 **Structured output** (``schema=``): ``generationConfig.responseMimeType``
 ``"application/json"`` and ``generationConfig.responseJsonSchema`` (the full JSON
@@ -68,7 +87,8 @@ class GeminiProvider(HTTPProvider):
     assistant message becomes a ``"model"`` content: its text, then a
     ``functionCall`` part per call (with its ``thoughtSignature``); tool results
     become ``functionResponse`` parts of a ``"user"`` content. Consecutive contents
-    of one role are merged. Thought parts are not sent back.
+    of one role are merged. Thought parts are sent back only when one carried a
+    signature (see the module docstring), with it, where it came.
     """
 
     name = "gemini"
@@ -182,7 +202,7 @@ def gemini_contents(
             ]
         elif message.role == "assistant":
             role = "model"
-            parts = [{"text": message.content}] if message.content else []
+            parts = _answer_parts(message)
             for call in message.tool_calls:
                 names[call.id] = call.name
                 part: dict[str, Any] = {"functionCall": {"name": call.name, "args": _args(call)}}
@@ -203,7 +223,89 @@ def gemini_contents(
             out[-1]["parts"].extend(parts)
         else:
             out.append({"role": role, "parts": parts})
+    _sign_current_turn(out)
     return out
+
+
+#: the value Google documents for a function call that has no signature of its own
+#: (a trace from another model, a call the client made up). The FAQ of
+#: https://ai.google.dev/gemini-api/docs/thought-signatures#faqs names two,
+#: "context_engineering_is_the_way_to_go" and "skip_thought_signature_validator";
+#: Vertex AI's page documents only the second
+#: (https://docs.cloud.google.com/vertex-ai/generative-ai/docs/thought-signatures), so it
+#: is the one that works on both.
+DUMMY_SIGNATURE = "skip_thought_signature_validator"
+#: the ``type`` of the reasoning blocks that hold a signature of a part other than a call
+SIGNATURE_BLOCK = "thought_signature"
+
+
+def _sign_current_turn(contents: list[dict[str, Any]]) -> None:
+    """Give the first call of each step of the current turn the dummy if it has no signature.
+
+    What Gemini 3 validates (https://ai.google.dev/gemini-api/docs/thought-signatures,
+    "Validation"): the current turn starts at the newest ``user`` content with
+    standard content (not only ``functionResponse`` parts); in every ``model``
+    content after it the *first* ``functionCall`` part must carry a signature.
+    Earlier turns are not validated, and the later calls of a parallel step never
+    had one, so nothing is added there.
+    """
+    start = 0
+    for index in range(len(contents) - 1, -1, -1):
+        content = contents[index]
+        if content["role"] == "user" and any(
+            "functionResponse" not in part for part in content["parts"]
+        ):
+            start = index + 1
+            break
+    for content in contents[start:]:
+        if content["role"] != "model":
+            continue
+        first = next((p for p in content["parts"] if "functionCall" in p), None)
+        if first is not None and not first.get("thoughtSignature"):
+            first["thoughtSignature"] = DUMMY_SIGNATURE
+
+
+def _answer_parts(message: Message) -> list[dict[str, Any]]:
+    """An assistant message's text as parts, each kept signature back on its own part.
+
+    Without Gemini signature blocks the text is one part. With them, the text is
+    cut at the signed parts: each becomes ``{"text": ..., "thoughtSignature": ...}``
+    again (an empty one too: a streamed answer's signature often comes on an empty
+    last part), a signed thought part goes back as the thought part it was, and the
+    text between them goes as plain parts. A signed text part that does not match
+    the message's text at its place is left out (its signature is optional).
+    """
+    content = message.content
+    blocks = [
+        b
+        for b in message.reasoning_blocks
+        if b.get("provider") == "gemini" and b.get("type") == SIGNATURE_BLOCK
+    ]
+    if not blocks:
+        return [{"text": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    done = 0  # characters of the content already in parts
+    for block in blocks:  # in the order the parts came
+        signature, at, text = block.get("signature"), block.get("at"), block.get("text", "")
+        if not (isinstance(signature, str) and signature and isinstance(text, str)):
+            continue
+        if type(at) is not int or not done <= at <= len(content):
+            continue
+        if block.get("thought"):
+            part = {"text": text, "thought": True, "thoughtSignature": signature}
+            end = at
+        elif content.startswith(text, at):
+            part = {"text": text, "thoughtSignature": signature}
+            end = at + len(text)
+        else:
+            continue
+        if at > done:
+            parts.append({"text": content[done:at]})
+        parts.append(part)
+        done = end
+    if done < len(content):
+        parts.append({"text": content[done:]})
+    return parts
 
 
 def _args(call: ToolCall) -> dict[str, Any]:
@@ -223,11 +325,13 @@ class GeminiParser(StreamParser):
     with the raw line.
     """
 
-    __slots__ = ("_tools", "finish_reason", "model", "usage")
+    __slots__ = ("_answer_length", "_signed", "_tools", "finish_reason", "model", "usage")
 
     def __init__(self, provider: HTTPProvider) -> None:
         super().__init__(provider)
         self._tools: list[ToolCall] = []
+        self._answer_length = 0  # characters of answer text so far: where a part starts
+        self._signed: list[dict[str, Any]] = []  # signatures of parts other than calls
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.usage: Usage | None = None
@@ -297,12 +401,28 @@ class GeminiParser(StreamParser):
             if type(part) is not dict:
                 raise Bad("a part is not an object")
             text = string(part.get("text"), "a part's 'text'")
+            thought = bool(part.get("thought"))
+            call = part.get("functionCall")
+            if call is None:
+                signature = string(part.get("thoughtSignature"), "a part's 'thoughtSignature'")
+                if signature:  # kept where it came, even on a part without text
+                    self.charge_answer(len(signature))
+                    block: dict[str, Any] = {
+                        "provider": "gemini",
+                        "type": SIGNATURE_BLOCK,
+                        "signature": signature,
+                        "at": self._answer_length,
+                        "text": text,
+                    }
+                    if thought:
+                        block["thought"] = True
+                    self._signed.append(block)
             if text:
-                if part.get("thought"):
+                if thought:
                     self.emit(out, "", text)
                 else:
                     self.emit(out, text)
-            call = part.get("functionCall")
+                    self._answer_length += len(text)
             if call is not None:
                 call = mapping(call, "'functionCall'")
                 name = string(call.get("name"), "a functionCall's 'name'")
@@ -325,7 +445,17 @@ class GeminiParser(StreamParser):
     def end(self) -> Finish | None:
         if self.finish_reason is None:
             return None
-        return self._provider.finish(self.finish_reason, self.usage, tuple(self._tools), self.model)
+        if not self._signed:
+            return self._provider.finish(
+                self.finish_reason, self.usage, tuple(self._tools), self.model
+            )
+        return self._provider.finish(
+            self.finish_reason,
+            self.usage,
+            tuple(self._tools),
+            self.model,
+            reasoning_blocks=tuple(self._signed),
+        )
 
 
 def usage_from_gemini(usage: dict[str, Any] | None) -> Usage | None:
