@@ -23,7 +23,14 @@ from pk_notebook.providers import Fault
 
 from ..conftest import require_binary
 from .conftest import LONG_ANSWER, make_pipeline, scenario_provider, slow_provider
-from .test_tools_and_reasoning import ARGUMENTS, THINKING_1, THINKING_2, ToolScript, get_weather
+from .test_tools_and_reasoning import (
+    ARGUMENTS,
+    CALL_ID,
+    THINKING_1,
+    THINKING_2,
+    ToolScript,
+    get_weather,
+)
 
 HERE = Path(__file__).with_name("ai_sdk")
 
@@ -87,6 +94,35 @@ def test_the_ai_package_assembles_text_reasoning_and_tool_parts(node: str, serve
     assert metadata["status"] == "finished"
     assert metadata["usage"]["inputTokens"] == 30 and metadata["usage"]["outputTokens"] == 10
     assert message["id"] == f"msg-{metadata['answerId']}"
+
+
+def test_the_ai_package_goes_on_after_a_tool_call_with_an_image(node: str, serve: Any) -> None:
+    from .test_ai_sdk_history import PNG, PNG_URL
+
+    script = ToolScript("get_weather")
+    live = serve(make_pipeline(script), tools=[get_weather])
+    out = read_chat(node, live.url, "Umbrella in Paris?", "again", "And this?", PNG_URL)
+    assert out["errors"] == []
+    assert [p["type"] for p in out["first"]["parts"]][3] == "dynamic-tool"
+    texts = [p["text"] for p in out["message"]["parts"] if p["type"] == "text"]
+    assert texts == ["Let me check. ", "It says: Rain, 12 C in Paris."]
+    # the second turn's first model call got the first turn whole, then the image
+    sent = script.requests[2].messages
+    assert [m.role for m in sent] == ["user", "assistant", "tool", "assistant", "user"]
+    (call,) = sent[1].tool_calls
+    assert (call.id, call.name, json.loads(call.arguments)) == (
+        CALL_ID,
+        "get_weather",
+        json.loads(ARGUMENTS),
+    )
+    assert sent[1].content == "Let me check. " and sent[1].reasoning == "".join(THINKING_1)
+    assert (sent[2].tool_call_id, sent[2].name, sent[2].is_error) == (CALL_ID, "get_weather", False)
+    assert sent[2].content == "Rain, 12 C in Paris"
+    assert sent[3].content == "It says: Rain, 12 C in Paris."
+    assert sent[4].content == "And this?"
+    assert [(a.mime_type, a.name, a.data) for a in sent[4].attachments] == [
+        ("image/png", "dot.png", PNG)
+    ]
 
 
 def test_the_ai_package_resumes_a_cut_chat(node: str, serve: Any) -> None:

@@ -2,11 +2,15 @@
 // DefaultChatTransport useChat uses (HTTP, SSE parsing, part validation) and
 // readUIMessageStream (assembling the UIMessage). Prints {message, errors} as JSON.
 //
-//   node read_chat.mjs BASE_URL PROMPT [cut]
+//   node read_chat.mjs BASE_URL PROMPT [cut | again PROMPT2 DATA_URL]
 //
 // With "cut", the request is aborted after a few text deltas and the chat is
 // resumed with reconnectToStream (GET /api/chat/{id}/stream), as
 // useChat({resume: true}) does; the message printed is the resumed one.
+// With "again", the chat goes on as useChat does: the history (the first
+// question, the assistant message as assembled, tool parts included) and a
+// second question with the file DATA_URL as a file part; the message printed is
+// the second answer, the first is printed as "first".
 import { DefaultChatTransport, readUIMessageStream } from "ai";
 
 const [base, prompt, mode] = process.argv.slice(2);
@@ -57,4 +61,26 @@ if (mode === "cut") {
 } else {
   message = await assemble(stream);
 }
-console.log(JSON.stringify({ message, errors, cutAt }));
+let first = null;
+if (mode === "again") {
+  first = message;
+  const [question, url] = process.argv.slice(5);
+  const next = {
+    id: "u2",
+    role: "user",
+    parts: [
+      { type: "text", text: question },
+      { type: "file", mediaType: "image/png", filename: "dot.png", url },
+    ],
+  };
+  message = await assemble(
+    await transport.sendMessages({
+      chatId,
+      messages: [user, first, next],
+      trigger: "submit-message",
+      messageId: undefined,
+      abortSignal: undefined,
+    }),
+  );
+}
+console.log(JSON.stringify({ message, errors, cutAt, first }));
