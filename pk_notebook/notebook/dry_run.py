@@ -8,6 +8,10 @@ and an estimate of the input tokens (the method of
 :func:`pk_notebook.runtime.tokens.counter`: a registered tokenizer, else
 characters / 4; images and files are not counted) with its cost when the model
 has a price. No request is made and nothing is stored.
+
+No API key is needed: with the provider's key unset, the provider is built without
+it (for its model and price only; a real run still stops at the missing key), and
+one line says the key is not set and how to set it. No key value is ever shown.
 """
 
 from __future__ import annotations
@@ -32,6 +36,17 @@ async def show_dry_run(run: CellRun) -> dict[str, str]:
     bundle = await dry_run_bundle(run)
     display(bundle, raw=True)
     return bundle
+
+
+def missing_key_note(env_vars: tuple[str, ...]) -> str:
+    """One line: no key is set, so a real run stops; how to set one (never a value)."""
+    names = " or ".join(env_vars) or "the provider's key variable"
+    first = env_vars[0] if env_vars else "API_KEY"
+    return (
+        f"not set, so a real run of this cell stops before sending: set {names} in the "
+        "environment Jupyter starts from, or in a cell (the key stays out of the notebook): "
+        f"import os, getpass; os.environ[{first!r}] = getpass.getpass()"
+    )
 
 
 def _dollars(amount: float) -> str:
@@ -97,6 +112,8 @@ async def dry_run_bundle(run: CellRun) -> dict[str, str]:
         extra.append("the tools")
 
     facts: list[tuple[str, str]] = [("Provider", f"{provider}, model {model or 'default'}")]
+    if run.missing_key is not None:
+        facts.append(("API key", missing_key_note(run.missing_key.env_vars)))
     if config.system:
         facts.append(("System prompt", config.system))
     if opts.session_id is not None:

@@ -24,13 +24,13 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
 from ..runtime.attachments import Attachment, as_attachment
-from ..runtime.errors import ConfigurationError, PkNotebookError, redact
+from ..runtime.errors import ConfigurationError, MissingAPIKey, PkNotebookError, redact
 from ..runtime.pipeline import Pipeline
 from ..runtime.schema import OutputSchema, output_schema
 from ..runtime.stream import Stream
@@ -117,6 +117,9 @@ class CellRun:
     attachments: tuple[Attachment, ...] = ()
     # ``--schema NAME``: the shape of the answer.
     schema: OutputSchema | None = None
+    # ``--dry-run`` with a provider whose key is not set: the error a real run would
+    # stop at (the dry run is built without the key and says how to set it).
+    missing_key: MissingAPIKey | None = None
 
     # --- setup: everything that can be a usage error happens before any output ------
 
@@ -166,7 +169,7 @@ class CellRun:
             return CompareRun.build(
                 shell, options, prompt.strip("\n"), substitutions, attachments, sync=sync
             )
-        pipeline = _pick_pipeline(options, namespace)
+        pipeline, missing_key = _pick_pipeline(options, namespace)
         tools = _pick_tools(options.tools, namespace)
         surface = options.live
         if sync and surface == "auto":
@@ -186,6 +189,7 @@ class CellRun:
             tools=tools,
             attachments=tuple(attachments),
             schema=schema,
+            missing_key=missing_key,
         )
 
     # --- the run ----------------------------------------------------------------------
@@ -337,7 +341,10 @@ class CellRun:
         return line
 
 
-def _pick_pipeline(options: CellOptions, namespace: Any) -> Pipeline:
+def _pick_pipeline(options: CellOptions, namespace: Any) -> tuple[Pipeline, MissingAPIKey | None]:
+    """The cell's pipeline, and for a ``--dry-run`` without the provider's key, the
+    missing-key error (the pipeline is then built without the key, never cached, never
+    used to send: a real run still stops at the error)."""
     if options.pipeline:
         if options.pipeline not in namespace:
             raise UsageError(
@@ -351,11 +358,31 @@ def _pick_pipeline(options: CellOptions, namespace: Any) -> Pipeline:
             )
         if pipeline.closed:
             raise UsageError(f"--pipeline {options.pipeline}: that pipeline has been shut down")
-        return pipeline
+        return pipeline, None
     try:
-        return defaults().pipeline_for(options.provider)
+        return defaults().pipeline_for(options.provider), None
+    except MissingAPIKey as exc:
+        keyless = _keyless_pipeline(options.provider) if options.dry_run else None
+        if keyless is None:
+            raise UsageError(redact(str(exc))) from None
+        return keyless, exc
     except ConfigurationError as exc:
         raise UsageError(redact(str(exc))) from None
+
+
+def _keyless_pipeline(provider: str | None) -> Pipeline | None:
+    """The pipeline :meth:`NotebookDefaults.pipeline_for` would build, with the key not
+    required: for ``--dry-run``, which sends nothing but shows the provider's model and
+    price. None if the provider cannot be built that way (the key error then stands)."""
+    settings = defaults()
+    if provider is None or provider == settings.provider:
+        spec, config, options = settings.provider, settings.config, settings.provider_options
+    else:
+        spec, config, options = provider, replace(settings.config, model=None), {}
+    try:
+        return settings._build(spec, config, {**options, "require_key": False})
+    except (TypeError, ConfigurationError):  # a provider without require_key=...
+        return None
 
 
 def _pick_schema(name: str | None, namespace: Any) -> OutputSchema | None:
