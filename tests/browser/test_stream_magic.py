@@ -95,6 +95,8 @@ def test_stop_button_stops_a_streaming_cell(
     second = answer_text(lab, 1)
     assert len(second) > len(first), "the text grows while the cell runs"
     assert "[*]" in lab.cell(1).locator(".jp-InputArea-prompt").inner_text()
+    # both front ends render the live text themselves from the kernel's edits (tail_view.py)
+    assert lab.cell(1).locator(".pk-tail-view").count() == 1
     status = lab.cell(1).locator(".pk-status").inner_text()
     assert "chunks" in status and "first chunk" in status
     lab.screenshot(f"stream-magic-{front_end}-{provider}-live")
