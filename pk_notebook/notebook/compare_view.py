@@ -97,7 +97,7 @@ from .live import (
     widgets_available,
 )
 from .markdown import escape_markdown, render_markdown, safe_markdown
-from .options import CellOptions, usage_error
+from .options import CellOptions, known_providers, usage_error
 from .parts_view import (
     ThinkingBlock,
     TurnParts,
@@ -141,12 +141,6 @@ def split_models(values: Sequence[str] | str | None) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _known_providers() -> set[str]:
-    from ..providers.registry import available_providers
-
-    return {spec.name for spec in available_providers()}
-
-
 def resolve_models(
     models: Sequence[str], options: CellOptions, namespace: Mapping[str, Any]
 ) -> dict[str, tuple[Pipeline, ProviderConfig | None]]:
@@ -174,7 +168,7 @@ def resolve_models(
             resolved[value] = (candidate, options.config)
             continue
         if known is None:
-            known = _known_providers()
+            known = known_providers()
         name = value.partition(":")[0].strip().lower()
         try:
             if ":" in value or name in known:

@@ -90,7 +90,7 @@ def names(text: str) -> tuple[str, ...]:
     action="append",
     help="model for this cell; repeat it (or a comma list) to compare models side by side: "
     "-m openai:gpt-4o-mini -m anthropic:claude-haiku-4-5 (provider specs, models of -p, "
-    "or Pipeline variables)",
+    "or Pipeline variables); one provider spec alone is the same as -p SPEC",
 )
 @argument("--system", metavar="TEXT", help="system prompt for this cell")
 @argument("-t", "--temperature", type=float, metavar="T", help="sampling temperature, 0 to 2")
@@ -406,6 +406,21 @@ def usage_error(exc: BaseException) -> UsageError:
     return UsageError(text)
 
 
+def known_providers() -> set[str]:
+    """The provider names a spec may start with (``openai`` in ``openai:gpt-4o-mini``)."""
+    from ..providers.registry import available_providers
+
+    return {spec.name for spec in available_providers()}
+
+
+def names_provider(value: str) -> bool:
+    """True if ``value`` is a provider spec (``NAME:model`` or ``NAME``), not a model name.
+
+    ``llama3.2:3b`` is a model (Ollama's name:tag): ``llama3.2`` names no provider.
+    """
+    return value.split(":", 1)[0] in known_providers()
+
+
 def parse_cell_options(line: str) -> CellOptions:
     args = parse(cell_spec, line)
     if args.help:
@@ -427,6 +442,12 @@ def parse_cell_options(line: str) -> CellOptions:
         raise UsageError(f"--lang goes with -f code, not -f {fmt}")
     models = tuple(m.strip() for v in args.model or () for m in v.split(",") if m.strip())
     model = args.model[0] if len(models) == 1 and len(args.model) == 1 else None
+    provider = args.provider
+    if model is not None and not provider and not args.pipeline and ":" in model:
+        # "-m openai:gpt-4o-mini" alone means what it means in a comparison: that
+        # provider and model, not a model of that name on the current provider.
+        if names_provider(model):
+            provider, model = model, None
     config = None
     if any(v is not None for v in (model, args.system, args.temperature, args.max_tokens)):
         try:
@@ -440,7 +461,7 @@ def parse_cell_options(line: str) -> CellOptions:
             raise UsageError(str(exc)) from None
     return CellOptions(
         session=args.session,
-        provider=args.provider,
+        provider=provider,
         config=config,
         timeout=args.timeout,
         idle_timeout=args.idle_timeout,

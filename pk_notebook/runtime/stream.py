@@ -51,7 +51,7 @@ from .errors import (
 from .pricing import lookup_price
 from .schema import OutputSchema
 from .tokens import estimate_usage
-from .toolrun import Fragments, ToolRound, with_ids
+from .toolrun import Fragments, ToolRound, pair_open_calls, with_ids
 from .tools import DEFAULT_MAX_TOOL_ROUNDS, Approver, ToolSpec
 from .types import (
     Chunk,
@@ -145,7 +145,11 @@ class Stream:
         self._timeout = timeout
         self._idle_timeout = idle_timeout
         self._request = Request(
-            (*history, message), self._config, session_id, tools=tools, schema=schema
+            pair_open_calls((*history, message)),
+            self._config,
+            session_id,
+            tools=tools,
+            schema=schema,
         )
         self._schema = schema
         self._parsed: Any = None
@@ -155,6 +159,7 @@ class Stream:
         # A turn with tools spans several model calls ("rounds"): what came before
         # the current one is kept here, and each round's answer starts at these marks.
         self._tools = {t.name: t for t in tools}
+        self._caller_calls: tuple[ToolCall, ...] = ()  # the calls the turn ended with
         self._max_tool_rounds = max_tool_rounds
         self._approve = approve
         self._round = 1
@@ -384,7 +389,7 @@ class Stream:
         past = await store.load(session_id)
         if pipeline.history is not None:
             past = pipeline.history.apply(past)
-        self._request = self._request.replace(messages=(*past, self._message))
+        self._request = self._request.replace(messages=pair_open_calls((*past, self._message)))
 
     async def __aenter__(self) -> Stream:
         return await self.open()
@@ -541,6 +546,9 @@ class Stream:
         if not calls or not self._tools:
             return ()
         if any(not getattr(self._tools.get(c.name), "runnable", True) for c in calls):
+            # The caller runs these: the answer keeps them (so the session holds the
+            # calls its results will answer) and the turn ends here.
+            self._caller_calls = with_ids(calls, self._round)
             return ()
         if self._round > self._max_tool_rounds:
             self._warnings.append(
@@ -907,7 +915,8 @@ class Stream:
             turn += self._tool_round.messages()
             results += self._tool_round.ordered_results()
         round_text = "".join(self._parts[self._round_text :])
-        if round_text or not turn:
+        caller_calls = self._caller_calls if status is StreamStatus.FINISHED else ()
+        if round_text or caller_calls or not turn:
             # What is known about the answer travels with it into the session store, so
             # a later reader (the chat footer, an export) can total tokens and cost.
             meta = _answer_meta(finish, call.model)
@@ -922,13 +931,16 @@ class Stream:
                 meta=meta,
                 reasoning="".join(self._reasoning[self._round_reasoning :]),
                 reasoning_blocks=tuple(finish.reasoning_blocks or ()) if finish else (),
+                tool_calls=caller_calls,
             )
             turn.append(answer)
         self._added = len(turn)
         base = self._base_messages if self._turn else self._request.messages
         calls = [*self._calls]
-        if finish is not None and finish.tool_calls and not self._tool_round:
-            calls += finish.tool_calls  # calls the caller runs, or past max_tool_rounds
+        if caller_calls:
+            calls += caller_calls
+        elif finish is not None and finish.tool_calls and not self._tool_round:
+            calls += finish.tool_calls  # past max_tool_rounds, or with no tools: not kept
         return Result(
             text=text,
             status=status,

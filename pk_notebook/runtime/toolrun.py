@@ -32,7 +32,44 @@ ABANDONED = (
 )
 
 
+NOT_ANSWERED = (
+    "No result was given for this tool call (the caller that runs it sent none); go on without it."
+)
+
 _KEPT_STATUS = frozenset({"stopped", "abandoned", "denied"})
+
+
+def pair_open_calls(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """``messages`` with an error result after every call that has none.
+
+    A turn can end with calls the caller runs itself (tools without a function);
+    the caller is meant to send their results next, but a caller that sends a new
+    question instead would leave calls without results, and every provider refuses
+    those. The results added here go into the request only, never the session, so
+    a result that arrives later still finds its call open.
+    """
+    out: list[Message] = []
+    open_calls: list[ToolCall] = []
+
+    def close_open() -> None:
+        for call in open_calls:
+            out.append(
+                Message("tool", NOT_ANSWERED, tool_call_id=call.id, name=call.name, is_error=True)
+            )
+        open_calls.clear()
+
+    for message in messages:
+        if message.role == "tool":
+            open_calls[:] = [c for c in open_calls if c.id != message.tool_call_id]
+        else:
+            close_open()
+        out.append(message)
+        if message.role == "assistant" and message.tool_calls:
+            open_calls.extend(message.tool_calls)
+    close_open()
+    if len(out) == len(messages):
+        return messages
+    return tuple(out)
 
 
 class Fragments:

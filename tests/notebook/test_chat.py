@@ -214,9 +214,7 @@ async def test_opening_a_chat_on_an_existing_session_shows_its_history() -> None
 
 async def test_messages_from_pipeline_calls_on_the_session_appear_in_order() -> None:
     """A %%stream cell is a pipeline call on the shared store: the chat shows its turns."""
-    pipe, provider = make_pipe(
-        Scenario("From the cell.", match="cell"), Scenario("From the chat.")
-    )
+    pipe, provider = make_pipe(Scenario("From the cell.", match="cell"), Scenario("From the chat."))
     chat = Chat(pipe, session_id="shared")
     await chat.send("chat one")
     await pipe.execute_with_context("shared", "user", "cell one")  # like %%stream --session shared

@@ -85,9 +85,10 @@ def test_interactive_run_streams_in_a_widget_then_leaves_one_final_output(k: Ker
     assert set(data) == {WIDGET_MIME, "text/plain"}
     assert data["text/plain"].startswith("Stop needs Jupyter widgets in this front end")
     # The answer grows in a plain display that any front end shows.
-    assert answer_updates(run) and "Quiet rain" in answer_updates(run)[-1]["content"]["data"][
-        "text/markdown"
-    ]
+    assert (
+        answer_updates(run)
+        and "Quiet rain" in answer_updates(run)[-1]["content"]["data"]["text/markdown"]
+    )
     assert run.count("clear_output") == 1
     # The saved notebook (clear_output applied) holds exactly the final Markdown.
     assert "Quiet rain waits" in final_markdown(run)

@@ -447,3 +447,21 @@ def test_time_is_shown_like_ipython_shows_it(seconds: float, shown: str) -> None
     from pk_notebook.notebook.transformer import format_seconds
 
     assert format_seconds(seconds) == shown
+
+
+def test_one_m_with_a_provider_spec_picks_that_provider_as_a_comparison_would() -> None:
+    options = parse_cell_options("-m openai:gpt-4o-mini")
+    assert options.provider == "openai:gpt-4o-mini" and options.config is None
+    # a model of -p or of a pipeline stays a model, and so does Ollama's name:tag
+    assert parse_cell_options("-p ollama -m llama3.2:3b").config.model == "llama3.2:3b"
+    tagged = parse_cell_options("-m llama3.2:3b")
+    assert tagged.provider is None and tagged.config.model == "llama3.2:3b"
+    assert parse_cell_options("--pipeline pipe -m mock:x").config.model == "mock:x"
+
+
+def test_one_m_naming_openai_without_a_key_stops_at_the_key_not_on_the_mock(
+    ip: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    message = cell_error(ip, "%%stream -m openai:gpt-4o-mini\nhello")
+    assert "OPENAI_API_KEY" in message

@@ -181,6 +181,44 @@ async def test_a_call_to_a_tool_without_a_function_ends_the_turn_for_the_caller(
     assert result.tool_results == () and len(model.requests) == 1
 
 
+async def test_the_caller_sends_its_tool_result_and_the_session_goes_on() -> None:
+    spec = ToolSpec("lookup", "Look something up", {"type": "object", "properties": {}})
+    model = Model([("lookup", {})], "Found: 42.", "Still 42.")
+    async with Pipeline(model) as pipe:
+        first = await pipe.execute_with_context("s1", "user", "find it", tools=[spec])
+        call = first.tool_calls[0]
+        saved = await pipe.state_store.load("s1")
+        # the session holds the call its result will answer
+        assert saved[-1].role == "assistant" and saved[-1].tool_calls == (call,)
+        reply = Message("tool", "42", tool_call_id=call.id, name="lookup")
+        async with pipe.stream(reply, session="s1", tools=[spec]) as stream:
+            second = await stream.collect()
+        third = await pipe.execute_with_context("s1", "user", "and now?", tools=[spec])
+    assert second.text.strip() == "Found: 42." and third.text.strip() == "Still 42."
+    sent = model.requests[1].messages
+    assert [(m.role, m.tool_call_id) for m in sent[-2:]] == [("assistant", None), ("tool", call.id)]
+    assert sent[-2].tool_calls == (call,)
+    # nothing made up: the real result, once, and no stand-in in the next request
+    assert [m.content for m in model.requests[2].messages if m.role == "tool"] == ["42"]
+
+
+async def test_a_call_left_without_a_result_gets_one_in_the_request_not_the_session() -> None:
+    spec = ToolSpec("lookup", "Look something up", {"type": "object", "properties": {}})
+    model = Model([("lookup", {})], "Fine, without it.")
+    async with Pipeline(model) as pipe:
+        first = await pipe.execute_with_context("s1", "user", "find it", tools=[spec])
+        # the caller never runs the call and asks something else
+        await pipe.execute_with_context("s1", "user", "never mind", tools=[spec])
+        saved = await pipe.state_store.load("s1")
+    sent = model.requests[1].messages
+    roles = [m.role for m in sent]
+    assert roles == ["user", "assistant", "tool", "user"]
+    stand_in = sent[2]
+    assert stand_in.tool_call_id == first.tool_calls[0].id and stand_in.is_error
+    assert "No result was given" in stand_in.content
+    assert [m.role for m in saved] == ["user", "assistant", "user", "assistant"]
+
+
 async def test_stop_during_an_async_tool_cancels_it_and_saves_a_consistent_turn() -> None:
     cancelled = asyncio.Event()
 
