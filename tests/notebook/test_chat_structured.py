@@ -152,3 +152,74 @@ async def test_a_reopened_schema_chat_shows_stored_answers_as_objects() -> None:
     reply = transcript(again)[-1]
     assert "<strong>city</strong>" in reply and '{"city"' not in reply
     assert "<strong>city</strong>" in again._saved_bundle()["text/html"]
+
+
+class Forecast(BaseModel):
+    city: str
+    umbrella: bool
+    summary: str
+
+
+def get_weather(city: str) -> str:
+    """Current weather for a city."""
+    return f"Light rain, 14 °C in {city}"
+
+
+async def test_a_tool_call_then_a_schema_answer_shows_the_card_then_the_object() -> None:
+    """``Chat(tools=..., schema=...)``: the model calls a tool, then answers with data. The
+    bubble (live, saved copy, reopened chat) is the thinking and the tool card with its
+    result, then the validated object; the answer's JSON text is never shown."""
+    pipe, _ = pipe_with(
+        Scenario(
+            schema="Forecast",
+            reasoning="I should check the weather first.",
+            tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}],
+            answer='{"city": "Paris", "umbrella": true, "summary": "{result}"}',
+        ),
+        chunk_delay=0.005,
+    )
+    chat = Chat(pipe, tools=[get_weather], schema=Forecast, session_id="forecast")
+    chat.update_interval = 0.02
+    seen: list[str] = []
+    task = asyncio.ensure_future(chat.send("Umbrella in Paris?"))
+    while not task.done():
+        if len(transcript(chat)) == 2:
+            seen.append(transcript(chat)[1])
+        await asyncio.sleep(0.005)
+    result = task.result()
+    assert result.parsed == Forecast(
+        city="Paris", umbrella=True, summary="Light rain, 14 °C in Paris"
+    )
+    assert [r.status for r in result.tool_results] == ["ok"]
+
+    # Live: the object fills in under the finished card, never as JSON text.
+    filling = [s for s in seen if "pk-tool-ok" in s and "<strong>Forecast</strong>" in s]
+    assert any("<strong>summary</strong>: …" in s for s in filling), "no partial object shown"
+    assert not any("&quot;umbrella&quot;" in s or '"umbrella"' in s for s in seen)
+
+    def assert_card_then_object(bubble: str) -> None:
+        assert bubble.count('class="pk-msg pk-msg-assistant"') == 1
+        assert '<details class="pk-thinking"><summary>Thinking · 33 characters' in bubble
+        assert '<details class="pk-tool pk-tool-ok">' in bubble and " open" not in bubble
+        assert "<strong>get_weather</strong>" in bubble
+        assert "<pre>Light rain, 14 °C in Paris</pre>" in bubble  # the card keeps its result
+        assert (
+            "<p><strong>Forecast</strong></p>\n<ul>\n<li><strong>city</strong>: Paris</li>\n"
+            "<li><strong>umbrella</strong>: <code>true</code></li>\n"
+            "<li><strong>summary</strong>: Light rain, 14 °C in Paris</li>\n</ul>"
+        ) in bubble
+        assert bubble.index("pk-thinking") < bubble.index("pk-tool-ok") < bubble.index("Forecast")
+        assert "&quot;umbrella&quot;" not in bubble and '"umbrella"' not in bubble
+
+    assert len(transcript(chat)) == 2, "the tool messages live inside the one reply"
+    assert_card_then_object(transcript(chat)[1])
+    # The saved copy of the transcript (the notebook file, nbconvert, GitHub).
+    saved = chat._saved_bundle()["text/html"]
+    assert_card_then_object(saved[saved.index("pk-chat-saved-messages") :])
+    # A chat reopened on the session reads the stored turn the same way.
+    again = Chat(pipe, tools=[get_weather], schema=Forecast, session_id="forecast")
+    await again.refresh()
+    assert len(transcript(again)) == 2
+    assert_card_then_object(transcript(again)[1])
+    chat.close()
+    again.close()
