@@ -288,5 +288,8 @@ def _shared_replay(pipe: Pipeline, settings: WebSettings) -> RedisReplay | None:
     if module is None or not isinstance(store, module.RedisStore):
         return None
     return RedisReplay.from_store(
-        store, max_events=settings.replay_max_events, ttl=settings.replay_ttl
+        store,
+        max_events=settings.replay_max_events,
+        ttl=settings.replay_ttl,
+        lease=settings.stream_lease,
     )

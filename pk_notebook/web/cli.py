@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         "between them (default: %(default)s)",
     )
     serve.add_argument(
+        "--stream-lease",
+        type=float,
+        default=DEFAULTS.stream_lease,
+        help="with --store redis://...: seconds a slot of the global stream cap outlives a "
+        "process that crashed (each running stream renews its lease every third of it) "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument(
@@ -233,6 +241,7 @@ def _settings(args: argparse.Namespace, *, quiet: bool = False) -> Any:
         request_timeout=args.request_timeout,
         max_header_bytes=args.max_header_bytes,
         resume_grace=args.resume_grace,
+        stream_lease=args.stream_lease,
     )
 
 

@@ -672,7 +672,9 @@ class RedisCap:
     its members every ``lease / 3`` seconds, and a member not renewed for ``lease``
     seconds (its process died) is dropped by the next acquire, so a crash leaks no
     slot for longer than that. Acquire is one Lua script (drop expired, count,
-    add), so two processes cannot both take the last slot.
+    add), so two processes cannot both take the last slot. ``lease`` is
+    :attr:`WebSettings.stream_lease <pk_notebook.web.WebSettings.stream_lease>`
+    (``pk-notebook serve --stream-lease``), 15 s by default.
     """
 
     def __init__(self, replay: RedisReplay, key: str, lease: float) -> None:

@@ -80,6 +80,12 @@ class WebSettings:
         the replay buffer of an answer keeps its last ``replay_max_events`` events,
         for ``replay_ttl`` seconds after the answer ended (a resume asking for more
         gets an ``error`` event saying so, never a silent gap).
+    stream_lease:
+        with sessions in Redis (several processes), the seconds a slot of the global
+        stream cap outlives its process: each running stream's lease is renewed every
+        ``stream_lease / 3`` seconds, so the slots of a process that crashed (killed,
+        out of memory) are free again at most ``stream_lease`` seconds later. Shorter
+        frees them sooner but renews more often (one Redis call per process per renewal).
     """
 
     token: str | None = None
@@ -100,6 +106,7 @@ class WebSettings:
     resume_grace: float = 5.0
     replay_max_events: int = 10_000
     replay_ttl: float = 120.0
+    stream_lease: float = 15.0
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 8:
@@ -130,6 +137,11 @@ class WebSettings:
                 raise ConfigurationError(f"{name} must be seconds (0 or more), got {value!r}")
         if not self.replay_ttl > 0:
             raise ConfigurationError("replay_ttl must be a positive number of seconds")
+        lease = self.stream_lease
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease >= 0.3:
+            raise ConfigurationError(
+                f"stream_lease must be at least 0.3 seconds (renewed every third), got {lease!r}"
+            )
         if self.client_system not in _CLIENT_SYSTEM:
             raise ConfigurationError(
                 f"client_system must be 'refuse' or 'allow', got {self.client_system!r}"

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--chunk-delay", type=float, default=0.01)
     parser.add_argument("--words", type=int, default=300)
     parser.add_argument("--token", default=None)
+    parser.add_argument("--stream-lease", type=float, default=WebSettings().stream_lease)
     args = parser.parse_args()
     provider = MockProvider([Scenario(answer(args.words))], chunk_delay=args.chunk_delay)
     store = RedisStore.from_url(args.redis, prefix=args.prefix)
@@ -45,6 +46,7 @@ def main() -> None:
         max_concurrent=args.max_concurrent,
         replay_max_events=args.max_events,
         heartbeat=None,
+        stream_lease=args.stream_lease,
     )
     app = create_app(pipe, settings, close_pipeline=True)
     config = server_config(

@@ -7,6 +7,7 @@ one redis-server on 127.0.0.1, and cut, resume and stop answers across them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -182,7 +183,12 @@ def test_resume_settings_are_checked() -> None:
     from pk_notebook.web import WebSettings
 
     assert WebSettings(resume_grace=0).resume_grace == 0
-    for bad in ({"resume_grace": -1}, {"replay_ttl": 0}, {"replay_max_events": 0}):
+    for bad in (
+        {"resume_grace": -1},
+        {"replay_ttl": 0},
+        {"replay_max_events": 0},
+        {"stream_lease": 0},
+    ):
         with pytest.raises(ConfigurationError):
             WebSettings(**bad)
 
@@ -399,6 +405,82 @@ async def test_the_stream_cap_holds_across_processes(small: Cluster) -> None:
             assert time.monotonic() < deadline, "the slot was not given back"
         accepted = await read(client, "POST", e.url + "/stream", json={"prompt": "x"}, chunks=1)
         assert accepted[0].event == "start"
+
+
+LEASE = 3.0  # seconds: WebSettings.stream_lease of the processes below (15 by default)
+
+
+@pytest.mark.redis
+async def test_a_crashed_process_frees_its_stream_slots_when_their_leases_expire(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """A process killed (SIGKILL) while its streams hold the whole global cap: another
+    process refuses new streams while their leases live, and takes one once they expire
+    (no restart, no cleanup by hand). The answers are slow (15 s) and run on without a
+    client (grace 30 s), so only the crash can end them."""
+    cluster = start_cluster(
+        redis_server,
+        tmp_path,
+        2,
+        max_concurrent=2,
+        stream_lease=LEASE,
+        chunk_delay=0.05,
+        grace=30.0,
+    )
+    doomed, other = next(cluster).processes
+
+    async def all_streams(client: httpx.AsyncClient) -> int:
+        health = (await client.get(other.url + "/healthz")).json()
+        return int(health["streams_all_processes"])
+
+    async def start(client: httpx.AsyncClient, process: Process) -> str | None:
+        """A new stream's answer id (left running, detached), or None: 503 ServerBusy."""
+        url = process.url + "/stream"
+        async with aconnect_sse(client, "POST", url, json={"prompt": "x"}) as source:
+            if source.response.status_code == 503:
+                body = json.loads(await source.response.aread())
+                assert body["error"]["type"] == "ServerBusy"
+                return None
+            assert source.response.status_code == 200, await source.response.aread()
+            async for sse in source.aiter_sse():
+                assert sse.event == "start"
+                return str(json.loads(sse.data)["answer_id"])
+        raise AssertionError("the stream ended before its start event")
+
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(2):
+                assert await start(client, doomed) is not None
+            assert await all_streams(client) == 2
+            assert await start(client, other) is None and await start(client, doomed) is None
+            # The running streams renew their leases: still full after a whole lease.
+            await asyncio.sleep(LEASE + 0.5)
+            assert await start(client, other) is None
+
+            killed = time.monotonic()
+            doomed.process.kill()  # a crash: no shutdown, no slot given back
+            doomed.process.wait(10)
+            assert await start(client, other) is None, "the dead process's leases still hold"
+            assert await all_streams(client) == 2
+
+            # Each renewal lasts LEASE; the last came at most LEASE / 3 before the kill.
+            deadline = killed + LEASE + 5
+            while (first := await start(client, other)) is None:
+                assert time.monotonic() < deadline, "the crashed process's slots never came back"
+                await asyncio.sleep(0.1)
+            freed_after = time.monotonic() - killed
+            assert freed_after >= LEASE / 2, f"a slot came back {freed_after:.1f} s after"
+            # The stream just started is the only one counted: the dead leases are gone,
+            # and both slots are usable again.
+            assert await all_streams(client) == 1
+            second = await start(client, other)
+            assert second is not None and await all_streams(client) == 2
+            assert await start(client, other) is None, "the cap of 2 holds again"
+            for answer_id in (first, second):  # so that the process stops at once
+                await client.post(f"{other.url}/stream/{answer_id}/stop")
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(cluster)
 
 
 @pytest.mark.redis
