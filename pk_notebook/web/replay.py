@@ -243,6 +243,14 @@ end
 return 0
 """
 
+# KEYS: the zset   ARGV: lease ms   (the leases still alive; read-only: a crashed
+# process's expired members are dropped by the next acquire, not by a health check)
+_CAP_COUNT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')
+"""
+
 # KEYS: the zset   ARGV: holders...   (renew the leases still held)
 _CAP_RENEW = """
 local t = redis.call('TIME')
@@ -685,12 +693,14 @@ class RedisCap:
         self._renewer: asyncio.Task[None] | None = None
         self._acquire: Any = None
         self._renew: Any = None
+        self._count: Any = None
 
     def _scripts(self) -> tuple[Any, Any]:
         client = self.replay.client
         if self._acquire is None or self._acquire.registered_client is not client:
             self._acquire = client.register_script(_CAP_ACQUIRE)
             self._renew = client.register_script(_CAP_RENEW)
+            self._count = client.register_script(_CAP_COUNT)
         return self._acquire, self._renew
 
     async def acquire(self, limit: int) -> str | None:
@@ -715,7 +725,10 @@ class RedisCap:
             )
 
     async def count(self) -> int:
-        return int(await self.replay.client.zcard(self.key))
+        """Streams running in every process: leases still alive (a crashed process's
+        count as soon as they expire, not only after the next acquire drops them)."""
+        self._scripts()
+        return int(await self._count(keys=[self.key], args=[int(self.lease * 1000)]))
 
     async def _renew_loop(self) -> None:
         while self.held:
