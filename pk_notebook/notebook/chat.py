@@ -33,9 +33,11 @@ Why it is built this way:
   so the reply grows without flicker, and untrusted HTML in answers is escaped.
 - Reasoning and tool calls show in the assistant's bubble, above its answer, as
   the cell shows them (:mod:`pk_notebook.notebook.parts_view`): a collapsible
-  "Thinking" section, one card per call. ``approve=True`` asks before each call
-  with Run / Deny buttons in the transcript (``chat.approve`` can be switched
-  at any time); a function instead decides by itself.
+  "Thinking" section, one card per call, and text the model wrote before a call
+  above that call's card, in its own paragraph (one turn, the same live, saved
+  and reopened). ``approve=True`` asks before each call with Run / Deny buttons
+  in the transcript (``chat.approve`` can be switched at any time); a function
+  instead decides by itself.
 - ``schema=`` asks every reply for data of that shape: the reply shows the object
   filling in (:mod:`pk_notebook.notebook.partial_view`), then the validated one.
 - Files go with the next message: ``chat.attach(fig)`` (figures, images, paths
@@ -76,7 +78,7 @@ from . import chat_view as view
 from .chat_input import MessageBox
 from .options import usage_error
 from .partial_view import final_object_bundle, object_markdown, schema_fields
-from .parts_view import TurnParts, group_turns
+from .parts_view import TurnParts, group_turns, split_answer
 from .status import format_status
 
 logger = logging.getLogger("pk_notebook")
@@ -709,9 +711,10 @@ class Chat(widgets.VBox):
             reply_entry = self._add_entry("assistant", None, widget=reply)
             cancelled: asyncio.CancelledError | None = None
             parts = TurnParts()
+            pieces: list[str] = []  # the text as it streamed, which parts' text blocks index
             try:
                 async with stream:
-                    await self._pump(stream, reply, parts)
+                    await self._pump(stream, reply, parts, pieces)
             except asyncio.CancelledError as exc:
                 cancelled = exc  # not our Stop (that ends the stream): an Interrupt
             except Exception:
@@ -721,10 +724,14 @@ class Chat(widgets.VBox):
             result = await stream.wait_closed()
 
             parts.finish(result.tool_results)
+            # Text said before a tool call stays above its card; the answer is what follows.
+            said = "".join(pieces) if parts.has_parts else result.text
+            head, answer = split_answer(parts, said)
             reply.value = view.assistant_html(
-                self._answer_markdown(result),
+                self._answer_markdown(result, answer),
                 status=_status_of(result),
-                parts=parts if parts.blocks else None,
+                parts=head,
+                said=said,
             )
             reply_entry.message = result.messages[-1] if result.messages else None
             self._results.append(result)
@@ -744,20 +751,21 @@ class Chat(widgets.VBox):
         self._fire_reply(result)
         return result
 
-    async def _pump(self, stream: Stream, reply: widgets.HTML, parts: TurnParts) -> None:
-        """Read the stream into ``reply``, re-rendering at most once per interval."""
-        pieces: list[str] = []
-
+    async def _pump(
+        self, stream: Stream, reply: widgets.HTML, parts: TurnParts, pieces: list[str]
+    ) -> None:
+        """Read the stream into ``reply`` (and ``parts``, ``pieces``), re-rendering at most
+        once per interval."""
         schema = self.schema
         fields = schema_fields(schema)
 
         def render(_changes: str) -> None:
-            shown = parts if parts.blocks and parts.has_parts else None
-            text = "".join(pieces)
+            said = "".join(pieces)
+            head, text = split_answer(parts, said)
             if schema is not None and text:
                 # The object parsed so far, fields still to come shown as "…".
                 text = object_markdown(schema.partial(text), title=schema.name, pending=fields)
-            reply.value = view.assistant_html(text, streaming=True, parts=shown)
+            reply.value = view.assistant_html(text, streaming=True, parts=head, said=said)
             self._update_footer(format_status(stream))
 
         # One mark per change (text, reasoning, a tool event): the throttle only counts them.
@@ -779,22 +787,29 @@ class Chat(widgets.VBox):
             self._showing = None
             throttle.close()
 
-    def _stored_answer(self, message: Message) -> str:
-        """A stored answer's text; with a schema, the object it validates to, as shown live."""
-        if self.schema is None or message.status is not None or not message.content.strip():
-            return message.content
-        try:
-            parsed = self.schema.parse(message.content)
-        except Exception:
-            return message.content
-        return final_object_bundle(self.schema, message.content, parsed, True)["text/markdown"]
+    def _stored_answer(self, text: str, status: str | None) -> str:
+        """A stored answer's text; with a schema, the object it validates to (or its raw
+        JSON, as code), as shown live."""
+        if self.schema is None or not text.strip():
+            return text
+        if status is None:
+            try:
+                parsed = self.schema.parse(text)
+            except Exception:
+                pass
+            else:
+                return final_object_bundle(self.schema, text, parsed, True)["text/markdown"]
+        if not text.lstrip().startswith(("{", "[")):
+            return text  # prose (a %%stream cell's answer in this session), as it is
+        return final_object_bundle(self.schema, text, None, False)["text/markdown"]
 
-    def _answer_markdown(self, result: Result) -> str:
-        """The reply's final text: with a schema, the validated object (or the raw JSON)."""
+    def _answer_markdown(self, result: Result, answer: str) -> str:
+        """The reply's final ``answer`` (its text after its tool calls): with a schema,
+        the validated object (or the raw JSON, as code)."""
         if self.schema is None:
-            return result.text
+            return answer
         valid = result.status is StreamStatus.FINISHED and result.error is None
-        return final_object_bundle(self.schema, result.text, result.parsed, valid)["text/markdown"]
+        return final_object_bundle(self.schema, answer, result.parsed, valid)["text/markdown"]
 
     async def _approve(self, call: ToolCall) -> bool:
         """The hook the turn awaits before each tool call (``approve=``)."""
@@ -919,16 +934,14 @@ class Chat(widgets.VBox):
 
     def _entries_for(self, messages: list[Message]) -> list[_Entry]:
         """Entries for stored messages; a turn's tool messages go inside its reply."""
-        return [self._entry_for(m, parts) for m, parts in group_turns(messages)]
+        return [self._entry_for(m, parts, text) for m, parts, text in group_turns(messages)]
 
-    def _entry_for(self, message: Message, parts: TurnParts | None = None) -> _Entry:
+    def _entry_for(self, message: Message, parts: TurnParts | None, text: str) -> _Entry:
         if message.role == "user":
             widget = widgets.HTML(view.user_html(message.content, message.attachments))
         else:
             widget = widgets.HTMLMath(
-                view.assistant_html(
-                    self._stored_answer(message), status=message.status, parts=parts
-                )
+                view.stored_assistant_html(message, parts, text, self._stored_answer)
             )
         return _Entry(message.role, widget, message, synced=True)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..runtime.types import Message
 from .markdown import escape_text, highlight_css, render_markdown
-from .parts_view import TurnParts, group_turns, parts_html
+from .parts_view import TextBlock, TurnParts, group_turns, part_html, split_answer, visible
 from .status import STATUS_TEXT, StatusText
 
 SCOPE = ".pk-chat"
@@ -418,14 +418,17 @@ def assistant_html(
     status: str | None = None,
     streaming: bool = False,
     parts: TurnParts | None = None,
+    said: str = "",
 ) -> str:
     """An assistant message: Markdown, a typing indicator before the first words, a marker
     if it did not finish (``status`` is a stored message status or a ``StreamStatus`` value).
 
-    ``parts`` (reasoning, tool calls) come first, as collapsible sections (see
-    :mod:`.parts_view`): live while ``streaming``, collapsed afterwards.
+    ``parts`` (reasoning, tool calls, and the text said before and between them, whose
+    blocks index ``said``: the head of :func:`~.parts_view.split_answer`) come first, in
+    order, reasoning and calls as collapsible sections (see :mod:`.parts_view`): live
+    while ``streaming``, collapsed afterwards. ``text`` is the answer after them.
     """
-    shown = parts_html(parts, live=streaming) if parts is not None else ""
+    shown = parts_body_html(parts, said, live=streaming) if parts is not None else ""
     if text:
         body = render_markdown(text)
     elif streaming:
@@ -434,8 +437,7 @@ def assistant_html(
         body = ""
     else:
         body = '<p class="pk-empty-answer"><em>(no text)</em></p>'
-    if shown:
-        body = f'<div class="pk-parts">{shown}</div>{body}'
+    body = shown + body
     marker = ""
     if status is not None and status in _MARKERS:
         words = _MARKERS[status]
@@ -447,6 +449,41 @@ def assistant_html(
         '<div class="pk-msg pk-msg-assistant"><div class="pk-role">Assistant</div>'
         f'<div class="pk-answer jp-RenderedHTMLCommon">{body}</div>{marker}</div>'
     )
+
+
+def parts_body_html(parts: TurnParts, said: str, *, live: bool = False) -> str:
+    """A turn's parts in order: each run of thinking sections and tool cards in a
+    ``pk-parts`` box, each stretch of text said between them (``said[start:end]``) as
+    Markdown of its own, so no two stretches run together."""
+    out: list[str] = []
+    run: list[str] = []
+    now = parts.clock()
+    for part in visible(parts, said):
+        if isinstance(part, TextBlock):
+            if run:
+                out.append(f'<div class="pk-parts">{"".join(run)}</div>')
+                run = []
+            out.append(render_markdown(said[part.start : part.end]))
+        else:
+            run.append(part_html(part, live=live, now=now))
+    if run:
+        out.append(f'<div class="pk-parts">{"".join(run)}</div>')
+    return "".join(out)
+
+
+def stored_assistant_html(
+    message: Message, parts: TurnParts | None, text: str, answer: Callable[[str, str | None], str]
+) -> str:
+    """A stored turn's bubble (from :func:`~.parts_view.group_turns`): what was said
+    before and between its tool calls, its parts, then ``answer(answer_text, status)``."""
+    head, reply = split_answer(parts, text)
+    return assistant_html(
+        answer(reply, message.status), status=message.status, parts=head, said=text
+    )
+
+
+def _as_is(text: str, _status: str | None) -> str:
+    return text
 
 
 def marker_label(status: str) -> str:
@@ -480,7 +517,7 @@ def saved_transcript_html(
     title: str,
     session_id: str,
     live_class: str,
-    answer: Callable[[Message], str] | None = None,
+    answer: Callable[[str, str | None], str] | None = None,
 ) -> str:
     """The conversation as static HTML, for the saved notebook, nbconvert and GitHub.
 
@@ -490,12 +527,11 @@ def saved_transcript_html(
     an HTML export) the copy is what the reader sees.
     """
     items = []
-    for message, parts in group_turns(messages):
+    for message, parts, text in group_turns(messages):
         if message.role == "user":
             items.append(user_html(message.content, message.attachments))
         elif message.role == "assistant":
-            text = answer(message) if answer is not None else message.content
-            items.append(assistant_html(text, status=message.status, parts=parts))
+            items.append(stored_assistant_html(message, parts, text, answer or _as_is))
     body = "".join(items) or empty_html()
     # While the live chat is on the page, hide this copy; where it is not (the kernel
     # is gone), hide the widget's own output above the copy instead, which can only

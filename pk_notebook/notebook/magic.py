@@ -38,7 +38,7 @@ from .options import (
     sessions_spec,
     usage_error,
 )
-from .parts_view import TextBlock, group_turns, part_markdown, part_plain
+from .parts_view import group_turns, turn_bundle
 from .runner import last_answer, last_result, run_cell_sync
 from .status import format_status
 
@@ -224,9 +224,10 @@ class StreamMagics(Magics):
         md, plain = [], []
         # A turn with tools: its calls and results show as cards inside the answer, with
         # its thinking, as in the cell (parts_view.py), not as messages of their own.
+        # Text said before a call stays in its place, as its own stretch.
         grouped = group_turns(messages)
-        shown = {id(m) for m, _ in grouped}
-        parts_of = {id(m): p for m, p in grouped if p is not None}
+        shown = {id(m) for m, _, _ in grouped}
+        parts_of = {id(m): (p, t) for m, p, t in grouped if p is not None}
         for message in messages:
             if message.role in ("assistant", "tool") and id(message) not in shown:
                 continue
@@ -235,11 +236,12 @@ class StreamMagics(Magics):
             # the cell (raw HTML inert, dangerous links dead, math intact).
             body = safe_markdown(message.content)
             text = message.content
-            parts = parts_of.get(id(message))
-            if parts is not None:
-                shown_parts = [b for b in parts.blocks if not isinstance(b, TextBlock)]
-                body = "\n\n".join([*(part_markdown(b) for b in shown_parts), body])
-                text = "\n\n".join([*(part_plain(b) for b in shown_parts), text])
+            if id(message) in parts_of:
+                parts, said = parts_of[id(message)]
+                # render_text=None: each stretch as the cell shows it (safe_markdown, an
+                # open code fence closed, so a card after it stays a card).
+                turn = turn_bundle(parts, said, render_text=None)
+                body, text = turn["text/markdown"], turn["text/plain"]
             md.append(f"**{message.role}**{escape_markdown(flag)}\n\n{body}")
             plain.append(f"[{message.role}{flag}]\n{text}")
         display(

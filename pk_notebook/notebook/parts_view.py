@@ -61,6 +61,9 @@ __all__ = [
     "part_plain",
     "parts_from_messages",
     "parts_html",
+    "split_answer",
+    "turn_text",
+    "visible",
 ]
 
 #: a tool's output is cut for display after this many characters (the whole output
@@ -567,9 +570,33 @@ def turn_bundle(
 # --- from stored messages (the chat's transcript, a reloaded session) ----------------------
 
 
+def split_answer(parts: TurnParts | None, text: str) -> tuple[TurnParts | None, str]:
+    """``(head, answer)``: a turn's parts up to its last thinking section or tool card,
+    with the text said before and between them (``text[block.start:block.end]``), and
+    its answer: the text after them. ``head`` is None when the turn is only an answer.
+
+    The answer is what a view renders as the reply (Markdown, or with a schema the
+    object it validates to); text said before a tool call stays text, in its place.
+    """
+    blocks = parts.blocks if parts is not None else []
+    last = max((i for i, b in enumerate(blocks) if not isinstance(b, TextBlock)), default=-1)
+    if parts is None or last < 0:
+        return None, text
+    after = blocks[last + 1 :]
+    answer = text[after[0].start :] if after and isinstance(after[0], TextBlock) else ""
+    return TurnParts(blocks[: last + 1], clock=parts.clock), answer
+
+
+def turn_text(messages: Sequence[Message]) -> str:
+    """A stored turn's text, as it streamed: its assistant messages' text, in order (the
+    text :func:`parts_from_messages`' blocks index)."""
+    return "".join(m.content for m in messages if m.role == "assistant")
+
+
 def parts_from_messages(messages: Sequence[Message]) -> TurnParts:
-    """The parts of a stored turn: its assistant messages' reasoning and tool calls, and
-    the tool messages' results (``messages`` are one turn's, after the user's message)."""
+    """The parts of a stored turn: its assistant messages' reasoning, text and tool calls,
+    in that order, and the tool messages' results (``messages`` are one turn's, after the
+    user's message). Its text blocks index :func:`turn_text`."""
     parts = TurnParts(clock=lambda: 0.0)
     results = {m.tool_call_id: m for m in messages if m.role == "tool" and m.tool_call_id}
     for message in messages:
@@ -578,6 +605,10 @@ def parts_from_messages(messages: Sequence[Message]) -> TurnParts:
         if message.reasoning:
             parts.add_reasoning(message.reasoning)
             parts._end_thinking()
+        if message.content:
+            parts.add_text(message.content)  # said before its calls, if it made any
+        if message.tool_calls:
+            parts._end_text()
         for index, call in enumerate(message.tool_calls):
             card = ToolCard(call.name, call.id, index, arguments=call.arguments, state="stopped")
             answer = results.get(call.id)
@@ -591,32 +622,41 @@ def parts_from_messages(messages: Sequence[Message]) -> TurnParts:
     return parts
 
 
-def group_turns(messages: Sequence[Message]) -> list[tuple[Message, TurnParts | None]]:
-    """The messages a transcript shows, each with the parts of its turn.
+def group_turns(messages: Sequence[Message]) -> list[tuple[Message, TurnParts | None, str]]:
+    """The messages a transcript shows, each with the parts of its turn and its text.
 
-    An assistant message that only carried tool calls, and the tool messages
-    answering them, are not shown on their own: they become the thinking sections
-    and tool cards of the next assistant message with text (or of the last one).
+    An assistant message that carried tool calls (with or without text said before
+    them), and the tool messages answering them, are not shown on their own: their
+    reasoning, text and calls become the parts of the turn's last assistant message
+    (the answer, or the last call of a turn that ended inside its tool calls), as the
+    turn was shown live. ``text`` is the turn's whole text (:func:`turn_text`), which
+    the parts' text blocks index; for a message without parts (None) it is its content.
+    Split it with :func:`split_answer` into what was said before and the answer.
     """
-    shown: list[tuple[Message, TurnParts | None]] = []
+    shown: list[tuple[Message, TurnParts | None, str]] = []
     pending: list[Message] = []
+
+    def add_turn(turn: list[Message]) -> None:
+        assistant = [m for m in turn if m.role == "assistant"]
+        if not assistant:
+            return
+        parts = parts_from_messages(turn)
+        if parts.has_parts:
+            shown.append((assistant[-1], parts, turn_text(turn)))
+        else:
+            shown.append((assistant[-1], None, assistant[-1].content))
+
     for message in messages:
         if message.role == "user":
+            add_turn(pending)  # a turn that ended inside its tool calls (stopped)
             pending = []
-            shown.append((message, None))
+            shown.append((message, None, message.content))
         elif message.role == "tool":
             pending.append(message)
         elif message.role == "assistant":
-            if message.tool_calls and not message.content.strip():
-                pending.append(message)
-                continue
-            turn = [*pending, message]
-            pending = []
-            parts = parts_from_messages(turn)
-            shown.append((message, parts if parts.blocks else None))
-    if pending:  # a turn that ended inside its tool calls (stopped)
-        assistant = [m for m in pending if m.role == "assistant"]
-        if assistant:
-            parts = parts_from_messages(pending)
-            shown.append((assistant[-1], parts))
+            pending.append(message)
+            if not message.tool_calls:
+                add_turn(pending)
+                pending = []
+    add_turn(pending)
     return shown

@@ -50,6 +50,36 @@ def transcript(chat: Chat) -> list[str]:
     return out
 
 
+async def send_watching(chat: Chat, text: str) -> tuple[Any, list[str]]:
+    """Send ``text``; the result, and the reply's HTML every few milliseconds while it
+    streams (the live bubble as a user sees it grow)."""
+    seen: list[str] = []
+    task = asyncio.ensure_future(chat.send(text))
+    while not task.done():
+        if len(transcript(chat)) == 2:
+            seen.append(transcript(chat)[1])
+        await asyncio.sleep(0.003)
+    return task.result(), seen
+
+
+#: where the saved copy's messages begin (after its stylesheet)
+SAVED = 'class="pk-chat-messages pk-chat-saved-messages"'
+
+
+async def check_every_view(chat: Chat, check: Callable[[str], None], **options: Any) -> None:
+    """``check(reply_html)`` holds for a chat's one finished reply live, in the saved copy
+    of the transcript and in a chat (made with ``options``) reopened on the session, and
+    its saved copy; the chats are closed."""
+    again = Chat(chat.pipeline, session_id=chat.session_id, **options)
+    await again.refresh()
+    for shown in (chat, again):
+        assert roles(shown) == ["user", "assistant"], "tool messages live inside the reply"
+        check(transcript(shown)[1])
+        saved = shown._saved_bundle()["text/html"]
+        check(saved[saved.index(SAVED) :])
+        shown.close()
+
+
 def roles(chat: Chat) -> list[str]:
     found = []
     for html in transcript(chat):

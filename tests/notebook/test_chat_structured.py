@@ -14,7 +14,8 @@ from pk_notebook import Chat, Pipeline, ProviderMiddleware, UsageMiddleware
 from pk_notebook.providers.mock import MockProvider, Scenario
 from pk_notebook.runtime.attachments import KEEP_IN_HISTORY_BYTES, Attachment
 
-from .test_chat import transcript
+from .test_chat import SAVED, check_every_view, send_watching, transcript
+from .test_chat_tools import SAID, assert_said_card_answer
 
 
 class Trip(BaseModel):
@@ -165,28 +166,28 @@ def get_weather(city: str) -> str:
     return f"Light rain, 14 °C in {city}"
 
 
+def forecaster(**more: Any) -> Pipeline:
+    """A model that calls get_weather for Paris, then answers with a valid Forecast."""
+    pipe, _ = pipe_with(
+        Scenario(
+            schema="Forecast",
+            tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}],
+            answer='{"city": "Paris", "umbrella": true, "summary": "{result}"}',
+            **more,
+        ),
+        chunk_delay=0.005,
+    )
+    return pipe
+
+
 async def test_a_tool_call_then_a_schema_answer_shows_the_card_then_the_object() -> None:
     """``Chat(tools=..., schema=...)``: the model calls a tool, then answers with data. The
     bubble (live, saved copy, reopened chat) is the thinking and the tool card with its
     result, then the validated object; the answer's JSON text is never shown."""
-    pipe, _ = pipe_with(
-        Scenario(
-            schema="Forecast",
-            reasoning="I should check the weather first.",
-            tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}],
-            answer='{"city": "Paris", "umbrella": true, "summary": "{result}"}',
-        ),
-        chunk_delay=0.005,
-    )
+    pipe = forecaster(reasoning="I should check the weather first.")
     chat = Chat(pipe, tools=[get_weather], schema=Forecast, session_id="forecast")
     chat.update_interval = 0.02
-    seen: list[str] = []
-    task = asyncio.ensure_future(chat.send("Umbrella in Paris?"))
-    while not task.done():
-        if len(transcript(chat)) == 2:
-            seen.append(transcript(chat)[1])
-        await asyncio.sleep(0.005)
-    result = task.result()
+    result, seen = await send_watching(chat, "Umbrella in Paris?")
     assert result.parsed == Forecast(
         city="Paris", umbrella=True, summary="Light rain, 14 °C in Paris"
     )
@@ -211,15 +212,49 @@ async def test_a_tool_call_then_a_schema_answer_shows_the_card_then_the_object()
         assert bubble.index("pk-thinking") < bubble.index("pk-tool-ok") < bubble.index("Forecast")
         assert "&quot;umbrella&quot;" not in bubble and '"umbrella"' not in bubble
 
-    assert len(transcript(chat)) == 2, "the tool messages live inside the one reply"
-    assert_card_then_object(transcript(chat)[1])
-    # The saved copy of the transcript (the notebook file, nbconvert, GitHub).
+    await check_every_view(chat, assert_card_then_object, tools=[get_weather], schema=Forecast)
+
+
+async def test_text_said_before_a_tool_call_then_a_schema_answer_keeps_the_text() -> None:
+    """``Chat(tools=..., schema=...)`` with a model that writes a sentence before its tool
+    call: one turn showing the sentence, the card with its result, then the validated
+    object, live, in the saved copy and in a reopened chat."""
+    chat = Chat(forecaster(response=SAID), tools=[get_weather], schema=Forecast)
+    chat.update_interval = 0.02
+    result, seen = await send_watching(chat, "Umbrella in Paris?")
+    assert result.parsed == Forecast(
+        city="Paris", umbrella=True, summary="Light rain, 14 °C in Paris"
+    )
+    # Live: the object fills in under the card, the sentence above it.
+    filling = [s for s in seen if "pk-tool-ok" in s and "<strong>Forecast</strong>" in s]
+    assert filling, "no partial object shown under the card"
+    for bubble in filling:
+        assert bubble.index(f"<p>{SAID}</p>") < bubble.index("pk-tool-ok")
+
+    def assert_said_card_object(bubble: str) -> None:
+        at_object = assert_said_card_answer(
+            bubble, output="Light rain, 14 °C in Paris", answer="<p><strong>Forecast</strong></p>"
+        )
+        assert "<li><strong>umbrella</strong>: <code>true</code></li>" in bubble[at_object:]
+        assert '"umbrella"' not in bubble and "&quot;umbrella&quot;" not in bubble
+
+    await check_every_view(chat, assert_said_card_object, tools=[get_weather], schema=Forecast)
+
+
+async def test_an_answer_that_does_not_validate_is_json_code_live_saved_and_reopened() -> None:
+    pipe, _ = pipe_with(Scenario('{"city": "Lisbon", "days": "many"}', schema="Trip"))
+    chat = Chat(pipe, schema=Trip, session_id="bad-trip")
+    result = await chat.send("Plan a trip")
+    assert result.parsed is None and result.error is not None
+    code = '<pre><code class="language-json">'
+    live = transcript(chat)[1]
+    assert code in live and "many" in live
     saved = chat._saved_bundle()["text/html"]
-    assert_card_then_object(saved[saved.index("pk-chat-saved-messages") :])
-    # A chat reopened on the session reads the stored turn the same way.
-    again = Chat(pipe, tools=[get_weather], schema=Forecast, session_id="forecast")
+    assert code in saved[saved.index(SAVED) :]
+    again = Chat(pipe, schema=Trip, session_id="bad-trip")
     await again.refresh()
-    assert len(transcript(again)) == 2
-    assert_card_then_object(transcript(again)[1])
+    assert code in transcript(again)[1] and "many" in transcript(again)[1]
+    # Prose in the session (a %%stream cell's answer) stays prose, not JSON code.
+    assert again._stored_answer("Plain words.", None) == "Plain words."
     chat.close()
     again.close()

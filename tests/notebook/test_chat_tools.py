@@ -13,7 +13,7 @@ from pk_notebook import Chat, Pipeline, ProviderMiddleware, StreamStatus
 from pk_notebook.notebook.chat_view import saved_transcript_html
 from pk_notebook.providers.mock import MockProvider
 
-from .test_chat import roles, transcript, wait_for
+from .test_chat import check_every_view, roles, send_watching, transcript, wait_for
 
 PROMPT = "Should I take an umbrella in Paris?"
 
@@ -106,3 +106,85 @@ def test_bad_tools_are_one_line() -> None:
 
     with pytest.raises(UsageError, match="args"):
         Chat(demo_pipe(), tools=[untyped])
+
+
+SAID = "Let me check the weather first."
+
+
+def chatty_pipe() -> Pipeline:
+    """A model that says a sentence, calls get_weather in the same answer, then answers."""
+    from pk_notebook.providers.mock import Scenario
+
+    return Pipeline(
+        ProviderMiddleware(
+            MockProvider(
+                [
+                    Scenario(
+                        response=SAID,
+                        tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}],
+                        answer="Take an umbrella: {result}.",
+                    )
+                ],
+                chunk_delay=0.01,
+            )
+        )
+    )
+
+
+def assert_said_card_answer(
+    html: str,
+    *,
+    output: str = "Light rain in Paris",
+    answer: str = "<p>Take an umbrella: Light rain in Paris.</p>",
+) -> int:
+    """One assistant turn: the sentence, the card with its result (ok), then the answer
+    (where it starts is returned)."""
+    assert html.count('class="pk-msg pk-msg-assistant"') == 1
+    at_said = html.index(f"<p>{SAID}</p>")
+    at_card = html.index('<details class="pk-tool pk-tool-ok">')
+    at_answer = html.index(answer)
+    assert at_said < at_card < at_answer
+    assert '<span class="pk-tool-mark">✓</span> <strong>get_weather</strong>' in html
+    assert f"<pre>{output}</pre>" in html[at_card:at_answer]  # the card keeps its result
+    assert "first.Take" not in html and "stopped" not in html and 'class="pk-marker' not in html
+    return at_answer
+
+
+async def test_text_said_before_a_tool_call_stays_in_its_place_in_one_turn(
+    ip: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model writes a sentence, calls a tool, then answers: one assistant turn showing
+    the sentence, the card with its result, then the answer; live, in the saved copy, in a
+    chat reopened on the session and in ``%stream history``."""
+    pipe = chatty_pipe()
+    chat = Chat(pipe, session_id="said-chat", tools=[get_weather])
+    chat.update_interval = 0.01
+    result, seen = await send_watching(chat, "Umbrella in Paris?")
+    assert [r.status for r in result.tool_results] == ["ok"]
+    # Live, while the answer streams: the sentence stays above the card, never glued on.
+    assert any("pk-tool-ok" in s and "Take an" in s for s in seen), seen[-3:]
+    for bubble in seen:
+        if "Take an" in bubble:
+            assert bubble.index(SAID) < bubble.index("pk-tool") < bubble.index("Take an")
+        assert "first.Take" not in bubble
+    # The reply, its saved copy (the notebook file, nbconvert, GitHub), a reopened chat.
+    await check_every_view(chat, assert_said_card_answer, tools=[get_weather])
+
+    # %stream history: the same one turn, in Markdown and in plain text.
+    from pk_notebook.notebook import magic
+
+    shown: list[dict[str, str]] = []
+    monkeypatch.setattr(magic, "display", lambda bundle, **_: shown.append(bundle))
+    ip.user_ns["said_pipe"] = pipe
+    ip.run_line_magic("stream", "history said-chat --pipeline said_pipe")
+    md, plain = shown[-1]["text/markdown"], shown[-1]["text/plain"]
+    assert md.count("**assistant**") == 1 and "**tool**" not in md
+    card = md.index('<details class="pk-tool pk-tool-ok">')
+    assert md.index(SAID) < card < md.index("Take an umbrella: Light rain in Paris.")
+    assert "✓ <strong>get_weather</strong>" in md
+    assert "```\nLight rain in Paris\n```" in md[card:] and "first.Take" not in md
+    assert plain.count("[assistant]") == 1 and "[tool]" not in plain
+    assert plain.endswith(
+        f'[assistant]\n{SAID}\n\n✓ get_weather {{"city": "Paris"}}\n  → Light rain in Paris'
+        "\n\nTake an umbrella: Light rain in Paris."
+    )

@@ -20,6 +20,7 @@ from pk_notebook.notebook.parts_view import (
     TurnParts,
     group_turns,
     parts_html,
+    split_answer,
     thinking_markdown,
     tool_markdown,
     turn_bundle,
@@ -305,7 +306,7 @@ def test_stored_turns_are_grouped_into_one_bubble() -> None:
         Message("assistant", "You're welcome."),
     ]
     grouped = group_turns(messages)
-    assert [(m.role, m.content) for m, _ in grouped] == [
+    assert [(m.role, m.content) for m, _, _ in grouped] == [
         ("user", "Umbrella?"),
         ("assistant", "Yes."),
         ("user", "Thanks"),
@@ -317,9 +318,42 @@ def test_stored_turns_are_grouped_into_one_bubble() -> None:
         "ThinkingBlock",
         "ToolCard",
         "ThinkingBlock",
+        "TextBlock",
     ]
     assert parts.cards[0].state == "ok" and parts.cards[0].output == "Rain"
-    assert grouped[3][1] is None
+    assert split_answer(parts, grouped[1][2])[1] == "Yes."
+    assert grouped[3][1] is None and grouped[3][2] == "You're welcome."
+
+
+def test_text_said_before_a_tool_call_is_part_of_the_turn() -> None:
+    """An assistant message with text and a tool call is the start of its turn, not a
+    bubble of its own: its text, then its card with the result, then the answer."""
+    call = ToolCall("c1", "get_weather", '{"city": "Paris"}')
+    messages = [
+        Message("user", "Umbrella?"),
+        Message("assistant", "Let me check.", tool_calls=(call,)),
+        Message("tool", "Rain", tool_call_id="c1", name="get_weather"),
+        Message("assistant", "Take an umbrella."),
+    ]
+    grouped = group_turns(messages)
+    assert [(m.role, m.content) for m, _, _ in grouped] == [
+        ("user", "Umbrella?"),
+        ("assistant", "Take an umbrella."),
+    ]
+    _, parts, text = grouped[1]
+    assert parts is not None and text == "Let me check.Take an umbrella."
+    assert [type(b).__name__ for b in parts.blocks] == ["TextBlock", "ToolCard", "TextBlock"]
+    assert parts.cards[0].state == "ok" and parts.cards[0].output == "Rain"
+    head, answer = split_answer(parts, text)
+    assert head is not None and answer == "Take an umbrella."
+    said = head.blocks[0]
+    assert isinstance(said, TextBlock) and text[said.start : said.end] == "Let me check."
+    # A turn that ended inside its calls, then a new question: still one turn, then the user.
+    stopped = [*messages[:2], Message("user", "Well?")]
+    (_, _, _), (answer_message, parts, text), (user, _, _) = group_turns(stopped)
+    assert answer_message.content == "Let me check." and user.content == "Well?"
+    assert parts is not None and parts.cards[0].state == "stopped"
+    assert split_answer(parts, text)[1] == ""
 
 
 def test_the_tool_options() -> None:
@@ -355,6 +389,6 @@ def test_a_stored_stopped_call_reads_as_stopped() -> None:
         Message("assistant", "", tool_calls=(call,)),
         Message("tool", "stopped", status="stopped", tool_call_id="c1", name="slow", is_error=True),
     ]
-    (_, _), (answer, parts) = group_turns(messages)
+    (_, _, _), (answer, parts, _) = group_turns(messages)
     assert answer.role == "assistant" and parts is not None
     assert parts.cards[0].state == "stopped"
