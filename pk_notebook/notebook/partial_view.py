@@ -27,7 +27,7 @@ from typing import Any
 from ..runtime.schema import OutputSchema
 from .live import LiveOutput, Note, render_bundle
 from .markdown import escape_markdown, safe_markdown
-from .parts_view import TextBlock, TurnParts, turn_bundle
+from .parts_view import split_answer, turn_bundle
 
 #: shown for a field of the schema that has not arrived yet
 PENDING = "…"
@@ -272,22 +272,12 @@ class PartialObjectOutput(LiveOutput):
         """The validated object (or the raw JSON text), under the turn's thinking and
         tool cards if it had any (``--tools`` with ``--schema``): the parts collapsed
         as with ``--tools`` alone, then the object as with ``--schema`` alone."""
-        blocks = self.parts.blocks
-        last_part = max(
-            (i for i, b in enumerate(blocks) if not isinstance(b, TextBlock)), default=-1
-        )
-        if last_part < 0:
-            return final_object_bundle(self.schema, text, self.parsed, self.valid, notes)
         # The answer is the text after the last card or thinking: earlier stretches of
         # text (said between tool rounds) stay text, in their place.
-        answer = next(
-            (text[b.start :] for b in blocks[last_part + 1 :] if isinstance(b, TextBlock)), ""
-        )
-        head = turn_bundle(
-            TurnParts(blocks[: last_part + 1], clock=self.parts.clock),
-            text,
-            render_text=self._text_markdown,
-        )
+        parts, answer = split_answer(self.parts, text)
+        if parts is None:
+            return final_object_bundle(self.schema, text, self.parsed, self.valid, notes)
+        head = turn_bundle(parts, text, render_text=self._text_markdown)
         tail = final_object_bundle(self.schema, answer, self.parsed, self.valid, notes)
         return {
             mime: "\n\n".join(p for p in (head.get(mime, ""), tail.get(mime, "")) if p.strip())
