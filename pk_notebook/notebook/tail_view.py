@@ -100,7 +100,13 @@ export default {
         finished.push(piece);
       }
       if (msg.t) store.tail = edit(store.tail, msg.t);
-      for (const view of store.views) view(finished, store.tail, !!msg.reset);
+      for (const view of store.views) {
+        try {
+          view(finished, store.tail, !!msg.reset);
+        } catch (error) {
+          console.warn("pk_notebook live view", error);  // one broken view stops no other
+        }
+      }
     };
     model.on("msg:custom", onMessage);
     model.send({ ready: 1, markdown: rendermimeOf(model) !== null });
