@@ -14,6 +14,10 @@ An explicit stop (``POST /stream/{id}/stop``, from any process) stops it at once
 Frame ids are ``{answer_id}:{n}``, ``n`` counting the answer's events from 1 (the
 ``start`` event), so a browser's ``EventSource``, which sends the last id it saw as
 ``Last-Event-ID`` when it reconnects to the same URL, resumes the right answer.
+
+An answer started with a resume ``token`` (``/ws`` gives one to each answer) is
+followed only by a reader that gives the same token (:meth:`Answers.follow`);
+without one, knowing the answer id is enough (``/stream``, ``/api/chat``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,16 @@ from typing import Any
 from ..runtime.errors import PkNotebookError
 from ..runtime.stream import Stream
 from ..runtime.types import Chunk
-from .replay import MemoryReplay, RedisReplay, RedisWriter, expired_frames, warn_often_at_most
+from .replay import (
+    MemoryReplay,
+    RedisReplay,
+    RedisWriter,
+    expired_frames,
+    forbidden_frames,
+    same_token,
+    token_hash,
+    warn_often_at_most,
+)
 from .security import Slots, error_dict, log_unexpected
 from .settings import WebSettings
 from .streaming import dumps, result_dict, tool_payload
@@ -61,7 +74,13 @@ class Answer:
     """One answer running in this process (see the module docstring)."""
 
     def __init__(
-        self, hub: Answers, answer_id: str, stream: Stream, holder: Any, encoder: Any = None
+        self,
+        hub: Answers,
+        answer_id: str,
+        stream: Stream,
+        holder: Any,
+        encoder: Any = None,
+        token: str | None = None,
     ) -> None:
         self.hub = hub
         #: None: the native ``/stream`` events; else an encoder of another protocol
@@ -71,6 +90,8 @@ class Answer:
         self.stream = stream
         self.holder = holder
         self.buffer = hub.local.create(answer_id)
+        #: the hash of the resume token a reader must give (None: none needed)
+        self.token = self.buffer.token = token_hash(token)
         self.writer: RedisWriter | None = hub.shared.writer(answer_id) if hub.shared else None
         self.seq = 0
         self.readers = 0
@@ -230,15 +251,22 @@ class Answers:
         self.tasks: set[asyncio.Future[None]] = set()
 
     async def start(
-        self, stream: Stream, holder: Any, *, encoder: Any = None, chat_id: str | None = None
+        self,
+        stream: Stream,
+        holder: Any,
+        *,
+        encoder: Any = None,
+        chat_id: str | None = None,
+        token: str | None = None,
     ) -> Answer:
         """Run ``stream`` as a detached answer (the slot ``holder`` is released at its end).
 
         ``encoder``: another protocol's (the native events without); ``chat_id``: the
-        chat whose latest answer this is, for :meth:`answer_of_chat`.
+        chat whose latest answer this is, for :meth:`answer_of_chat`; ``token``: a
+        secret every later reader must give (:meth:`follow`).
         """
         answer_id = new_answer_id()
-        answer = Answer(self, answer_id, stream, holder, encoder)
+        answer = Answer(self, answer_id, stream, holder, encoder, token)
         self.running[answer_id] = answer
         if chat_id is not None:
             self.chats.pop(chat_id, None)
@@ -247,7 +275,7 @@ class Answers:
                 del self.chats[next(iter(self.chats))]
         if self.shared is not None:
             # Not awaited before the answer starts: its first chunk does not wait on Redis.
-            registering = asyncio.ensure_future(self._register(answer_id, chat_id))
+            registering = asyncio.ensure_future(self._register(answer_id, chat_id, answer.token))
             self.tasks.add(registering)
             registering.add_done_callback(self.tasks.discard)
         if encoder is not None:
@@ -286,11 +314,11 @@ class Answers:
             for answer in answers:
                 answer.check_grace(now, answer.id in seen)
 
-    async def _register(self, answer_id: str, chat_id: str | None) -> None:
+    async def _register(self, answer_id: str, chat_id: str | None, token: str | None) -> None:
         assert self.shared is not None
         try:
             await self.shared.listen(self.stop_local, lambda: list(self.running))
-            await self.shared.register(answer_id, chat_id)
+            await self.shared.register(answer_id, chat_id, token)
         except Exception as exc:
             warn_often_at_most(10, "registering an answer in Redis failed: %s", exc)
 
@@ -312,12 +340,17 @@ class Answers:
         return None
 
     async def follow(
-        self, answer_id: str, after: int, *, attached: bool = False
+        self, answer_id: str, after: int, *, attached: bool = False, token: str | None = None
     ) -> AsyncGenerator[bytes, None]:
         """The frames of ``answer_id`` after ``after``: from this process if it runs (or
         ran) here, else from Redis; an error event if it cannot be resumed. The reader
         counts as attached to the answer until it stops iterating (``attached``: the
-        caller attaches and detaches itself)."""
+        caller attaches and detaches itself). ``token``: the answer's resume token, if
+        it has one (else a ``resume_forbidden`` error event, checked before attaching)."""
+        given = token_hash(token)
+        if answer_id in self.local and not same_token(self.local.token_of(answer_id), given):
+            yield forbidden_frames(answer_id)
+            return
         answer = self.running.get(answer_id)
         if answer is not None and not attached:
             answer.attach()
@@ -332,7 +365,7 @@ class Answers:
                 yield frames
             return
         try:
-            async for frames in self.shared.follow(answer_id, after):
+            async for frames in self.shared.follow(answer_id, after, token=given):
                 yield frames
         except Exception as exc:
             logger.warning("reading an answer's replay buffer from Redis failed: %s", exc)

@@ -257,7 +257,7 @@ def create_app(
             Route(
                 "/stream/{answer_id}/stop", StopEndpoint(settings, answers).handle, methods=["POST"]
             ),
-            WebSocketRoute("/ws", WebSocketEndpoint(pipe, settings, slots, server_tools)),
+            WebSocketRoute("/ws", WebSocketEndpoint(pipe, settings, slots, server_tools, answers)),
             Route(
                 "/v1/chat/completions",
                 ChatCompletionsEndpoint(pipe, settings, slots, server_tools),

@@ -27,7 +27,8 @@ last id it saw and reads the rest. Two kinds:
 Keys (``prefix`` is the session store's, ``pk_notebook:`` by default)::
 
     {prefix}answer:{id}:events   stream: entry 0-N holds frames f..N ("f", "d"; "e" on the last)
-    {prefix}answer:{id}:meta     hash: state (running / done), owner (a process id)
+    {prefix}answer:{id}:meta     hash: state (running / done), owner (a process id),
+                                 token (a /ws answer's resume token, hashed)
     {prefix}process:{owner}      string with a short expiry, renewed by that process
     {prefix}answer:{id}:seen     string with a short expiry, renewed by remote followers
     {prefix}answer:{id}:stop     string: a stop was asked for
@@ -39,12 +40,16 @@ A follower never skips silently: an id it asks for that was trimmed (the buffer
 is bounded) gives an ``error`` event with ``code: "resume_gap"`` (then the rest,
 whose ``result`` holds the whole text); an answer whose buffer expired or never
 existed gives ``code: "resume_expired"``; an answer whose process died gives
-``code: "answer_lost"``.
+``code: "answer_lost"``. An answer started with a resume token (``/ws``) is read only
+with that token (its SHA-256 is what is kept, here and in Redis); any other reader,
+``/stream`` included, gets ``code: "resume_forbidden"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 import uuid
@@ -104,6 +109,30 @@ def expired_frames(answer_id: str) -> bytes:
     )
 
 
+def token_hash(token: str | None) -> str | None:
+    """What is kept of a resume token: its SHA-256, in hex (None: no token)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest() if token is not None else None
+
+
+def same_token(kept: str | None, given: str | None) -> bool:
+    """Whether a reader's token hash matches the answer's (both None: an answer without one)."""
+    if kept is None or given is None:
+        return kept is given
+    return hmac.compare_digest(kept, given)
+
+
+def forbidden_frames(answer_id: str) -> bytes:
+    return (
+        resume_error(
+            "resume_forbidden",
+            "this answer cannot be resumed without its resume token (a /ws answer: send "
+            'the "resume_token" of its start message)',
+            answer_id=answer_id,
+        )
+        + DONE
+    )
+
+
 def gap_frame(after: int, first: int) -> bytes:
     return resume_error(
         "resume_gap",
@@ -128,10 +157,12 @@ def skip_frames(frames: bytes, count: int) -> bytes:
 class _Buffer:
     """One answer's frames in this process: ``frames[i]`` is frame ``base + i``."""
 
-    __slots__ = ("base", "ended", "frames", "limit", "waiters")
+    __slots__ = ("base", "ended", "frames", "limit", "token", "waiters")
 
     def __init__(self, limit: int) -> None:
         self.frames: list[bytes] = []
+        #: the hash of the answer's resume token (None: the answer id is enough)
+        self.token: str | None = None
         self.base = 1
         self.limit = limit
         self.ended = False
@@ -213,6 +244,11 @@ class MemoryReplay:
             oldest = next(iter(self._ended))
             self._drop(oldest, self._buffers.get(oldest))
         asyncio.get_running_loop().call_later(self.ttl, self._drop, answer_id, buffer)
+
+    def token_of(self, answer_id: str) -> str | None:
+        """The token hash of a buffer this process holds (None: none, or no such buffer)."""
+        buffer = self._buffers.get(answer_id)
+        return buffer.token if buffer is not None else None
 
     def _drop(self, answer_id: str, buffer: _Buffer | None) -> None:
         if self._buffers.get(answer_id) is buffer:
@@ -353,8 +389,11 @@ class RedisReplay:
 
     # --- the owner's side ----------------------------------------------------------
 
-    async def register(self, answer_id: str, chat_id: str | None = None) -> None:
-        """Mark an answer running (one round trip, at its start)."""
+    async def register(
+        self, answer_id: str, chat_id: str | None = None, token: str | None = None
+    ) -> None:
+        """Mark an answer running (one round trip, at its start); ``token``: the hash of
+        its resume token, which a follower must then give."""
         pipe = self.client.pipeline(transaction=False)
         if chat_id is not None:
             pipe.set(f"{self.prefix}chat:{chat_id}", answer_id, px=self.ttl_ms)
@@ -362,6 +401,8 @@ class RedisReplay:
         meta = self.key(answer_id, "meta")
         pipe.hsetnx(meta, "state", "running")
         pipe.hset(meta, "owner", self.process_id)
+        if token is not None:
+            pipe.hset(meta, "token", token)
         pipe.pexpire(meta, self.ttl_ms)
         pipe.set(self.process_key(self.process_id), b"1", px=int(PRESENCE_SECONDS * 1000))
         await pipe.execute()
@@ -454,25 +495,32 @@ class RedisReplay:
         return state
 
     async def follow(
-        self, answer_id: str, after: int, *, block: float = 1.0
+        self, answer_id: str, after: int, *, block: float = 1.0, token: str | None = None
     ) -> AsyncGenerator[bytes, None]:
-        """The frames after ``after``, read from Redis with ``XREAD BLOCK``."""
+        """The frames after ``after``, read from Redis with ``XREAD BLOCK`` (``token``:
+        the hash of the reader's resume token, checked against the answer's)."""
         client = self.client
         events = self.key(answer_id, "events")
         cursor = after
         touched = 0.0
+        checked = False
         while True:
             now = time.monotonic()
             if now - touched > PRESENCE_SECONDS / 4:
                 touched = now
                 pipe = client.pipeline(transaction=False)
                 pipe.set(self.key(answer_id, "seen"), b"1", px=int(PRESENCE_SECONDS * 1000))
-                pipe.hmget(self.key(answer_id, "meta"), "state", "owner")
+                pipe.hmget(self.key(answer_id, "meta"), "state", "owner", "token")
                 pipe.exists(events)
-                _, (state, owner), exists = await pipe.execute()
+                _, (state, owner, kept), exists = await pipe.execute()
                 if not exists and state is None:
                     yield expired_frames(answer_id)
                     return
+                if not checked:
+                    checked = True
+                    if not same_token(kept.decode() if kept is not None else None, token):
+                        yield forbidden_frames(answer_id)
+                        return
                 # (Running but nothing flushed yet: its first batch is on its way.)
                 alive = state != b"running" or (
                     owner is not None and await client.exists(self.process_key(owner.decode()))

@@ -39,7 +39,10 @@ async def test_plain_and_json_prompts_on_one_connection(serve: Any) -> None:
         second = await until_end(ws)
         await ws.send(json.dumps({"prompt": "and again", "session": "w1"}))
         third = await until_end(ws)
-    assert first[0] == {"type": "start", "id": 1}
+    start = first[0]
+    assert {k: start[k] for k in ("type", "id")} == {"type": "start", "id": 1}
+    # Additive fields only: the answer id, the event's seq, the secret to resume it.
+    assert set(start) == {"type", "id", "answer_id", "seq", "resume_token"} and start["seq"] == 1
     assert text_of(first) == expected == first[-1]["result"]["text"]
     assert first[-1]["result"]["status"] == "finished"
     assert first[-1]["result"]["usage"]["output_tokens"] > 0
@@ -96,7 +99,8 @@ async def test_a_prompt_while_streaming_is_refused(serve: Any) -> None:
 
 
 async def test_disconnect_closes_the_provider(serve: Any) -> None:
-    live = serve(slow_provider())
+    # resume_grace=0: a client that disconnects stops its answer at once (the old rule).
+    live = serve(slow_provider(), resume_grace=0)
     async with connect(live.ws_url) as ws:
         await ws.send(json.dumps({"prompt": "go", "session": "gone"}))
         for _ in range(4):
