@@ -9,13 +9,16 @@ or from a shell: ``pk-notebook serve --provider mock --port 8080``. Needs the
 
 What a turn sends. ``/stream`` (SSE) names each event; ``/ws`` sends the same
 payload as a JSON message with ``"type"`` set to the event's name and ``"id"``
-(the prompt's number on the connection) added. Every payload is JSON.
+(the prompt's number on the connection) added, and, on every message of an
+answer, ``"answer_id"`` and ``"seq"`` (the event's number in the answer: what a
+resume asks to continue after). Every payload is JSON.
 
 ==============  =====================================================================
 event / type    payload
 ==============  =====================================================================
-``start``       ``{"answer_id"}`` (SSE; the id for resume and stop), ``{}`` (``/ws``): the
-                turn opened
+``start``       ``{"answer_id"}``: the turn opened (SSE: the id for resume and stop;
+                ``/ws`` adds ``"resume_token"``, which a reconnecting socket sends
+                back to resume the answer; see :mod:`.ws`)
 ``reasoning``   ``{"index", "text"}``: a new piece of the model's thinking, kept apart
                 from the answer
 ``chunk``       ``{"index", "content"}``: a new piece of the answer's text (unchanged
