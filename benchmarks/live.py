@@ -74,13 +74,9 @@ def _kernel_session(home: Path) -> Any:
 
 
 def _live_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    shown = []
-    for msg in messages:
-        if msg["msg_type"] == "clear_output":
-            break
-        if msg["msg_type"] in ("display_data", "update_display_data", "comm_msg", "comm_open"):
-            shown.append(msg)
-    return shown
+    from tests.notebook.test_live_delta_kernel import live_messages
+
+    return live_messages(messages)
 
 
 def _size(msg: dict[str, Any]) -> int:

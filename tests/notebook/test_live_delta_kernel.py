@@ -99,9 +99,10 @@ class FakeBrowser:
                 self.ready(content["comm_id"])
 
 
-def live_messages(execution: Execution) -> list[dict[str, Any]]:
+def live_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every message of the live view: those before the final output (after clear_output)."""
     shown = []
-    for msg in execution.messages:
+    for msg in messages:
         if msg["msg_type"] == "clear_output":
             break
         if msg["msg_type"] in ("display_data", "update_display_data", "comm_msg", "comm_open"):
@@ -118,6 +119,13 @@ def payload(msg: dict[str, Any]) -> int:
     return len(json.dumps(data, ensure_ascii=False).encode())
 
 
+def kernel_text(k: KernelSession, name: str) -> str:
+    """The string ``name`` holds in the kernel, exactly."""
+    return str(
+        json.loads(k.ok(f"import json; print(json.dumps({name}))", interactive=False).stdout)
+    )
+
+
 def words(text: str) -> list[str]:
     return re.findall(r"[A-Za-z]+", text)
 
@@ -127,10 +135,10 @@ def test_a_slow_stream_sends_about_its_size_and_the_browser_holds_the_answer(
 ) -> None:
     browser = FakeBrowser(k)
     run = k.ok("%%stream --pipeline slow -o r\nGo", timeout=60, during=browser)
-    text = json.loads(k.ok("import json; print(json.dumps(slow_text))", interactive=False).stdout)
+    text = kernel_text(k, "slow_text")
     answer = len(text.encode())
     assert browser.edits > 20, "the delta view was never used"
-    live = live_messages(run)
+    live = live_messages(run.messages)
     # The widget's model (its JavaScript) is a one-off cost, apart from the updates.
     setup = sum(payload(m) for m in live if m["msg_type"] == "comm_open")
     updates = sum(payload(m) for m in live if m["msg_type"] != "comm_open")
@@ -148,7 +156,9 @@ def test_a_slow_stream_sends_about_its_size_and_the_browser_holds_the_answer(
         old = k.ok("%%stream --pipeline slow\nGo", timeout=60, during=FakeBrowser(k))
     finally:
         k.ok("live_module.DELTA = True", interactive=False)
-    old_updates = sum(payload(m) for m in live_messages(old) if m["msg_type"] != "comm_open")
+    old_updates = sum(
+        payload(m) for m in live_messages(old.messages) if m["msg_type"] != "comm_open"
+    )
     print(f"display updates: {old_updates / answer:.2f}x")
     assert updates * 1.5 < old_updates
     # The final output is the same either way.
@@ -159,8 +169,7 @@ def test_edits_count_in_utf16_units_like_javascript(k: KernelSession) -> None:
     browser = FakeBrowser(k)
     k.ok("%%stream --pipeline emoji\nGo", timeout=60, during=browser)
     held = ("".join(browser.done) + browser.tail).replace("\n", "")
-    code = "import json; print(json.dumps(emoji_text))"
-    expected = json.loads(k.ok(code, interactive=False).stdout).replace("\n", "")
+    expected = kernel_text(k, "emoji_text").replace("\n", "")
     assert len(held) > 0.7 * len(expected) and held[2:-2] in expected
 
 
@@ -169,7 +178,7 @@ def test_a_front_end_without_a_markdown_renderer_gets_display_updates(k: KernelS
     run = k.ok("%%stream --pipeline emoji\nGo", timeout=60, during=browser)
     assert browser.comm_ids and browser.edits == 0
     markdown_updates = [
-        m for m in live_messages(run) if "text/markdown" in m["content"].get("data", {})
+        m for m in live_messages(run.messages) if "text/markdown" in m["content"].get("data", {})
     ]
     assert len(markdown_updates) > 5
 
@@ -177,7 +186,7 @@ def test_a_front_end_without_a_markdown_renderer_gets_display_updates(k: KernelS
 def test_no_answer_from_the_front_end_means_display_updates(k: KernelSession) -> None:
     # No widget front end at all (a JupyterLab without anywidget): nobody says ready.
     run = k.ok("%%stream --pipeline emoji\nGo", timeout=60)
-    live = live_messages(run)
+    live = live_messages(run.messages)
     opened = {
         m["content"]["comm_id"]
         for m in run.messages
@@ -198,7 +207,7 @@ def test_a_reloaded_page_gets_the_view_started_over(k: KernelSession) -> None:
     k.ok("%%stream --pipeline slow\nGo", timeout=60, during=browser)
     assert browser.resets == 1, "the kernel did not start the reloaded view over"
     # from the reload on, the view holds the answer's text in order, word for word
-    text = json.loads(k.ok("import json; print(json.dumps(slow_text))", interactive=False).stdout)
+    text = kernel_text(k, "slow_text")
     held = words("".join(browser.done) + browser.tail)
     assert len(held) > 100
     assert " ".join(held[1:-1]) in " ".join(words(text))  # first and last may be cut
@@ -209,8 +218,8 @@ def test_a_1mb_answer_through_the_delta_view_sends_its_size_at_10_updates_a_seco
 ) -> None:
     browser = FakeBrowser(k)
     run = k.ok("%%stream --pipeline big\nGo", timeout=120, during=browser)
-    text = json.loads(k.ok("import json; print(json.dumps(big_text))", interactive=False).stdout)
-    live = [m for m in live_messages(run) if m["msg_type"] != "comm_open"]
+    text = kernel_text(k, "big_text")
+    live = [m for m in live_messages(run.messages) if m["msg_type"] != "comm_open"]
     sent = sum(payload(m) for m in live)
     edits = [
         m
