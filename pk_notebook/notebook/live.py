@@ -658,11 +658,6 @@ class LiveOutput:
         self._channels.append(channel)
         return channel
 
-    @property
-    def delta(self) -> bool:
-        """True while the current stretch of text streams through a browser-side view."""
-        return self._delta_view is not None
-
     def _render_incremental(self, last: bool) -> None:
         """Send what is new: finished blocks once, then the tail (see the module docstring)."""
         splitter = self._splitter

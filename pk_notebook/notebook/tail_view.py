@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from .comms import close_widgets
@@ -234,10 +233,9 @@ class TailChannel:
     a flag.
     """
 
-    def __init__(self, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.widget: Any = TailWidget(key=uuid.uuid4().hex)
         self._usable = threading.Event()
-        self._on_ready = on_ready
         self.widget.on_msg(self._on_message)
         self.tail = ""  # the tail the browser holds (Markdown)
         self._readies = 0
@@ -269,11 +267,6 @@ class TailChannel:
                 # update starts it over from the current tail (the final output has it all).
                 self._resync = True
             self._usable.set()
-            if self._on_ready is not None:
-                try:
-                    self._on_ready()
-                except Exception:
-                    logger.debug("tail view ready callback failed", exc_info=True)
 
     def _edit(self, old: str, new: str) -> tuple[int, list[Any]]:
         """``[keep, add]`` turning ``old`` into ``new``, and ``keep`` in characters."""
